@@ -1,0 +1,64 @@
+"""Entry point of the ``sutazai`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+from rich.markup import escape
+
+from sutazai.cli import models, registry
+from sutazai.cli.output import console, emit_json, errors
+from sutazai.errors import SutazAIError
+
+app = typer.Typer(
+    help="SutazAI: mirror, benchmark, improve and serve LLMs on your own hardware.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(registry.app, name="registry")
+
+
+@app.command("run")
+def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The main job: mirror the whole catalog, verify it, register it, print a summary."""
+    from sutazai.cli.progress import RichProgress
+    from sutazai.config import load_settings
+    from sutazai.jobs import run_cycle
+
+    settings = load_settings()
+    with RichProgress(errors) as progress:
+        report = run_cycle(settings, progress)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        console.print(models.outcome_table(report.outcomes, "SutazAI model sync"))
+        console.print(f"repository {settings.repository_root}: {report.versions} version(s), "
+                      f"verified {'[green]ok[/]' if not report.problems else '[red]FAILED[/]'}; "
+                      f"MLflow {settings.tracking_uri}; {report.seconds:.1f}s in all")
+    models.report_failures(report.outcomes)
+    if report.problems:
+        raise SutazAIError(f"{len(report.problems)} stored file(s) failed verification; run "
+                           "'sutazai models verify' for details")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except SutazAIError as exc:
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(exc.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

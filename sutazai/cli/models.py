@@ -1,0 +1,185 @@
+"""``sutazai models ...``: the offline model repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sutazai.cli.output import console, emit_json, errors, short, size
+from sutazai.cli.progress import RichProgress
+from sutazai.config import load_settings
+from sutazai.errors import IntegrityError
+from sutazai.mirror import (
+    MirrorOutcome,
+    mirror_catalog,
+    open_repository,
+    remove_version,
+    resolve_refs,
+    verify_repository,
+)
+from sutazai.repository.bundle import export_bundle, import_bundle
+from sutazai.repository.manifest import parse_ref
+
+app = typer.Typer(help="Mirror, inspect, verify and move models in the offline repository.",
+                  no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def outcome_table(outcomes: list[MirrorOutcome], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("model", "version", "digest", "size", "MLflow", "status", "seconds"):
+        table.add_column(column, justify="right" if column in ("size", "seconds") else "left")
+    for o in outcomes:
+        status = ("[red]failed[/]" if o.error else "unchanged" if o.unchanged
+                  else "[green]new[/]" if o.created else "stored")
+        table.add_row(o.name, str(o.version or "-"), short(o.digest), size(o.size),
+                      o.mlflow_version or "-", status, f"{o.seconds:.1f}")
+    return table
+
+
+def report_failures(outcomes: list[MirrorOutcome]) -> None:
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        errors.print(f"[bold red]error:[/] {o.name}: {o.error}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("pull")
+def pull_command(
+    names: list[str] = typer.Argument(None, help="Catalog names; all when omitted."),
+    register: bool = typer.Option(True, help="Register new versions in MLflow."),
+    as_json: bool = JSON,
+) -> None:
+    """Mirror catalog models: resumable, verified, idempotent."""
+    settings = load_settings()
+    with RichProgress(errors) as progress:
+        outcomes = mirror_catalog(settings, names or None, register=register, progress=progress)
+    if as_json:
+        emit_json([o.as_dict() for o in outcomes])
+    else:
+        console.print(outcome_table(outcomes, "Pulled models"))
+    report_failures(outcomes)
+
+
+@app.command("list")
+def list_command(as_json: bool = JSON) -> None:
+    """List every version in the repository."""
+    repo = open_repository(load_settings())
+    manifests = repo.all_versions()
+    if as_json:
+        emit_json([m.model_dump(mode="json", exclude={"files"}) | {"size": m.size}
+                   for m in manifests])
+        return
+    table = Table(title=f"Model repository {repo.root}")
+    for column in ("model", "version", "format", "tasks", "size", "digest", "created"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for m in manifests:
+        table.add_row(m.name, str(m.version), m.format, ", ".join(m.tasks), size(m.size),
+                      short(m.digest), m.created.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@app.command("show")
+def show_command(ref: str = typer.Argument(..., help="NAME or NAME:VERSION"),
+                 as_json: bool = JSON) -> None:
+    """Show one version's manifest."""
+    repo = open_repository(load_settings())
+    name, version = parse_ref(ref)
+    manifest = repo.get(name, version)
+    if as_json:
+        emit_json(manifest.model_dump(mode="json") | {"path": str(repo.snapshot_path(manifest))})
+        return
+    console.print(f"[bold]{manifest.ref}[/]  {manifest.format}  {', '.join(manifest.tasks)}  "
+                  f"licence {manifest.license}")
+    console.print(f"source    {manifest.source}\nrevision  {manifest.revision}\n"
+                  f"digest    {manifest.digest}\ncreated   {manifest.created:%Y-%m-%d %H:%M:%S}"
+                  f"\nparent    {manifest.parent or '-'}\npath      "
+                  f"{repo.snapshot_path(manifest)}", highlight=False)
+    table = Table()
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    table.add_column("sha256")
+    for f in manifest.files:
+        table.add_row(f.path, size(f.size), f.digest)
+    console.print(table)
+
+
+@app.command("verify")
+def verify_command(refs: list[str] = typer.Argument(None, help="Versions; all when omitted."),
+                   as_json: bool = JSON) -> None:
+    """Re-hash stored files; exit 1 when any is missing or corrupted."""
+    with RichProgress(errors) as progress:
+        manifests, problems = verify_repository(load_settings(), refs, progress)
+    if as_json:
+        emit_json({"versions": [m.ref for m in manifests],
+                   "problems": [p.__dict__ for p in problems], "ok": not problems})
+    else:
+        for p in problems:
+            errors.print(f"[red]{p.problem}[/] {p.ref} {p.path}: expected {p.expected}, "
+                         f"found {p.actual or 'nothing'}", highlight=False)
+        verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]"
+        console.print(f"verified {len(manifests)} version(s), "
+                      f"{sum(len(m.files) for m in manifests)} file(s): {verdict}")
+    if problems:
+        raise IntegrityError(
+            "the repository has missing or corrupted files; pull the affected models again "
+            "(sutazai models pull NAME) or import them from a bundle"
+        )
+
+
+@app.command("rm")
+def rm_command(ref: str = typer.Argument(..., help="NAME:VERSION"),
+               force: bool = typer.Option(False, help="Remove even if it holds an alias.")
+               ) -> None:
+    """Remove a version (its blobs go at the next 'gc')."""
+    manifest = remove_version(load_settings(), ref, force=force)
+    console.print(f"removed {manifest.ref}; run 'sutazai models gc' to free its blobs")
+
+
+@app.command("gc")
+def gc_command(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = JSON) -> None:
+    """Delete blobs no version references."""
+    report = open_repository(load_settings()).gc(dry_run=dry_run)
+    if as_json:
+        emit_json(report.__dict__ | {"dry_run": dry_run})
+    else:
+        verb = "would free" if dry_run else "freed"
+        console.print(f"{report.removed_blobs} unreferenced blob(s), {verb} "
+                      f"{size(report.freed_bytes)}")
+
+
+@app.command("export")
+def export_command(
+    out: Path = typer.Argument(..., help="Bundle file to write (.tar)."),
+    refs: list[str] = typer.Argument(None, help="NAME or NAME:VERSION; all when omitted."),
+) -> None:
+    """Write an air-gapped bundle (one tar: manifests, blobs, checksums)."""
+    repo = open_repository(load_settings())
+    manifests = resolve_refs(repo, refs or [])
+    with RichProgress(errors) as progress:
+        written = export_bundle(repo, manifests, out, progress)
+    console.print(f"exported {len(manifests)} version(s) to {out} ({size(written)})")
+
+
+@app.command("import")
+def import_command(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle file."),
+    register: bool = typer.Option(True, help="Register imported versions in MLflow."),
+) -> None:
+    """Verify and load a bundle; nothing is published unless all of it checks out."""
+    settings = load_settings()
+    repo = open_repository(settings)
+    with RichProgress(errors) as progress:
+        results = import_bundle(repo, bundle, progress)
+    if register:
+        from sutazai.mirror import open_registry
+
+        registry = open_registry(settings)
+        for manifest, _ in results:
+            registry.register(manifest, repo.ensure_snapshot(manifest))
+    for manifest, created in results:
+        console.print(f"{'imported' if created else 'already present'} {manifest.ref} "
+                      f"({short(manifest.digest)})")

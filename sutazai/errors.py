@@ -1,0 +1,48 @@
+"""Errors a user can cause and fix.
+
+Every message says what went wrong *and* what to do about it; the CLI prints the message
+without a traceback and exits non-zero. Bugs stay ordinary exceptions, so they keep
+their traceback.
+"""
+
+
+class SutazAIError(Exception):
+    """Base class for problems the user can act on."""
+
+    exit_code = 1
+
+
+class ConfigError(SutazAIError):
+    """A setting or settings file is invalid."""
+
+
+class CatalogError(SutazAIError):
+    """An entry of the model catalog is invalid; the message names the entry and field."""
+
+
+class SourceError(SutazAIError):
+    """A model source is unknown, unreachable, or answered something unusable."""
+
+
+class IntegrityError(SutazAIError):
+    """Bytes did not match their expected size or sha256 digest."""
+
+
+class UnsafeFormatError(SutazAIError):
+    """A file could execute code when loaded (pickle) and the catalog did not allow it."""
+
+
+class NotFoundError(SutazAIError):
+    """A model, version or file does not exist in the repository."""
+
+
+class InUseError(SutazAIError):
+    """An operation would remove something that is still referenced (an alias)."""
+
+
+class BundleError(SutazAIError):
+    """An air-gapped bundle is malformed, unsafe, or does not match its checksums."""
+
+
+class RegistryError(SutazAIError):
+    """The MLflow tracking or registry server refused or could not be reached."""

@@ -1,0 +1,147 @@
+"""Mirroring as a service: the repository and the MLflow registry kept in step.
+
+This is the one place that composes :mod:`sutazai.repository` with
+:mod:`sutazai.registry`; the CLI, KFP components and DAGs call these functions and stay
+thin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sutazai.config import Settings
+from sutazai.errors import InUseError, SutazAIError
+from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry import ModelRegistry, RegisteredVersion
+from sutazai.repository import Repository, load_catalog, pull
+from sutazai.repository.manifest import Manifest, parse_ref
+from sutazai.repository.store import FileProblem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MirrorOutcome:
+    """One catalog entry after a mirror run, for tables, JSON and pipeline outputs."""
+
+    name: str
+    version: int | None = None
+    digest: str | None = None
+    size: int = 0
+    created: bool = False
+    unchanged: bool = False
+    downloaded_bytes: int = 0
+    written_bytes: int = 0
+    resumed_bytes: int = 0
+    mlflow_version: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_repository(settings: Settings) -> Repository:
+    return Repository(settings.repository_root)
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.tracking_uri, settings.mlflow_experiment,
+                         settings.mlflow_artifacts_dir)
+
+
+def mirror_catalog(
+    settings: Settings,
+    names: list[str] | None = None,
+    *,
+    register: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> list[MirrorOutcome]:
+    """Pull the catalog's models (all, or ``names``) and register each version.
+
+    A model that fails is reported in its outcome and the others still run, so one bad
+    source does not hold back the nightly mirror; callers decide the exit status.
+    """
+    entries = load_catalog(settings.catalog).select(names)
+    repo = open_repository(settings)
+    registry = open_registry(settings) if register else None
+    outcomes = []
+    for entry in entries:
+        started = time.monotonic()
+        outcome = MirrorOutcome(name=entry.name)
+        try:
+            result = pull(entry, repo, settings, progress)
+            manifest = result.manifest
+            outcome.version, outcome.digest, outcome.size = (
+                manifest.version, manifest.digest, manifest.size)
+            outcome.created, outcome.unchanged = result.created, result.unchanged
+            outcome.downloaded_bytes = result.downloaded_bytes
+            outcome.written_bytes = result.written_bytes
+            outcome.resumed_bytes = result.resumed_bytes
+            if registry is not None:
+                with repo.model_lock(entry.name):  # one registration per digest, even racing
+                    registered = registry.register(manifest, repo.ensure_snapshot(manifest),
+                                                   pull_seconds=result.seconds)
+                outcome.mlflow_version = registered.version
+        except SutazAIError as exc:
+            log.error("mirroring %s failed: %s", entry.name, exc)
+            outcome.error = str(exc)
+        outcome.seconds = time.monotonic() - started
+        outcomes.append(outcome)
+    return outcomes
+
+
+def resolve_refs(repo: Repository, refs: list[str]) -> list[Manifest]:
+    """``NAME`` (latest), ``NAME:VERSION``; every version of every model when empty."""
+    if not refs:
+        return repo.all_versions()
+    manifests = []
+    for ref in refs:
+        name, version = parse_ref(ref)
+        manifests.append(repo.get(name, version))
+    return manifests
+
+
+def verify_repository(
+    settings: Settings, refs: list[str] | None = None, progress: Progress = NULL_PROGRESS
+) -> tuple[list[Manifest], list[FileProblem]]:
+    repo = open_repository(settings)
+    manifests = resolve_refs(repo, refs or [])
+    return manifests, repo.verify(manifests, progress)
+
+
+def remove_version(settings: Settings, ref: str, *, force: bool = False) -> Manifest:
+    """Remove a version from the repository and the registry.
+
+    A version that holds a registry alias (``champion``...) is what something serves or
+    selects; removing it needs ``force``.
+    """
+    repo = open_repository(settings)
+    name, version = parse_ref(ref)
+    if version is None:
+        raise InUseError(f"name the version to remove, e.g. {name}:1 (see 'sutazai models list')")
+    manifest = repo.get(name, version)
+    registry = open_registry(settings)
+    aliases = registry.aliases(manifest)
+    if aliases and not force:
+        raise InUseError(
+            f"{manifest.ref} holds the alias(es) {', '.join(aliases)}; move them to another "
+            "version first, or pass --force to remove it anyway"
+        )
+    registry.delete(manifest)
+    repo.remove(manifest)
+    return manifest
+
+
+def sync_registry(settings: Settings) -> list[RegisteredVersion]:
+    """Register every repository version that MLflow does not know yet (idempotent)."""
+    repo = open_repository(settings)
+    registry = open_registry(settings)
+    registered = []
+    for manifest in repo.all_versions():
+        with repo.model_lock(manifest.name):
+            registered.append(registry.register(manifest, repo.ensure_snapshot(manifest)))
+    return registered

@@ -1,0 +1,203 @@
+"""Register repository versions in MLflow's model registry.
+
+One registered model per catalog name; one model version per distinct content digest,
+found again through its ``sutazai.digest`` tag, so registering the same bytes twice
+creates nothing. Each new version is linked to a small MLflow run (experiment
+``sutazai-model-sync``) that records the manifest as an artifact, giving the registry UI
+a lineage entry. Aliases (``champion``, ``challenger``) are how later stages select.
+
+MLflow is imported lazily: it costs about a second and most CLI commands do not need it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel
+
+from sutazai.errors import RegistryError
+from sutazai.repository.manifest import Manifest
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+TAG = "sutazai."
+
+
+class RegisteredVersion(BaseModel):
+    name: str
+    version: str
+    repository_version: int
+    digest: str
+    created: bool
+    run_id: str | None = None
+    aliases: list[str] = []
+
+
+def version_tags(manifest: Manifest) -> dict[str, str]:
+    return {
+        f"{TAG}digest": manifest.digest,
+        f"{TAG}repository_version": str(manifest.version),
+        f"{TAG}source": manifest.source,
+        f"{TAG}revision": manifest.revision,
+        f"{TAG}format": manifest.format,
+        f"{TAG}size": str(manifest.size),
+        f"{TAG}license": manifest.license,
+        f"{TAG}tasks": ",".join(manifest.tasks),
+        f"{TAG}parent": manifest.parent or "",
+    }
+
+
+def describe(manifest: Manifest) -> str:
+    files = "\n".join(f"- `{f.path}` ({f.size:,} bytes, sha256 `{f.digest[:16]}…`)"
+                      for f in manifest.files[:20])
+    more = f"\n- … and {len(manifest.files) - 20} more" if len(manifest.files) > 20 else ""
+    return (
+        f"{manifest.description or manifest.name} — SutazAI repository version "
+        f"{manifest.ref}, {manifest.format}, tasks: {', '.join(manifest.tasks)}, licence: "
+        f"{manifest.license}.\n\nSource `{manifest.source}` at revision `{manifest.revision}`; "
+        f"content digest `{manifest.digest}`.\n\n{files}{more}"
+    )
+
+
+class ModelRegistry:
+    """A thin, idempotent layer over ``MlflowClient`` for repository versions."""
+
+    def __init__(self, tracking_uri: str, experiment: str = "sutazai-model-sync",
+                 artifacts_dir: Path | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.artifacts_dir = artifacts_dir
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @property
+    def is_local(self) -> bool:
+        return urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
+
+    def _fail(self, action: str, exc: Exception) -> RegistryError:
+        return RegistryError(
+            f"MLflow at {self.tracking_uri} could not {action}: {exc}. Check that the "
+            "tracking server runs and MLFLOW_TRACKING_URI / SUTAZAI_MLFLOW_TRACKING_URI is right"
+        )
+
+    # ------------------------------------------------------------------ lookups
+    def find(self, manifest: Manifest) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        query = f"name = '{manifest.name}' and tags.`{TAG}digest` = '{manifest.digest}'"
+        try:
+            found = self.client.search_model_versions(query)
+        except MlflowException as exc:
+            raise self._fail(f"search versions of {manifest.name}", exc) from None
+        except Exception as exc:  # connection errors surface as requests/urllib3 types
+            raise self._fail(f"search versions of {manifest.name}", exc) from None
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    def aliases(self, manifest: Manifest) -> list[str]:
+        found = self.find(manifest)
+        if found is None:
+            return []
+        return sorted(self.client.get_model_version(manifest.name, found.version).aliases)
+
+    # --------------------------------------------------------------- registering
+    def register(
+        self, manifest: Manifest, location: Path, pull_seconds: float | None = None
+    ) -> RegisteredVersion:
+        """Register ``manifest`` (files at ``location``) unless its digest already is."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._ensure_registered_model(manifest)
+            existing = self.find(manifest)
+            if existing is not None:
+                return RegisteredVersion(
+                    name=manifest.name, version=str(existing.version),
+                    repository_version=manifest.version, digest=manifest.digest,
+                    created=False, run_id=existing.run_id, aliases=list(existing.aliases or []),
+                )
+            run_id = self._log_registration_run(manifest, pull_seconds)
+            created = self.client.create_model_version(
+                manifest.name, source=location.resolve().as_uri(), run_id=run_id,
+                tags=version_tags(manifest), description=describe(manifest),
+            )
+            self._wait_ready(manifest.name, created.version)
+        except MlflowException as exc:
+            raise self._fail(f"register {manifest.ref}", exc) from None
+        return RegisteredVersion(
+            name=manifest.name, version=str(created.version), repository_version=manifest.version,
+            digest=manifest.digest, created=True, run_id=run_id,
+        )
+
+    def _ensure_registered_model(self, manifest: Manifest) -> None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+        try:
+            self.client.get_registered_model(manifest.name)
+            return
+        except MlflowException:
+            pass
+        except Exception as exc:
+            raise self._fail(f"read registered model {manifest.name}", exc) from None
+        try:
+            self.client.create_registered_model(
+                manifest.name,
+                tags={f"{TAG}format": manifest.format, f"{TAG}tasks": ",".join(manifest.tasks),
+                      f"{TAG}license": manifest.license},
+                description=f"{manifest.description or manifest.name} (mirrored by SutazAI "
+                            f"from {manifest.source})",
+            )
+        except MlflowException as exc:  # created concurrently by another mirror
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None
+        if self.is_local and self.artifacts_dir is not None:
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            location = self.artifacts_dir.resolve().as_uri()
+        return str(self.client.create_experiment(self.experiment, artifact_location=location))
+
+    def _log_registration_run(self, manifest: Manifest, pull_seconds: float | None) -> str:
+        run = self.client.create_run(
+            self._experiment_id(), run_name=f"register {manifest.ref}",
+            tags={"sutazai.step": "register", f"{TAG}digest": manifest.digest},
+        )
+        run_id = str(run.info.run_id)
+        params: dict[str, Any] = {
+            "model": manifest.name, "repository_version": manifest.version,
+            "source": manifest.source, "revision": manifest.revision[:500],
+            "format": manifest.format, "files": len(manifest.files),
+        }
+        for key, value in params.items():
+            self.client.log_param(run_id, key, value)
+        self.client.log_metric(run_id, "size_bytes", manifest.size)
+        if pull_seconds is not None:
+            self.client.log_metric(run_id, "pull_seconds", pull_seconds)
+        self.client.log_text(run_id, manifest.to_json(), "manifest.json")
+        self.client.set_terminated(run_id)
+        return run_id
+
+    def _wait_ready(self, name: str, version: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.client.get_model_version(name, version).status
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION":
+                raise RegistryError(f"MLflow failed to register {name} version {version}")
+            time.sleep(0.2)
+        raise RegistryError(f"{name} version {version} is still pending after {timeout_s}s")
+
+    def delete(self, manifest: Manifest) -> None:
+        found = self.find(manifest)
+        if found is not None:
+            self.client.delete_model_version(manifest.name, found.version)

@@ -1,0 +1,66 @@
+"""Small filesystem primitives that make writes atomic and hashing cheap."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from sutazai.progress import ProgressTask
+
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def hash_stream(
+    source: BinaryIO,
+    sink: BinaryIO | None = None,
+    progress: ProgressTask | None = None,
+    chunk: int = COPY_CHUNK,
+) -> tuple[str, int]:
+    """sha256 and length of ``source``, copying it to ``sink`` on the way when given."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    while True:
+        count = source.readinto(view)  # type: ignore[attr-defined]
+        if not count:
+            break
+        piece = view[:count]
+        digest.update(piece)
+        if sink is not None:
+            sink.write(piece)
+        size += count
+        if progress is not None:
+            progress.advance(count)
+    return digest.hexdigest(), size
+
+
+def hash_file(path: Path, progress: ProgressTask | None = None) -> tuple[str, int]:
+    with path.open("rb") as handle:
+        return hash_stream(handle, progress=progress)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
