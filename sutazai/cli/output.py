@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.filesize import decimal
 
+
 def _console(stderr: bool = False) -> Console:
     """Full-width tables in a terminal; 120 columns when piped or logged (CI, make run)."""
     probe = Console(stderr=stderr)

@@ -11,7 +11,6 @@ MLflow is imported lazily: it costs about a second and most CLI commands do not 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -35,6 +34,11 @@ class RegisteredVersion(BaseModel):
     created: bool
     run_id: str | None = None
     aliases: list[str] = []
+
+
+def repository_uri(manifest: Manifest) -> str:
+    """Where a version lives, independent of the machine: resolved by the repository."""
+    return f"sutazai://repository/snapshots/{manifest.name}/{manifest.version}"
 
 
 def version_tags(manifest: Manifest) -> dict[str, str]:
@@ -87,14 +91,10 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ lookups
     def find(self, manifest: Manifest) -> ModelVersion | None:
-        from mlflow.exceptions import MlflowException
-
         query = f"name = '{manifest.name}' and tags.`{TAG}digest` = '{manifest.digest}'"
         try:
             found = self.client.search_model_versions(query)
-        except MlflowException as exc:
-            raise self._fail(f"search versions of {manifest.name}", exc) from None
-        except Exception as exc:  # connection errors surface as requests/urllib3 types
+        except Exception as exc:  # MlflowException, or requests' errors when unreachable
             raise self._fail(f"search versions of {manifest.name}", exc) from None
         return min(found, key=lambda v: int(v.version)) if found else None
 
@@ -102,35 +102,51 @@ class ModelRegistry:
         found = self.find(manifest)
         if found is None:
             return []
-        return sorted(self.client.get_model_version(manifest.name, found.version).aliases)
+        # search results leave aliases out; the version itself carries them
+        return sorted(self.client.get_model_version(manifest.name, str(found.version)).aliases)
 
     # --------------------------------------------------------------- registering
     def register(
         self, manifest: Manifest, location: Path, pull_seconds: float | None = None
     ) -> RegisteredVersion:
-        """Register ``manifest`` (files at ``location``) unless its digest already is."""
+        """Register ``manifest`` (files at ``location``) unless its digest already is.
+
+        The version's source is ``sutazai://repository/snapshots/<name>/<version>``: an
+        MLflow server refuses local paths outside a run's artifacts, and the repository
+        may live on another machine anyway. The local path is kept in the
+        ``sutazai.path`` tag.
+        """
         from mlflow.exceptions import MlflowException
 
         try:
             self._ensure_registered_model(manifest)
             existing = self.find(manifest)
             if existing is not None:
-                return RegisteredVersion(
-                    name=manifest.name, version=str(existing.version),
-                    repository_version=manifest.version, digest=manifest.digest,
-                    created=False, run_id=existing.run_id, aliases=list(existing.aliases or []),
-                )
+                return self._registered(manifest, existing, created=False)
             run_id = self._log_registration_run(manifest, pull_seconds)
-            created = self.client.create_model_version(
-                manifest.name, source=location.resolve().as_uri(), run_id=run_id,
-                tags=version_tags(manifest), description=describe(manifest),
+            mine = self.client.create_model_version(
+                manifest.name, source=repository_uri(manifest), run_id=run_id,
+                tags=version_tags(manifest) | {f"{TAG}path": str(location.resolve())},
+                description=describe(manifest), await_creation_for=0,
             )
-            self._wait_ready(manifest.name, created.version)
+            # Two machines registering the same digest at once: the lowest version wins.
+            canonical = self.find(manifest)
+            assert canonical is not None
+            if str(canonical.version) != str(mine.version):
+                self.client.delete_model_version(manifest.name, str(mine.version))
+                return self._registered(manifest, canonical, created=False)
         except MlflowException as exc:
             raise self._fail(f"register {manifest.ref}", exc) from None
+        return self._registered(manifest, mine, created=True)
+
+    def _registered(self, manifest: Manifest, version: ModelVersion, created: bool
+                    ) -> RegisteredVersion:
+        aliases = [] if created else self.client.get_model_version(
+            manifest.name, str(version.version)).aliases
         return RegisteredVersion(
-            name=manifest.name, version=str(created.version), repository_version=manifest.version,
-            digest=manifest.digest, created=True, run_id=run_id,
+            name=manifest.name, version=str(version.version),
+            repository_version=manifest.version, digest=manifest.digest, created=created,
+            run_id=version.run_id, aliases=sorted(aliases or []),
         )
 
     def _ensure_registered_model(self, manifest: Manifest) -> None:
@@ -186,18 +202,7 @@ class ModelRegistry:
         self.client.set_terminated(run_id)
         return run_id
 
-    def _wait_ready(self, name: str, version: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = self.client.get_model_version(name, version).status
-            if status == "READY":
-                return
-            if status == "FAILED_REGISTRATION":
-                raise RegistryError(f"MLflow failed to register {name} version {version}")
-            time.sleep(0.2)
-        raise RegistryError(f"{name} version {version} is still pending after {timeout_s}s")
-
     def delete(self, manifest: Manifest) -> None:
         found = self.find(manifest)
         if found is not None:
-            self.client.delete_model_version(manifest.name, found.version)
+            self.client.delete_model_version(manifest.name, str(found.version))

@@ -118,8 +118,10 @@ class HttpDownloader:
         try:
             if response.status == 416 and offset and record.get("total") == offset:
                 response.drain_conn()
-                return self._finish(part, record_path, offset, 0, offset, expected_digest,
-                                    expected_size, url, label)
+                with part.open("rb") as kept:
+                    digest, _ = hash_stream(kept)
+                return self._finish(part, record_path, digest, 0, offset, expected_digest,
+                                    expected_size, url)
             if response.status == 206 and offset:
                 start, total = _parse_content_range(response.headers.get("Content-Range", ""))
                 if start != offset:
@@ -141,56 +143,54 @@ class HttpDownloader:
             _write_record(record_path, url, response.headers, total)
             task = self.progress.task(label, total=total)
             task.reset(completed=offset, total=total)
-            transferred = self._stream(response, part, offset, task)
+            hasher, transferred = self._stream(response, part, offset, task)
             task.close()
         finally:
             response.release_conn()
-        return self._finish(part, record_path, offset + transferred, transferred, offset,
-                            expected_digest, expected_size, url, label)
+        return self._finish(part, record_path, hasher.hexdigest(), transferred, offset,
+                            expected_digest, expected_size, url)
 
     def _stream(
         self, response: urllib3.BaseHTTPResponse, part: Path, offset: int, task: ProgressTask
-    ) -> int:
+    ) -> tuple[Any, int]:
+        """Append the body to ``part``, hashing it as it arrives: (sha256 object, bytes)."""
+        digest = hashlib.sha256()
+        if offset:  # the bytes kept from an interrupted attempt count towards the digest
+            with part.open("rb") as kept:
+                hash_stream(kept, progress=None, hasher=digest, limit=offset)
         transferred = 0
-        buffer = bytearray(self.chunk_bytes)
-        view = memoryview(buffer)
         mode = "r+b" if offset else "wb"
-        with part.open(mode) as sink:
+        with part.open(mode, buffering=0) as sink:
             sink.seek(offset)
             sink.truncate()
             try:
-                while True:
-                    count = response.readinto(view)
-                    if not count:
-                        break
-                    sink.write(view[:count])
-                    transferred += count
-                    task.advance(count)
+                # read1 returns what the socket has (up to chunk_bytes), so progress and
+                # the resumable partial file advance steadily even on slow links.
+                while chunk := response.read1(self.chunk_bytes):
+                    sink.write(chunk)
+                    digest.update(chunk)
+                    transferred += len(chunk)
+                    task.advance(len(chunk))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise SourceError(
                     f"download interrupted after {offset + transferred} bytes ({exc}); "
                     "run the pull again to resume where it stopped"
                 ) from None
-            sink.flush()
             os.fsync(sink.fileno())
-        return transferred
+        return digest, transferred
 
     def _finish(
         self,
         part: Path,
         record_path: Path,
-        size: int,
+        digest: str,
         transferred: int,
         resumed_from: int,
         expected_digest: str | None,
         expected_size: int | None,
         url: str,
-        label: str,
     ) -> Downloaded:
-        task = self.progress.task(f"verify {label}", total=size)
-        with part.open("rb") as handle:
-            digest, actual = hash_stream(handle, progress=task)
-        task.close()
+        actual = part.stat().st_size
         problem = None
         if expected_size is not None and actual != expected_size:
             problem = f"is {actual} bytes, expected {expected_size}"

@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sutazai.progress import ProgressTask
 
@@ -33,14 +33,18 @@ def hash_stream(
     sink: BinaryIO | None = None,
     progress: ProgressTask | None = None,
     chunk: int = COPY_CHUNK,
+    hasher: Any = None,
+    limit: int | None = None,
 ) -> tuple[str, int]:
-    """sha256 and length of ``source``, copying it to ``sink`` on the way when given."""
-    digest = hashlib.sha256()
+    """sha256 and length of ``source`` (up to ``limit`` bytes), copying it to ``sink`` on
+    the way when given. Pass ``hasher`` to continue an existing sha256 object."""
+    digest = hasher if hasher is not None else hashlib.sha256()
     size = 0
     buffer = bytearray(chunk)
     view = memoryview(buffer)
-    while True:
-        count = source.readinto(view)  # type: ignore[attr-defined]
+    while limit is None or size < limit:
+        want = chunk if limit is None else min(chunk, limit - size)
+        count = source.readinto(view[:want])  # type: ignore[attr-defined]
         if not count:
             break
         piece = view[:count]
