@@ -147,7 +147,7 @@ def test_bin_files_are_judged_by_content(
     assert pull(load_catalog(settings.catalog).get("data-bin"), repo, settings).created
 
     (source / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.")
-    with pytest.raises(UnsafeFormatError, match="pytorch_model.bin"):
+    with pytest.raises(UnsafeFormatError, match=r"pytorch_model\.bin"):
         pull(load_catalog(settings.catalog).get("data-bin"), repo, settings)
     assert len(repo.versions("data-bin")) == 1
 
