@@ -1,0 +1,101 @@
+"""The ``sutazai`` command as a user runs it: exit codes, JSON, tables, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sutazai.config import Settings
+from sutazai.repository import Repository
+from tests.helpers import entry, flip_byte
+
+
+def sutazai(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sutazai.cli.main", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture
+def catalog_with_two_models(tmp_path: Path, write_catalog: Callable[..., Path]) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.gguf").write_bytes(b"GGUF" + b"\1" * 50_000)
+    (tmp_path / "src" / "notes.md").write_text("notes")
+    return write_catalog(entry("alpha", f"file:{tmp_path / 'src'}", format="gguf"),
+                         entry("beta", f"file:{tmp_path / 'src' / 'model.gguf'}"))
+
+
+def test_user_errors_are_one_line_without_traceback(write_catalog: Callable[..., Path]) -> None:
+    write_catalog(entry("bad", "ftp://example/x"))
+    done = sutazai("models", "pull")
+    assert done.returncode == 1
+    assert "error:" in done.stderr and "entry 1 (bad): field 'source'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    missing = sutazai("models", "show", "nothing-here")
+    assert missing.returncode == 1 and "sutazai models pull nothing-here" in missing.stderr
+    bad_ref = sutazai("models", "show", "alpha:zero")
+    assert bad_ref.returncode == 1 and "positive number" in bad_ref.stderr
+
+
+def test_pull_list_show_verify_rm_gc(catalog_with_two_models: Path, settings: Settings) -> None:
+    pulled = sutazai("models", "pull", "--no-register", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    outcomes = json.loads(pulled.stdout)
+    assert [(o["name"], o["version"], o["created"]) for o in outcomes] == [
+        ("alpha", 1, True), ("beta", 1, True)]
+
+    listed = json.loads(sutazai("models", "list", "--json").stdout)
+    assert {(m["name"], m["format"]) for m in listed} == {("alpha", "gguf"), ("beta", "other")}
+    shown = json.loads(sutazai("models", "show", "alpha:1", "--json").stdout)
+    assert {f["path"] for f in shown["files"]} == {"model.gguf", "notes.md"}
+    assert Path(shown["path"], "model.gguf").read_bytes().startswith(b"GGUF")
+
+    table = sutazai("models", "list")
+    assert "alpha" in table.stdout and shown["digest"][:12] in table.stdout
+
+    assert json.loads(sutazai("models", "verify", "--json").stdout)["ok"] is True
+    repo = Repository(settings.repository_root)
+    notes = next(f for f in repo.get("alpha").files if f.path == "notes.md")
+    flip_byte(repo.blob_path(notes.digest))
+    broken = sutazai("models", "verify", "alpha", "--json")
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["problems"][0]["path"] == "notes.md"
+
+    removed = sutazai("models", "rm", "alpha:1")
+    assert removed.returncode == 0, removed.stderr
+    collected = json.loads(sutazai("models", "gc", "--json").stdout)
+    assert collected["removed_blobs"] == 1  # notes.md; model.gguf is still used by beta
+
+
+def test_export_and_import_between_homes(catalog_with_two_models: Path, tmp_path: Path) -> None:
+    assert sutazai("models", "pull", "--no-register").returncode == 0
+    bundle = tmp_path / "bundle.tar"
+    exported = sutazai("models", "export", str(bundle), "alpha")
+    assert exported.returncode == 0, exported.stderr and bundle.is_file()
+
+    other = {"SUTAZAI_HOME": str(tmp_path / "other-site")}
+    imported = sutazai("models", "import", str(bundle), env=other)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported alpha:1" in imported.stdout
+    listed = json.loads(sutazai("models", "list", "--json", env=other).stdout)
+    assert [m["name"] for m in listed] == ["alpha"]
+    synced = json.loads(sutazai("registry", "sync", "--json", env=other).stdout)
+    assert [(r["name"], r["created"]) for r in synced] == [("alpha", False)]  # import registered
+
+
+def test_run_mirrors_verifies_registers_and_prints_a_summary(catalog_with_two_models: Path
+                                                             ) -> None:
+    first = sutazai("run")
+    assert first.returncode == 0, first.stderr
+    assert "SutazAI model sync" in first.stdout and "verified ok" in first.stdout
+    assert first.stdout.count("new") >= 2
+    report = json.loads(sutazai("run", "--json").stdout)
+    assert [o["unchanged"] for o in report["outcomes"]] == [True, True]
+    assert [o["mlflow_version"] for o in report["outcomes"]] == ["1", "1"]
+    assert report["problems"] == [] and report["versions"] == 2
