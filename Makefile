@@ -6,8 +6,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 25.3
-# The install is redone only when the pins or the package metadata change.
-INSTALL_HASH := $(shell cat constraints.txt setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+# The install is redone only when the pins (constraints.txt) or dependencies (setup.cfg) change.
+INSTALL_HASH := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(INSTALL_HASH)
 
 export MLFLOW_DISABLE_TELEMETRY := true

@@ -85,7 +85,7 @@ NGINX_CONF = """
 daemon off;
 master_process on;
 worker_processes 1;
-user root;
+{user}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
 events {{ worker_connections 64; }}
@@ -128,7 +128,9 @@ class Nginx(ServerProcess):
         (workdir / "tmp").mkdir(exist_ok=True)
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(NGINX_CONF.format(
-            prefix=workdir, port=self.port, root=root, slow_rate=slow_rate))
+            prefix=workdir, port=self.port, root=root, slow_rate=slow_rate,
+            # as root, workers would otherwise run as nobody and not read pytest's tmp dirs
+            user="user root;" if os.geteuid() == 0 else ""))
 
     def command(self) -> list[str]:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
