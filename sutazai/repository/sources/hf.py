@@ -47,6 +47,7 @@ class HuggingFaceSource(Source):
     schemes = ("hf",)
 
     def resolve(self, entry: CatalogEntry) -> Resolution:
+        import httpx2  # huggingface_hub's HTTP client; its transport errors are not OSErrors
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -57,7 +58,7 @@ class HuggingFaceSource(Source):
             info = huggingface_hub.HfApi(endpoint=_endpoint()).model_info(
                 repo_id, revision=entry.revision, files_metadata=True
             )
-        except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as exc:
+        except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError, ValueError) as exc:
             raise SourceError(
                 f"{entry.name}: cannot resolve {repo_id}@{entry.revision} on "
                 f"{_endpoint() or 'the Hugging Face hub'}: {exc}. Check the repository, the "
