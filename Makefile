@@ -6,8 +6,17 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 25.3
-# The install is redone only when the pins (constraints.txt) or dependencies (setup.cfg) change.
-INSTALL_HASH := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-16)
+# llama.cpp is compiled for a portable x86-64 baseline (AVX2), not -march=native: on VMs that
+# advertise AMX without enabling it (this machine kind), a native build dies with SIGSEGV on the
+# first batched matmul (ldtilecfg). The wheel is built once per version + flags and cached.
+LLAMA_VERSION := $(shell grep -i '^llama.cpp.python==' constraints.txt | cut -d= -f3)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+WHEELHOUSE := $(HOME)/.cache/sutazai/wheels/$(shell echo "$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)" \
+  | sha256sum | cut -c1-12)
+# The install is redone when the pins, the dependencies or the llama.cpp build flags change.
+INSTALL_HASH := $(shell (cat constraints.txt setup.cfg; echo "$(LLAMA_CMAKE_ARGS)") | sha256sum \
+  | cut -c1-16)
 STAMP := $(VENV)/.installed-$(INSTALL_HASH)
 
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -29,7 +38,15 @@ $(STAMP):
 	@echo "setting up $(VENV) from constraints.txt (first time: several minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
-	@$(BIN)/python -m pip install -q -c constraints.txt -e ".[platform,dev]" 2>&1 \
+	@ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "compiling llama.cpp $(LLAMA_VERSION) for a portable AVX2 baseline (~4 min, once)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-cache-dir --no-deps \
+	    "llama-cpp-python==$(LLAMA_VERSION)" -w $(WHEELHOUSE).tmp && mv $(WHEELHOUSE).tmp \
+	    $(WHEELHOUSE); }
+	@$(BIN)/python -m pip install -q -c constraints.txt --find-links $(WHEELHOUSE) \
+	  --force-reinstall --no-deps "llama-cpp-python==$(LLAMA_VERSION)"
+	@$(BIN)/python -m pip install -q -c constraints.txt --find-links $(WHEELHOUSE) \
+	  -e ".[platform,dev]" 2>&1 \
 	  | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -m pip check >/dev/null
 	@$(BIN)/python -c "import sutazai, mlflow, kfp, airflow, torch, llama_cpp, spacy"

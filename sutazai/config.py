@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from sutazai.benchmark.metrics import SLO
 from sutazai.errors import ConfigError
+from sutazai.selection import Weights
 
 
 def _settings_file() -> Path | None:
@@ -73,7 +75,48 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(default=60.0, gt=0)
     download_chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
 
-    @field_validator("home", "catalog", "repository_dir", mode="after")
+    # benchmarking
+    benchmark_experiment: str = "sutazai-benchmarks"
+    benchmark_data_dir: Path = Field(
+        default=Path("benchmarks/data"), description="Prompt corpus and quality data sets."
+    )
+    benchmark_profile: str = Field(
+        default="latency", description="The load profile `make run` benchmarks and selects on."
+    )
+
+    selection_slo: SLO = Field(
+        default_factory=lambda: SLO(ttft_p95_ms=100.0, e2el_p95_ms=2000.0, max_memory_mib=8192),
+        description="What a champion must meet (JSON in SUTAZAI_SELECTION_SLO).",
+    )
+    selection_weights: Weights = Field(default_factory=Weights)
+
+    # serving
+    serve_host: str = Field(default="127.0.0.1", description="Where `sutazai serve` listens.")
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+    default_task: str = Field(
+        default="text-generation", description="The task whose champion `sutazai serve` serves."
+    )
+    engine_ready_timeout_s: float = Field(default=300.0, gt=0)
+    engine_threads: int = Field(
+        # One core is left to the gateway and clients: llama.cpp's OpenMP threads spin while
+        # they wait, and on 2 cores sharing every core with them cut throughput several-fold.
+        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1), ge=1,
+        description="CPU threads an engine may use (llama.cpp n_threads).",
+    )
+    llamacpp_context: int = Field(default=2048, ge=128, description="llama.cpp n_ctx.")
+    vllm_venv: Path = Field(
+        default=Path(".venv-vllm"), description="The venv scripts/setup-vllm.sh builds."
+    )
+    vllm_max_model_len: int = Field(default=1024, ge=64)
+    vllm_cpu_kvcache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE.")
+    ollama_host: str = Field(
+        default="http://127.0.0.1:11434",
+        validation_alias=AliasChoices("SUTAZAI_OLLAMA_HOST", "OLLAMA_HOST", "ollama_host"),
+        description="An existing Ollama server (OLLAMA_HOST).",
+    )
+
+    @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
+                     mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None

@@ -46,3 +46,15 @@ class BundleError(SutazAIError):
 
 class RegistryError(SutazAIError):
     """The MLflow tracking or registry server refused or could not be reached."""
+
+
+class EngineError(SutazAIError):
+    """A serving engine could not start, died, or cannot serve the model's format."""
+
+
+class PortInUseError(SutazAIError):
+    """The port asked for is already taken by another process."""
+
+
+class BenchmarkError(SutazAIError):
+    """A benchmark could not run or its endpoint failed while it ran."""

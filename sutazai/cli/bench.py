@@ -1,0 +1,118 @@
+"""``sutazai bench ...``: benchmark model versions, compare them, select champions."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from sutazai.cli.output import console, emit_json, errors
+from sutazai.cli.progress import RichProgress
+from sutazai.config import load_settings
+
+if TYPE_CHECKING:
+    from sutazai.benchmark.runner import BenchmarkSummary
+
+app = typer.Typer(help="Benchmark model versions on real engines and select champions.",
+                  no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary_table(summaries: list[BenchmarkSummary], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("model", "engine", "profile", "conc.", "P50 TTFT ms", "P95 TTFT ms",
+                   "P95 e2e ms", "P95 TPOT ms", "out tok/s", "req/s", "quality", "RSS MiB",
+                   "load s"):
+        table.add_column(column, justify="left" if column in ("model", "engine", "profile")
+                         else "right")
+    for s in summaries:
+        quality = f"{s.quality.score:.3f}" if s.quality else "-"
+        rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
+        for step in s.steps:
+            table.add_row(s.ref, s.engine, s.profile.name, str(step.concurrency),
+                          _ms(step.ttft_p50_ms), _ms(step.ttft_p95_ms), _ms(step.e2el_p95_ms),
+                          _ms(step.tpot_p95_ms), f"{step.output_throughput:.1f}",
+                          f"{step.request_throughput:.2f}", quality, rss,
+                          f"{s.load_seconds:.1f}")
+    return table
+
+
+@app.command("run")
+def run_command(
+    model: str = typer.Argument(..., help="NAME or NAME:VERSION from the repository."),
+    engine: str = typer.Option(None, "--engine", "-e", help="llamacpp, vllm or ollama."),
+    profile: str = typer.Option(None, "--profile", "-p",
+                                help="latency, throughput, poisson, sweep or smoke."),
+    quality: bool = typer.Option(True, help="Also score quality on benchmarks/data."),
+    as_json: bool = JSON,
+) -> None:
+    """Serve a model version, load it, score it, and log the run to MLflow."""
+    from sutazai.benchmark.profiles import get_profile
+    from sutazai.benchmark.runner import benchmark
+    from sutazai.mirror import open_repository
+    from sutazai.repository.manifest import parse_ref
+
+    settings = load_settings()
+    name, version = parse_ref(model)
+    manifest = open_repository(settings).get(name, version)
+    with RichProgress(errors) as progress:
+        summary, _ = benchmark(settings, manifest, engine,
+                               get_profile(profile or settings.benchmark_profile),
+                               settings.selection_slo, quality=quality, progress=progress)
+    if as_json:
+        emit_json(json.loads(summary.model_dump_json()))
+        return
+    console.print(summary_table([summary], f"Benchmark of {summary.ref}"))
+    console.print(f"MLflow run {summary.run_id} in experiment {settings.benchmark_experiment}",
+                  highlight=False)
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    task: str = typer.Option(None, "--task", "-t", help="Only this task."),
+    profile: str = typer.Option(None, "--profile", "-p", help="Only this load profile."),
+    as_json: bool = JSON,
+) -> None:
+    """The newest benchmark of every model version and engine, best throughput first."""
+    from sutazai.selection_store import latest_summaries
+
+    summaries = latest_summaries(load_settings(), task, profile)
+    summaries.sort(key=lambda s: (s.task, s.profile.name,
+                                  -max((st.output_throughput for st in s.steps), default=0)))
+    if as_json:
+        emit_json([json.loads(s.model_dump_json()) for s in summaries])
+        return
+    if not summaries:
+        errors.print("no benchmarks yet: run 'sutazai bench run NAME' or 'make run'")
+        return
+    console.print(summary_table(summaries, "SutazAI leaderboard"))
+
+
+@app.command("select")
+def select_command(
+    task: str = typer.Argument(None, help="The task; default: the default task."),
+    profile: str = typer.Option(None, "--profile", "-p", help="Load profile to select on."),
+    as_json: bool = JSON,
+) -> None:
+    """Choose the champion and challenger of a task under the SLOs; set the MLflow aliases."""
+    from sutazai.selection_store import select_and_promote
+
+    settings = load_settings()
+    decision, run_id = select_and_promote(
+        settings, task or settings.default_task, profile or settings.benchmark_profile,
+        settings.selection_slo, settings.selection_weights)
+    if as_json:
+        emit_json({"task": decision.task, "run_id": run_id,
+                   "champion": decision.winner.model_dump() if decision.winner else None,
+                   "challenger": decision.challenger.model_dump() if decision.challenger
+                   else None, "rejected": decision.rejected,
+                   "explanation": decision.explanation})
+        return
+    console.print(decision.explanation, markup=False, highlight=False)
+    console.print(f"MLflow selection run {run_id}", highlight=False)

@@ -1,0 +1,124 @@
+"""The MLflow side of selection: read benchmark summaries, record the decision, set aliases."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from sutazai.benchmark import plots
+from sutazai.benchmark.metrics import SLO
+from sutazai.benchmark.runner import SUMMARY, BenchmarkSummary
+from sutazai.config import Settings
+from sutazai.errors import NotFoundError
+from sutazai.mirror import open_registry, open_repository
+from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases
+from sutazai.selection import Candidate, Selection, Weights, select
+
+
+def latest_summaries(settings: Settings, task: str | None = None,
+                     profile: str | None = None) -> list[BenchmarkSummary]:
+    """The newest complete benchmark of each (model digest, engine, profile)."""
+    registry = open_registry(settings)
+    experiment = registry.client.get_experiment_by_name(settings.benchmark_experiment)
+    if experiment is None:
+        return []
+    query = ["tags.`sutazai.step` = 'benchmark'", "tags.`sutazai.incomplete` = 'false'"]
+    if task:
+        query.append(f"tags.`sutazai.task` = '{task}'")
+    if profile:
+        query.append(f"tags.`sutazai.profile` = '{profile}'")
+    runs = registry.client.search_runs(
+        [experiment.experiment_id], " and ".join(query), order_by=["attributes.start_time DESC"],
+        max_results=500,
+    )
+    seen: set[tuple[str, str, str]] = set()
+    summaries = []
+    for run in runs:
+        tags = run.data.tags
+        key = (tags["sutazai.digest"], tags["sutazai.engine"], tags["sutazai.profile"])
+        if key in seen:
+            continue
+        seen.add(key)
+        with tempfile.TemporaryDirectory() as folder:
+            path = registry.client.download_artifacts(run.info.run_id, SUMMARY, folder)
+            summaries.append(BenchmarkSummary.model_validate_json(Path(path).read_text()))
+    return summaries
+
+
+def candidates(summaries: list[BenchmarkSummary]) -> list[Candidate]:
+    return [
+        Candidate(
+            model=s.model, version=s.version, engine=s.engine, concurrency=step.concurrency,
+            ttft_p95_ms=step.ttft_p95_ms, e2el_p95_ms=step.e2el_p95_ms,
+            tpot_p95_ms=step.tpot_p95_ms, output_throughput=step.output_throughput,
+            memory_mib=s.peak_rss_bytes / 2**20 if s.peak_rss_bytes else None,
+            quality=s.quality.score if s.quality else None, run_id=s.run_id, digest=s.digest,
+        )
+        for s in summaries for step in s.steps if step.completed
+    ]
+
+
+def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
+                       weights: Weights) -> tuple[Selection, str]:
+    """Select from the latest benchmarks, set champion/challenger, log it; (selection, run)."""
+    summaries = latest_summaries(settings, task, profile)
+    if not summaries:
+        raise NotFoundError(f"no complete benchmark of task {task!r} with profile {profile!r} "
+                            "in MLflow yet: run 'sutazai bench run NAME' first")
+    pool = candidates(summaries)
+    decision = select(task, pool, slo, weights)
+    repo = open_repository(settings)
+    aliases = TaskAliases(open_registry(settings))
+    for alias, chosen in ((CHAMPION, decision.winner), (CHALLENGER, decision.challenger)):
+        if chosen is None:
+            if alias == CHALLENGER:
+                aliases.clear(task, alias)
+            continue
+        aliases.set(task, alias, repo.get(chosen.model, chosen.version), chosen.engine,
+                    chosen.concurrency, decision.explanation)
+    return decision, log_selection(settings, decision, pool, profile, slo, weights)
+
+
+def log_selection(settings: Settings, decision: Selection, pool: list[Candidate],
+                  profile: str, slo: SLO, weights: Weights) -> str:
+    registry = open_registry(settings)
+    client = registry.client
+    run = client.create_run(
+        registry.experiment_id(settings.benchmark_experiment),
+        run_name=f"select {decision.task}",
+        tags={"sutazai.step": "selection", "sutazai.task": decision.task,
+              "sutazai.champion": decision.winner.label if decision.winner else "",
+              "sutazai.challenger": decision.challenger.label if decision.challenger else ""},
+    )
+    run_id = str(run.info.run_id)
+    for key, value in {"task": decision.task, "profile": profile,
+                       **{f"slo.{k}": v for k, v in slo.model_dump().items() if v is not None},
+                       **{f"weight.{k}": v for k, v in weights.model_dump().items()}}.items():
+        client.log_param(run_id, key, str(value))
+    client.log_metric(run_id, "candidates", len(decision.ranked) + len(decision.rejected))
+    client.log_metric(run_id, "feasible", len(decision.ranked))
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        (out / "explanation.md").write_text(decision.explanation)
+        (out / "selection.json").write_text(json.dumps({
+            "task": decision.task,
+            "champion": decision.winner.model_dump() if decision.winner else None,
+            "challenger": decision.challenger.model_dump() if decision.challenger else None,
+            "ranked": [{"label": r.candidate.label, "score": r.score, "on_front": r.on_front,
+                        "dominated_by": r.dominated_by} for r in decision.ranked],
+            "rejected": decision.rejected,
+        }, indent=2))
+        feasible = {r.candidate.label for r in decision.ranked}
+        front = {r.candidate.label for r in decision.ranked if r.on_front}
+        everything = [r.candidate for r in decision.ranked] + sorted(
+            (c for c in pool if c.label not in feasible), key=lambda c: c.label)
+        if everything:
+            plots.pareto_front(
+                [(c.label, c.ttft_p95_ms or 0.0, c.output_throughput, c.label in front,
+                  c.label in feasible) for c in everything],
+                "P95 TTFT (ms, lower is better)", "output tokens/s (higher is better)",
+                f"Candidates for {decision.task} (star: champion)", out / "pareto_front.png")
+        client.log_artifacts(run_id, str(out))
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,146 @@
+"""Serving: a real llama.cpp server with the real Gemma 3 GGUF, behind SutazAI's gateway,
+driven by the official ``openai`` client; plus the errors users meet first."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from sutazai.config import Settings
+from sutazai.errors import EngineError, NotFoundError, PortInUseError
+from sutazai.mirror import mirror_catalog, open_repository
+from sutazai.repository.manifest import Manifest
+from sutazai.serving.engines import RunningEngine, engine_for
+from sutazai.serving.service import resolve_target, serving
+from tests.conftest import gemma_entry
+
+pytestmark = pytest.mark.slow
+
+
+def published_gemma(settings: Settings, gguf: Path, register: bool = False) -> Manifest:
+    settings.catalog.write_text(yaml.safe_dump({"models": [gemma_entry(gguf)]}))
+    [outcome] = mirror_catalog(settings, register=register)
+    assert outcome.error is None, outcome.error
+    return open_repository(settings).get("gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path
+           ) -> Iterator[tuple[RunningEngine, str]]:
+    home = tmp_path_factory.mktemp("serving")
+    settings = Settings(home=home / ".sutazai", catalog=home / "catalog.yaml")
+    with serving(settings, published_gemma(settings, gemma_gguf)) as running:
+        yield running
+
+
+def test_openai_client_gets_completions_streamed_and_not(
+    served: tuple[RunningEngine, str]
+) -> None:
+    running, url = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["gemma3-270m"]
+
+    done = client.completions.create(model="gemma3-270m", prompt="The capital of France is",
+                                     max_tokens=8, temperature=0)
+    assert done.choices[0].text.strip()
+    assert done.usage is not None and 1 <= done.usage.completion_tokens <= 8
+
+    chunks = list(client.completions.create(
+        model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0,
+        stream=True))
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == done.choices[0].text  # greedy: the same text either way
+
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'sutazai_request_duration_seconds_count{endpoint="completions"} 2.0' in metrics
+    assert 'sutazai_time_to_first_token_seconds_count{endpoint="completions"} 1.0' in metrics
+    assert "sutazai_requests_in_flight 0.0" in metrics
+    assert 'sutazai_model_info{digest="' in metrics and 'engine="llamacpp"' in metrics
+    tokens = next(line for line in metrics.splitlines()
+                  if line.startswith('sutazai_output_tokens_total{endpoint="completions"}'))
+    assert float(tokens.split()[-1]) >= done.usage.completion_tokens + 1
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    assert running.peak_rss_bytes and running.peak_rss_bytes > 200 * 2**20
+
+
+def test_chat_on_a_base_model_is_refused_with_the_remedy(
+    served: tuple[RunningEngine, str]
+) -> None:
+    """Gemma 3 270M ships no chat template; llama.cpp alone would apply a wrong one."""
+    _, url = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    with pytest.raises(openai.BadRequestError, match=r"no chat template.*/v1/completions"):
+        client.chat.completions.create(model="gemma3-270m",
+                                       messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError, match="serves 'gemma3-270m'"):
+        client.completions.create(model="gpt-4o", prompt="hi", max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="does not offer /v1/embeddings"):
+        client.embeddings.create(model="gemma3-270m", input="hi")
+
+
+def test_health_turns_503_when_the_engine_dies(
+    tmp_path: Path, settings: Settings, gemma_gguf: Path
+) -> None:
+    with serving(settings, published_gemma(settings, gemma_gguf)) as (running, url):
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert running.process is not None
+        running.process.stop(grace_s=0)
+        assert httpx.get(f"{url}/health").status_code == 503
+        answer = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert answer.status_code == 502 and "did not answer" in answer.text
+        assert "exited with code" in running.death()
+
+
+def test_busy_port_fails_before_the_model_loads(settings: Settings, gemma_gguf: Path) -> None:
+    manifest = published_gemma(settings, gemma_gguf)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} .* --port"), \
+                serving(settings, manifest, port=port):
+            pass
+    assert not (settings.home / "serving").exists()  # no engine was started
+
+
+def test_an_engine_that_cannot_load_the_format_names_one_that_can(
+    settings: Settings, gemma_gguf: Path
+) -> None:
+    gguf = published_gemma(settings, gemma_gguf)
+    with pytest.raises(EngineError, match=r"vllm cannot load gemma3-270m:1.*--engine "
+                                          "llamacpp or ollama"):
+        engine_for(settings, gguf, "vllm")
+    spacy = gguf.model_copy(update={"format": "spacy"})
+    with pytest.raises(EngineError, match=r"no engine serves gemma3-270m:1 .format 'spacy'"):
+        engine_for(settings, spacy)
+    with pytest.raises(EngineError, match="unknown engine 'tgi'"):
+        engine_for(settings, gguf, "tgi")
+
+
+def test_vllm_without_its_venv_says_how_to_set_it_up(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"vllm_venv": tmp_path / "no-venv"})
+    manifest = Manifest(name="tiny", version=1, digest="0" * 64, source="file:x", revision="x",
+                        format="safetensors", tasks=["text-generation"], license="mit",
+                        files=[{"path": "config.json", "size": 2, "digest": "1" * 64}])
+    with pytest.raises(EngineError, match="make vllm"):
+        engine_for(settings, manifest).start(manifest, tmp_path, tmp_path / "work")
+
+
+def test_unknown_model_and_unset_alias_are_clear(settings: Settings, gemma_gguf: Path) -> None:
+    published_gemma(settings, gemma_gguf, register=True)
+    with pytest.raises(NotFoundError, match="nope"):
+        resolve_target(settings, "nope")
+    with pytest.raises(NotFoundError, match="gemma3-270m has no alias 'champion'"):
+        resolve_target(settings, "gemma3-270m@champion")
+    with pytest.raises(NotFoundError, match="no champion is selected for task "
+                                            "'text-generation'"):
+        resolve_target(settings, None)
+    assert resolve_target(settings, "gemma3-270m:1").manifest.version == 1
