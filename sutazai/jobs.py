@@ -1,4 +1,11 @@
-"""The main job (``make run``): today the model sync; the nightly cycle grows from here."""
+"""The main job (``make run``): the nightly cycle, as far as it has grown.
+
+1. Mirror every catalog model, register it in MLflow, re-verify the repository.
+2. Benchmark the latest version of every text-generation model on every engine that can
+   serve it here (a benchmark of the same bytes, engine and profile is reused).
+3. Select the champion and challenger of each task under the SLOs; set the aliases.
+4. Serve the text-generation champion briefly and ask it one question, to prove it answers.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
+from sutazai.benchmark.profiles import get_profile
+from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
-from sutazai.mirror import MirrorOutcome, mirror_catalog, verify_repository
+from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.repository.manifest import Manifest
 from sutazai.repository.store import FileProblem
+from sutazai.selection import Selection
+from sutazai.serving.engines import ENGINES, GENERATION_TASKS
+
+
+@dataclass
+class ServedAnswer:
+    ref: str
+    engine: str
+    prompt: str
+    text: str
+    seconds: float
 
 
 @dataclass
@@ -17,20 +40,97 @@ class CycleReport:
     outcomes: list[MirrorOutcome]
     versions: int
     problems: list[FileProblem] = field(default_factory=list)
+    benchmarks: list[BenchmarkSummary] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    selection: Selection | None = None
+    answer: ServedAnswer | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        winner = self.selection.winner if self.selection else None
         return {
             "outcomes": [o.as_dict() for o in self.outcomes],
             "versions": self.versions,
             "problems": [p.__dict__ for p in self.problems],
+            "benchmarks": [b.model_dump(mode="json", exclude={"quality": {"details"}})
+                           for b in self.benchmarks],
+            "skipped": self.skipped,
+            "champion": winner.model_dump() if winner else None,
+            "explanation": self.selection.explanation if self.selection else None,
+            "answer": self.answer.__dict__ if self.answer else None,
             "seconds": self.seconds,
         }
 
 
+def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str], list[str]]:
+    """Engines that can serve ``manifest`` on this machine, and why others are skipped."""
+    usable, skipped = [], []
+    for name, engine_class in ENGINES.items():
+        engine = engine_class(settings)
+        if not engine.can_serve(manifest):
+            continue
+        if name == "ollama":
+            skipped.append(f"{manifest.ref} on ollama: only with an Ollama server (OLLAMA_HOST)")
+        elif name == "vllm" and not (settings.vllm_venv / "bin" / "python").exists():
+            skipped.append(f"{manifest.ref} on vllm: run 'make vllm' to set it up")
+        else:
+            usable.append(name)
+    return usable, skipped
+
+
+def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
+                     ) -> tuple[list[BenchmarkSummary], list[str]]:
+    from sutazai.selection_store import latest_summaries
+
+    profile = get_profile(settings.benchmark_profile)
+    known = {(s.digest, s.engine): s for s in latest_summaries(settings, profile=profile.name)}
+    summaries, skipped = [], []
+    repo = open_repository(settings)
+    for name in repo.names():
+        manifest = repo.latest(name)
+        if manifest is None or not GENERATION_TASKS & set(manifest.tasks):
+            continue
+        usable, reasons = engines_available(settings, manifest)
+        skipped += reasons
+        for engine in usable:
+            cached = known.get((manifest.digest, engine))
+            if cached is None:
+                cached, _ = benchmark(settings, manifest, engine, profile,
+                                      settings.selection_slo, progress=progress)
+            summaries.append(cached)
+    return summaries, skipped
+
+
+def ask_champion(settings: Settings, prompt: str = "The capital of France is"
+                 ) -> ServedAnswer | None:
+    from sutazai.serving.service import resolve_target, serving
+
+    target = resolve_target(settings, None)
+    with serving(settings, target.manifest, target.engine) as (running, url):
+        started = time.perf_counter()
+        answer = httpx.post(f"{url}/v1/completions", timeout=120, json={
+            "model": running.model, "prompt": prompt, "max_tokens": 12, "temperature": 0})
+        answer.raise_for_status()
+        return ServedAnswer(target.manifest.ref, running.engine, prompt,
+                            answer.json()["choices"][0]["text"],
+                            time.perf_counter() - started)
+
+
 def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleReport:
-    """Mirror every catalog model, register it in MLflow, and re-verify the repository."""
+    """Mirror, verify, benchmark, select and smoke-serve; see the module docstring."""
+    from sutazai.selection_store import select_and_promote
+
     started = time.monotonic()
     outcomes = mirror_catalog(settings, progress=progress)
     manifests, problems = verify_repository(settings, progress=progress)
-    return CycleReport(outcomes, len(manifests), problems, time.monotonic() - started)
+    report = CycleReport(outcomes, len(manifests), problems)
+    if not problems:
+        report.benchmarks, report.skipped = benchmark_models(settings, progress)
+        if report.benchmarks:
+            report.selection, _ = select_and_promote(
+                settings, settings.default_task, settings.benchmark_profile,
+                settings.selection_slo, settings.selection_weights)
+        if report.selection and report.selection.winner:
+            report.answer = ask_champion(settings)
+    report.seconds = time.monotonic() - started
+    return report

@@ -22,13 +22,18 @@ from sutazai.benchmark.loadgen import LoadResult, run_load
 from sutazai.benchmark.metrics import SLO
 from sutazai.benchmark.profiles import LoadProfile
 from sutazai.benchmark.prompts import load_corpus, make_prompts
-from sutazai.benchmark.quality import QualityReport, text_generation_quality
+from sutazai.benchmark.quality import (
+    ApiScorer,
+    LlamaCppScorer,
+    QualityReport,
+    text_generation_quality,
+)
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError
-from sutazai.mirror import open_registry
+from sutazai.mirror import open_registry, open_repository
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
-from sutazai.serving.engines import GENERATION_TASKS
+from sutazai.serving.engines import GENERATION_TASKS, single_file
 from sutazai.serving.service import serving
 
 SUMMARY = "summary.json"
@@ -86,6 +91,15 @@ def task_of(manifest: Manifest) -> str:
     return next((t for t in manifest.tasks if t in GENERATION_TASKS), manifest.tasks[0])
 
 
+def quality_scorer(settings: Settings, manifest: Manifest, url: str, model: str
+                   ) -> ApiScorer | LlamaCppScorer:
+    """In-process llama.cpp for GGUF weights (fast logprobs); the endpoint otherwise."""
+    if manifest.format == "gguf":
+        folder = open_repository(settings).ensure_snapshot(manifest)
+        return LlamaCppScorer(single_file(folder, ".gguf", manifest), settings.engine_threads)
+    return ApiScorer(url, model)
+
+
 def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profile: LoadProfile,
               slo: SLO | None = None, *, quality: bool = True,
               progress: Progress = NULL_PROGRESS) -> tuple[BenchmarkSummary, list[LoadResult]]:
@@ -112,7 +126,11 @@ def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profil
         abort = next((s.abort_reason for s in steps if s.incomplete), "")
         abort = running.death() or abort
         if quality and not abort:
-            report = text_generation_quality(url, running.model, settings.benchmark_data_dir)
+            scorer = quality_scorer(settings, manifest, url, running.model)
+            try:
+                report = text_generation_quality(scorer, settings.benchmark_data_dir)
+            finally:
+                scorer.close()
         summary = BenchmarkSummary(
             model=manifest.name, version=manifest.version, digest=manifest.digest, task=task,
             engine=running.engine, profile=profile, steps=[StepSummary.of(s) for s in steps],

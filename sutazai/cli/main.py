@@ -26,7 +26,7 @@ app.command("serve")(serve_command)
 
 @app.command("run")
 def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
-    """The main job: mirror the whole catalog, verify it, register it, print a summary."""
+    """The main job: mirror and verify the catalog, benchmark, select, serve the champion."""
     from sutazai.cli.progress import RichProgress
     from sutazai.config import load_settings
     from sutazai.jobs import run_cycle
@@ -40,7 +40,19 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
         console.print(models.outcome_table(report.outcomes, "SutazAI model sync"))
         console.print(f"repository {settings.repository_root}: {report.versions} version(s), "
                       f"verified {'[green]ok[/]' if not report.problems else '[red]FAILED[/]'}; "
-                      f"MLflow {settings.tracking_uri}; {report.seconds:.1f}s in all")
+                      f"MLflow {settings.tracking_uri}")
+        if report.benchmarks:
+            console.print(bench.summary_table(report.benchmarks, "SutazAI leaderboard (profile "
+                                              f"{settings.benchmark_profile})"))
+        for reason in report.skipped:
+            console.print(f"[dim]skipped {escape(reason)}[/]")
+        if report.selection is not None:
+            console.print(report.selection.explanation, markup=False, highlight=False)
+        if report.answer is not None:
+            a = report.answer
+            console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
+                          f"ms: {a.prompt!r} -> {a.text!r}", highlight=False)
+        console.print(f"{report.seconds:.1f}s in all")
     models.report_failures(report.outcomes)
     if report.problems:
         raise SutazAIError(f"{len(report.problems)} stored file(s) failed verification; run "

@@ -113,7 +113,8 @@ class TaskAliases:
 
     def _find_or_create(self, name: str, manifest: Manifest, engine: str, concurrency: int,
                         explanation: str) -> ModelVersion:
-        query = (f"name = '{name}' and tags.`{TAG}digest` = '{manifest.digest}' and "
+        query = (f"name = '{name}' and tags.`{TAG}model` = '{manifest.name}' and "
+                 f"tags.`{TAG}digest` = '{manifest.digest}' and "
                  f"tags.`{TAG}engine` = '{engine}' and tags.`{TAG}concurrency` = '{concurrency}'")
         found = self.client.search_model_versions(query)
         if found:

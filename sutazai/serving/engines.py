@@ -151,6 +151,7 @@ class LlamaCppEngine(Engine):
             "--model_alias", manifest.name, "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", str(self.settings.llamacpp_context), "--n_threads", threads,
             "--n_threads_batch", threads, "--embedding", str("embeddings" in capabilities),
+            "--verbose", "False",  # per-request perf lines would bury real errors in the log
         ]
         process = self._launch(manifest, command, port, workdir, "/v1/models",
                                self._environment())
