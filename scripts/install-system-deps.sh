@@ -2,9 +2,10 @@
 # Debian packages the test suite and the local stack need: real servers on 127.0.0.1.
 #   nginx            the HTTP mirror (Range requests) and a local PyPI index in tests
 #   docker-registry  a real OCI distribution registry (Ollama-layout models)
+#   prometheus       scrapes the serving gateway's /metrics in tests and the local stack
 # Installs only what is missing; never starts the packages' system services.
 set -euo pipefail
-packages=(nginx docker-registry)
+packages=(nginx docker-registry prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -18,6 +18,7 @@ import httpx
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
+from sutazai.errors import SutazAIError
 from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
@@ -42,6 +43,7 @@ class CycleReport:
     problems: list[FileProblem] = field(default_factory=list)
     benchmarks: list[BenchmarkSummary] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
     selection: Selection | None = None
     answer: ServedAnswer | None = None
     seconds: float = 0.0
@@ -55,6 +57,7 @@ class CycleReport:
             "benchmarks": [b.model_dump(mode="json", exclude={"quality": {"details"}})
                            for b in self.benchmarks],
             "skipped": self.skipped,
+            "failures": self.failures,
             "champion": winner.model_dump() if winner else None,
             "explanation": self.selection.explanation if self.selection else None,
             "answer": self.answer.__dict__ if self.answer else None,
@@ -64,7 +67,10 @@ class CycleReport:
 
 def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str], list[str]]:
     """Engines that can serve ``manifest`` on this machine, and why others are skipped."""
-    usable, skipped = [], []
+    usable: list[str] = []
+    skipped: list[str] = []
+    if not any(cls(settings).can_serve(manifest) for cls in ENGINES.values()):
+        return usable, [f"{manifest.ref}: no engine serves the format {manifest.format!r}"]
     for name, engine_class in ENGINES.items():
         engine = engine_class(settings)
         if not engine.can_serve(manifest):
@@ -79,12 +85,15 @@ def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str]
 
 
 def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
-                     ) -> tuple[list[BenchmarkSummary], list[str]]:
+                     ) -> tuple[list[BenchmarkSummary], list[str], list[str]]:
+    """(summaries, skipped, failures); one model that fails does not stop the others."""
     from sutazai.selection_store import latest_summaries
 
     profile = get_profile(settings.benchmark_profile)
     known = {(s.digest, s.engine): s for s in latest_summaries(settings, profile=profile.name)}
-    summaries, skipped = [], []
+    summaries: list[BenchmarkSummary] = []
+    skipped: list[str] = []
+    failures: list[str] = []
     repo = open_repository(settings)
     for name in repo.names():
         manifest = repo.latest(name)
@@ -95,10 +104,14 @@ def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
         for engine in usable:
             cached = known.get((manifest.digest, engine))
             if cached is None:
-                cached, _ = benchmark(settings, manifest, engine, profile,
-                                      settings.selection_slo, progress=progress)
+                try:
+                    cached, _ = benchmark(settings, manifest, engine, profile,
+                                          settings.selection_slo, progress=progress)
+                except SutazAIError as exc:
+                    failures.append(f"benchmark of {manifest.ref} on {engine} failed: {exc}")
+                    continue
             summaries.append(cached)
-    return summaries, skipped
+    return summaries, skipped, failures
 
 
 def ask_champion(settings: Settings, prompt: str = "The capital of France is"
@@ -125,7 +138,8 @@ def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleRe
     manifests, problems = verify_repository(settings, progress=progress)
     report = CycleReport(outcomes, len(manifests), problems)
     if not problems:
-        report.benchmarks, report.skipped = benchmark_models(settings, progress)
+        report.benchmarks, report.skipped, report.failures = benchmark_models(settings,
+                                                                              progress)
         if report.benchmarks:
             report.selection, _ = select_and_promote(
                 settings, settings.default_task, settings.benchmark_profile,

@@ -11,24 +11,17 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import urllib3
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from sutazai.serving.process import ManagedProcess, free_port
 
 
 class ServerProcess:
-    """A child process serving HTTP on 127.0.0.1:<port>."""
+    """A child process serving HTTP on 127.0.0.1:<port> (a :class:`ManagedProcess`)."""
 
     name = "server"
     health_path = "/"
@@ -39,7 +32,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{self.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.managed: ManagedProcess | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -47,35 +40,20 @@ class ServerProcess:
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.managed.process if self.managed else None
+
     def start(self, timeout_s: float = 60.0) -> ServerProcess:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.environment(), cwd=self.workdir, start_new_session=True,
-            )
-        pool = urllib3.PoolManager(timeout=1.0, retries=False)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
-            try:
-                if pool.request("GET", self.url + self.health_path).status < 500:
-                    return self
-            except urllib3.exceptions.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"{self.name} did not answer within {timeout_s}s:\n{self.log()}")
+        self.managed = ManagedProcess(self.name, self.command(), self.log_path, url=self.url,
+                                      health_path=self.health_path, env=self.environment(),
+                                      cwd=self.workdir).start()
+        self.managed.wait_ready(timeout_s, ready=lambda response: response.status < 500)
+        return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.managed is not None:
+            self.managed.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
@@ -227,3 +205,29 @@ class MlflowServer(ServerProcess):
         env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
         env.pop("MLFLOW_TRACKING_URI", None)
         return env
+
+
+class Prometheus(ServerProcess):
+    """Prometheus scraping ``targets`` (host:port) every second, TSDB under ``workdir``."""
+
+    name = "prometheus"
+    health_path = "/-/ready"
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        super().__init__(workdir)
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "sutazai", "static_configs": [{"targets": targets}]}],
+        }))
+
+    def command(self) -> list[str]:
+        return [shutil.which("prometheus") or "/usr/bin/prometheus",
+                f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}"]
+
+    def query(self, expression: str) -> list[dict[str, object]]:
+        answer = urllib3.request("GET", f"{self.url}/api/v1/query",
+                                 fields={"query": expression}).json()
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])

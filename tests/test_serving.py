@@ -144,3 +144,31 @@ def test_unknown_model_and_unset_alias_are_clear(settings: Settings, gemma_gguf:
                                             "'text-generation'"):
         resolve_target(settings, None)
     assert resolve_target(settings, "gemma3-270m:1").manifest.version == 1
+
+
+def test_prometheus_scrapes_the_gateway(served: tuple[RunningEngine, str], tmp_path: Path
+                                        ) -> None:
+    """A real Prometheus server scrapes /metrics and can answer a latency query."""
+    import time
+
+    from tests.servers import Prometheus
+
+    _, url = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    client.completions.create(model="gemma3-270m", prompt="One, two,", max_tokens=4)
+    prometheus = Prometheus(tmp_path / "prometheus", [url.removeprefix("http://")]).start()
+    try:
+        deadline = time.monotonic() + 30
+        found: list[dict[str, object]] = []
+        while not found and time.monotonic() < deadline:
+            found = prometheus.query('sutazai_requests_total{endpoint="completions"}')
+            time.sleep(0.5)
+        assert found, prometheus.log()
+        assert float(found[0]["value"][1]) >= 1  # type: ignore[index]
+        [p95] = prometheus.query("histogram_quantile(0.95, sum by (le) "
+                                 "(sutazai_request_duration_seconds_bucket))")
+        assert 0 < float(p95["value"][1]) < 60  # type: ignore[index]
+        [up] = prometheus.query('up{job="sutazai"}')
+        assert up["value"][1] == "1"  # type: ignore[index]
+    finally:
+        prometheus.stop()

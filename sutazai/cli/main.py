@@ -53,7 +53,11 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
             console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
                           f"ms: {a.prompt!r} -> {a.text!r}", highlight=False)
         console.print(f"{report.seconds:.1f}s in all")
+    for failure in report.failures:
+        errors.print(f"[bold red]error:[/] {escape(failure)}", highlight=False)
     models.report_failures(report.outcomes)
+    if report.failures:
+        raise typer.Exit(1)
     if report.problems:
         raise SutazAIError(f"{len(report.problems)} stored file(s) failed verification; run "
                            "'sutazai models verify' for details")

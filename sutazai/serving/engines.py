@@ -129,7 +129,11 @@ def gguf_has_chat_template(path: Path) -> bool:
     """Whether a GGUF file carries a chat template (read with the vocabulary only, ~0.4 s)."""
     from llama_cpp import Llama
 
-    model = Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        model = Llama(str(path), vocab_only=True, verbose=False)
+    except ValueError as exc:  # llama.cpp could not parse the file
+        raise EngineError(f"{path.name} is not a GGUF file llama.cpp can read ({exc}); "
+                          "check the catalog entry's format and files") from None
     try:
         return "tokenizer.chat_template" in model.metadata
     finally:
@@ -175,6 +179,18 @@ class VllmEngine(Engine):
     def python(self) -> Path:
         return self.settings.vllm_venv / "bin" / "python"
 
+    def max_model_len(self, model_dir: Path) -> int:
+        """The setting, capped by the model's own limits: vLLM refuses to start above them
+        (MiniLM: 512 positions, but sentence-transformers' max_seq_length 256)."""
+        limits = [self.settings.vllm_max_model_len]
+        for name, key in (("config.json", "max_position_embeddings"),
+                          ("sentence_bert_config.json", "max_seq_length")):
+            path = model_dir / name
+            value = json.loads(path.read_text()).get(key) if path.exists() else None
+            if isinstance(value, int) and value > 0:
+                limits.append(value)
+        return min(limits)
+
     def start(self, manifest: Manifest, model_dir: Path, workdir: Path) -> RunningEngine:
         self.check(manifest)
         if not self.python.exists():
@@ -191,7 +207,7 @@ class VllmEngine(Engine):
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_dir), "--served-model-name", manifest.name,
             "--host", "127.0.0.1", "--port", str(port),
-            "--max-model-len", str(self.settings.vllm_max_model_len),
+            "--max-model-len", str(self.max_model_len(model_dir)),
         ]
         if "embeddings" in capabilities:
             command += ["--runner", "pooling"]
