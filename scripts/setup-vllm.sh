@@ -65,7 +65,8 @@ pip_run() {  # pip's output goes to the log (this machine's pip.conf makes it no
 
 say "installing $package pinned by $(basename "$constraints") (a few minutes)"
 # On this machine kind, torch==2.13.0+cpu comes from the local --find-links /opt/wheels.
-pip_run install --progress-bar off -c "$constraints" "$package"
+# pandas: `vllm bench serve --dataset-name custom` needs it (benchmarks/harness_vs_vllm_bench.py).
+pip_run install --progress-bar off -c "$constraints" "$package" pandas
 
 if [ "$target" = cpu ]; then
   say "removing torchvision torchaudio torchcodec (CUDA builds; they break CPU torch imports)"

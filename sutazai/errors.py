@@ -58,3 +58,7 @@ class PortInUseError(SutazAIError):
 
 class BenchmarkError(SutazAIError):
     """A benchmark could not run or its endpoint failed while it ran."""
+
+
+class ConversionError(SutazAIError):
+    """A model version cannot be converted to the format asked for."""

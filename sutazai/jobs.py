@@ -22,7 +22,7 @@ from sutazai.errors import SutazAIError
 from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
-from sutazai.repository.store import FileProblem
+from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection import Selection
 from sutazai.serving.engines import ENGINES, GENERATION_TASKS
 
@@ -95,6 +95,7 @@ def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
     skipped: list[str] = []
     failures: list[str] = []
     repo = open_repository(settings)
+    failures += derive_for_vllm(settings, repo, progress)
     for name in repo.names():
         manifest = repo.latest(name)
         if manifest is None or not GENERATION_TASKS & set(manifest.tasks):
@@ -112,6 +113,25 @@ def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
                     continue
             summaries.append(cached)
     return summaries, skipped, failures
+
+
+def derive_for_vllm(settings: Settings, repo: Repository, progress: Progress) -> list[str]:
+    """Give vLLM a safetensors version of every GGUF generation model (idempotent)."""
+    from sutazai.optimize.derive import HF_SUFFIX, convert_to_safetensors
+
+    if not (settings.vllm_venv / "bin" / "python").exists():
+        return []
+    failures = []
+    for name in repo.names():
+        manifest = repo.latest(name)
+        if (manifest is None or manifest.format != "gguf" or name.endswith(HF_SUFFIX)
+                or not GENERATION_TASKS & set(manifest.tasks)):
+            continue
+        try:
+            convert_to_safetensors(settings, manifest, progress=progress)
+        except SutazAIError as exc:
+            failures.append(f"conversion of {manifest.ref} for vLLM failed: {exc}")
+    return failures
 
 
 def ask_champion(settings: Settings, prompt: str = "The capital of France is"

@@ -194,6 +194,7 @@ def test_sutazai_serve_serves_the_champion_until_sigterm(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    assert server.returncode == 0, (tmp_path / "serve.log").read_text()
+    # uvicorn re-raises SIGTERM once it has shut down: the conventional exit by that signal
+    assert server.returncode == -signal.SIGTERM, (tmp_path / "serve.log").read_text()
     assert "serving gemma3-270m:1 on llamacpp" in (tmp_path / "serve.log").read_text()
     assert not engines[0].is_running()  # the engine went with it

@@ -199,3 +199,22 @@ def rollback_command(task: str = typer.Argument(..., help="The task, e.g. text-g
     console.print(f"{task}: champion is {restored.ref} on {restored.engine} again (was "
                   f"{demoted.ref} on {demoted.engine}; 'sutazai models rollback {task}' "
                   "undoes this)", highlight=False)
+
+
+@app.command("convert")
+def convert_command(model: str = typer.Argument(..., help="NAME[:VERSION] of a GGUF version."),
+                    as_json: bool = JSON) -> None:
+    """Derive a Hugging Face safetensors version (for vLLM) from a GGUF version, with lineage."""
+    from sutazai.optimize.derive import convert_to_safetensors
+
+    settings = load_settings()
+    name, version = parse_ref(model)
+    source = open_repository(settings).get(name, version)
+    with RichProgress(errors) as progress:
+        derived, created = convert_to_safetensors(settings, source, progress=progress)
+    if as_json:
+        emit_json({"created": created, **derived.model_dump(mode="json")})
+        return
+    console.print(f"{derived.ref} ({derived.format}, {size(derived.size)}) "
+                  f"{'derived from' if created else 'already derived from'} {source.ref}",
+                  highlight=False)

@@ -111,8 +111,13 @@ def openai_error(status: int, message: str, code: str, kind: str = "invalid_requ
                                    "code": code}}, status_code=status)
 
 
-def create_app(engine: RunningEngine) -> Starlette:
-    """The ASGI app that fronts ``engine``."""
+def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette:
+    """The ASGI app that fronts ``engine``.
+
+    With ``owns_engine`` the app stops the engine when it shuts down: uvicorn re-raises
+    SIGTERM/SIGINT after its shutdown, so code after ``uvicorn.run`` never runs then, and
+    the engine, in a process group of its own, would outlive ``sutazai serve``.
+    """
     metrics = GatewayMetrics(engine)
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -120,10 +125,14 @@ def create_app(engine: RunningEngine) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        async with httpx.AsyncClient(base_url=engine.base_url, timeout=timeout,
-                                     limits=limits) as client:
-            state["client"] = client
-            yield
+        try:
+            async with httpx.AsyncClient(base_url=engine.base_url, timeout=timeout,
+                                         limits=limits) as client:
+                state["client"] = client
+                yield
+        finally:
+            if owns_engine:
+                engine.stop()
 
     async def health(request: Request) -> Response:
         try:

@@ -92,7 +92,7 @@ def serve_forever(settings: Settings, target: Target, engine_name: str | None, h
     running = start_engine(settings, target.manifest, engine_name or target.engine)
     try:
         announce(running, f"http://{host}:{port}")
-        uvicorn.run(create_app(running), host=host, port=port, log_level="warning",
-                    access_log=False)
+        uvicorn.run(create_app(running, owns_engine=True), host=host, port=port,
+                    log_level="warning", access_log=False)
     finally:
         running.stop()

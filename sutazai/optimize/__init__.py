@@ -1,0 +1,1 @@
+"""Model optimisation: format conversion, quantisation, with lineage."""
