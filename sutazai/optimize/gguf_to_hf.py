@@ -12,16 +12,18 @@ safetensors. The conversion is transformers' own GGUF loader followed by
   architecture transformers cannot map fails (``ValueError``), and it tells whether the
   model is a causal LM before the weights are unpacked. Passing this config on to the model
   load saves parsing the metadata again.
-- **``GgufConfig(dequantize=True)``.** Since transformers 5.x a GGUF loads through a "gguf"
-  quantizer. For the architectures on its newer path (5.24: qwen35, qwen35moe, lfm2) it would
-  otherwise keep the weights packed in GGUF blocks, which cannot be written as safetensors.
-  Gemma 3 goes through the older loader, which always unpacks; the flag makes both paths dense.
-- **A fresh model.** The loaded model keeps that quantizer: ``save_pretrained`` refuses
-  ("quantized with gguf and is not serializable"), and its ``config.quantization_config``
-  would send vLLM looking for a GGUF. So the config drops ``quantization_config`` and the
-  weights are copied (strictly: every name must match) into a new model of the same class.
-  For Gemma 3 that is a text-only ``Gemma3ForCausalLM`` (``model_type`` ``gemma3_text``): the
-  GGUF holds the text backbone only, and transformers already maps it so.
+- **``GgufConfig(dequantize=True)``: the one step that matters.** Since transformers 5.x a
+  GGUF loads through a "gguf" quantizer. Left to its default, the loaded model keeps that
+  quantizer and ``config.quantization_config``: ``save_pretrained`` then refuses ("quantized
+  with gguf and is not serializable"), and a ``quantization_config`` in ``config.json`` would
+  send vLLM looking for GGUF weights. Older recipes (and PLATFORM-FACTS) copy the state_dict
+  into a fresh model to get rid of it; with ``dequantize=True`` transformers drops the
+  quantizer and the config entry itself once the weights are in, so the loaded model saves as
+  a plain one. It also keeps the architectures on transformers' newer GGUF path (5.24:
+  qwen35, qwen35moe, lfm2) from keeping their weights packed in GGUF blocks, which safetensors
+  cannot hold. Gemma 3 takes the older path, which always unpacks, into a text-only
+  ``Gemma3ForCausalLM`` (``model_type`` ``gemma3_text``): the GGUF holds the text backbone
+  only, and transformers maps it so.
 - **Gemma norms.** GGUF stores Gemma's RMSNorm weights as ``1 + w``; transformers' loader
   subtracts the 1 again, so nothing is done here, but do not "fix" it twice.
 - **Tied embeddings.** Gemma's ``lm_head`` is the embedding matrix; ``save_pretrained``
@@ -29,14 +31,17 @@ safetensors. The conversion is transformers' own GGUF loader followed by
   ``tie_word_embeddings``.
 - **Determinism.** The same GGUF and library versions give byte-identical files:
   safetensors writes tensors in sorted order with fixed metadata (``{"format": "pt"}``), the
-  JSON files are written with sorted keys, and the source path is not recorded
-  (``_name_or_path`` is dropped on save). ``transformers_version`` is recorded, so another
-  transformers version may give a different ``config.json``.
+  JSON files come out in a fixed key order, and neither the GGUF's path nor its file name is
+  recorded (``_name_or_path`` is dropped on save; checked: two runs from different paths give
+  the same bytes). ``transformers_version`` is recorded, so another transformers version
+  may give a different ``config.json``.
 
 Not carried over, because the GGUF does not hold it: the original ``generation_config.json``
 sampling defaults (the written one has only the special token ids) and any chat template the
-file lacks (the Gemma 3 270M base model has none). transformers' loader shows a tqdm bar on
-stderr while it unpacks the tensors; the library adds no output of its own.
+file lacks (the Gemma 3 270M base model has none). ``tokenizer_config.json`` records
+``is_local``/``local_files_only``: transformers writes them for any tokenizer loaded from a
+local folder; they are harmless to vLLM and transformers. transformers' loader shows a tqdm
+bar on stderr while it unpacks the tensors; the library adds no output of its own.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def convert_gguf_to_hf(gguf: Path, target: Path, dtype: str = "bfloat16") -> lis
 def _convert(gguf: Path, target: Path, dtype: str) -> None:
     """The conversion itself; the module docstring says why each step is there."""
     import torch
+    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -88,22 +94,16 @@ def _convert(gguf: Path, target: Path, dtype: str) -> None:
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except ValueError as exc:  # "GGUF model with architecture X is not supported yet."
-        raise ConversionError(f"cannot convert {gguf.name} to Hugging Face format: {exc}") from exc
+        raise ConversionError(f"cannot convert {gguf.name} to Hugging Face format with "
+                              f"transformers {transformers.__version__}: {exc}") from exc
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ConversionError(f"{gguf.name} holds a {config.model_type!r} model, which is not a "
                               "causal language model; only causal LMs are converted")
 
-    torch_dtype = getattr(torch, dtype)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, config=config, dtype=torch_dtype, local_files_only=True,
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, config=config, dtype=getattr(torch, dtype), local_files_only=True,
         quantization_config=GgufConfig(dequantize=True),
     )
-    plain = loaded.config
-    if hasattr(plain, "quantization_config"):
-        del plain.quantization_config
-    model = AutoModelForCausalLM.from_config(plain, dtype=torch_dtype)
-    model.load_state_dict(loaded.state_dict())
-    del loaded
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
 
     target.mkdir(parents=True, exist_ok=True)

@@ -157,8 +157,12 @@ class LlamaCppEngine(Engine):
             "--n_threads_batch", threads, "--embedding", str("embeddings" in capabilities),
             "--verbose", "False",  # per-request perf lines would bury real errors in the log
         ]
-        process = self._launch(manifest, command, port, workdir, "/v1/models",
-                               self._environment())
+        env = self._environment()
+        # llama.cpp's OpenMP threads busy-wait between tokens. When they fill every core, the
+        # gateway relaying tokens waits for a time slice: multi-second outliers on 2 cores.
+        # A short spin keeps the speed and removes them (benchmarks/serving_overhead.py).
+        env.setdefault("GOMP_SPINCOUNT", "10000")
+        process = self._launch(manifest, command, port, workdir, "/v1/models", env)
         return RunningEngine(self.name, manifest.name, process.url, manifest, capabilities,
                              process, process.ready_seconds or 0.0, "/v1/models",
                              {"file": gguf.name})
