@@ -16,6 +16,7 @@ import openai
 import pytest
 import yaml
 
+from sutazai.benchmark.quality import ApiScorer, text_generation_quality
 from sutazai.config import Settings
 from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.repository.manifest import Manifest
@@ -51,6 +52,12 @@ def test_tiny_llama_completions_and_chat(settings: Settings, tmp_path: Path) -> 
         chat = client.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": "hello"}], max_tokens=4)
         assert chat.choices[0].message.role == "assistant"
+        # Quality over vLLM's API: a random model is about as perplexed as its vocabulary
+        # is large (1,000 tokens), and no better than chance (0.25) by much on 4 choices.
+        report = text_generation_quality(ApiScorer(running.base_url, running.model),
+                                         settings.benchmark_data_dir)
+        assert 300 < report.scores["perplexity"] < 3000
+        assert report.scorer == "api" and 0 <= report.score <= 0.6
         metrics = httpx.get(f"{url}/metrics").text
         # usage from vLLM's final stream chunk is what the gateway counts
         assert 'sutazai_output_tokens_total{endpoint="completions"} 12.0' in metrics

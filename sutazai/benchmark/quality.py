@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -50,29 +50,37 @@ class Scorer(Protocol):
 
 
 class ApiScorer:
+    """Prompt logprobs from an engine's OpenAI API (vLLM): ``echo`` + ``logprobs``.
+
+    The continuation is found by token count (the engine's ``/tokenize`` of the context),
+    not by ``text_offset``: vLLM counts the BOS token's text (``<bos>``) in the offsets.
+    """
+
     name = "api"
 
     def __init__(self, base_url: str, model: str) -> None:
         self.client = httpx.Client(base_url=base_url, timeout=300.0)
         self.model = model
 
-    def continuation_logprobs(self, context: str, continuation: str) -> list[float]:
-        text = f"{context} {continuation}" if context else continuation
-        start = len(context) if context else 1
-        response = self.client.post("/v1/completions", json={
-            "model": self.model, "prompt": text, "max_tokens": 1, "echo": True,
-            "logprobs": 1, "temperature": 0.0,
-        })
+    def _post(self, path: str, body: dict[str, object]) -> dict[str, Any]:
+        response = self.client.post(path, json={"model": self.model, **body})
         if response.status_code != 200:
-            raise BenchmarkError(f"the endpoint refused a logprobs request (HTTP "
-                                 f"{response.status_code}: {response.text[:200]}); quality "
-                                 "needs an engine that returns prompt logprobs with echo")
-        logprobs = response.json()["choices"][0].get("logprobs") or {}
-        picked = [float(v) for v, offset in zip(logprobs.get("token_logprobs") or [],
-                                                logprobs.get("text_offset") or [], strict=False)
-                  if v is not None and start <= offset < len(text)]
+            raise BenchmarkError(f"the engine refused {path} (HTTP {response.status_code}: "
+                                 f"{response.text[:200]}); quality over the API needs prompt "
+                                 "logprobs with echo and /tokenize, as vLLM offers")
+        return dict(response.json())
+
+    def continuation_logprobs(self, context: str, continuation: str) -> list[float]:
+        whole = f"{context} {continuation}" if context else continuation
+        # Without a context, skip BOS and the first token (nothing to predict it from).
+        first = int(self._post("/tokenize", {"prompt": context})["count"]) if context else 2
+        answer = self._post("/v1/completions", {
+            "prompt": whole, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0.0})
+        prompt_tokens = int(answer["usage"]["prompt_tokens"])
+        values = (answer["choices"][0].get("logprobs") or {}).get("token_logprobs") or []
+        picked = [float(v) for v in values[first:prompt_tokens] if v is not None]
         if not picked:
-            raise BenchmarkError("the endpoint returned no prompt logprobs for an echoed prompt")
+            raise BenchmarkError("the engine returned no prompt logprobs for an echoed prompt")
         return picked
 
     def close(self) -> None:

@@ -93,7 +93,8 @@ def task_of(manifest: Manifest) -> str:
 
 def quality_scorer(settings: Settings, manifest: Manifest, url: str, model: str
                    ) -> ApiScorer | LlamaCppScorer:
-    """In-process llama.cpp for GGUF weights (fast logprobs); the endpoint otherwise."""
+    """In-process llama.cpp for GGUF weights (fast logprobs); the engine's API otherwise
+    (its own URL: ``/tokenize`` is not under ``/v1``, so the gateway does not carry it)."""
     if manifest.format == "gguf":
         folder = open_repository(settings).ensure_snapshot(manifest)
         return LlamaCppScorer(single_file(folder, ".gguf", manifest), settings.engine_threads)
@@ -126,7 +127,7 @@ def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profil
         abort = next((s.abort_reason for s in steps if s.incomplete), "")
         abort = running.death() or abort
         if quality and not abort:
-            scorer = quality_scorer(settings, manifest, url, running.model)
+            scorer = quality_scorer(settings, manifest, running.base_url, running.model)
             try:
                 report = text_generation_quality(scorer, settings.benchmark_data_dir)
             finally:

@@ -156,6 +156,9 @@ class LlamaCppEngine(Engine):
             "--n_ctx", str(self.settings.llamacpp_context), "--n_threads", threads,
             "--n_threads_batch", threads, "--embedding", str("embeddings" in capabilities),
             "--verbose", "False",  # per-request perf lines would bury real errors in the log
+            # The server's default computes the output layer (262k words for Gemma 3) for every
+            # prompt token, for echoed logprobs; quality is scored in-process instead.
+            "--logits_all", "False",
         ]
         env = self._environment()
         # llama.cpp's OpenMP threads busy-wait between tokens. When they fill every core, the
