@@ -64,6 +64,7 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, object
     record = RequestRecord(index=index, sent=sent - origin)
     chunks = 0
     last = sent
+    finished = False
     try:
         async with session.post(url, json=body) as response:
             if response.status != 200:
@@ -78,6 +79,7 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, object
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
+                    finished = True
                     break
                 payload = json.loads(data)
                 now = time.perf_counter()
@@ -94,9 +96,11 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, object
                     record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         record.latency = time.perf_counter() - sent
         record.output_tokens = record.output_tokens or chunks
-        record.success = record.ttft is not None
-        if not record.success:
+        record.success = record.ttft is not None and finished
+        if record.ttft is None:
             record.error = "the stream ended without any token"
+        elif not finished:
+            record.error = f"the stream was cut after {chunks} chunk(s), before [DONE]"
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         abort.reason = abort.reason or f"the endpoint stopped answering ({record.error})"

@@ -71,6 +71,8 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # llama.cpp's own log lines (context-size notes on every in-process load)
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -159,6 +159,8 @@ class LlamaCppEngine(Engine):
             # The server's default computes the output layer (262k words for Gemma 3) for every
             # prompt token, for echoed logprobs; quality is scored in-process instead.
             "--logits_all", "False",
+            # Its default aborts the running request when another arrives; queue them instead.
+            "--interrupt_requests", "False",
         ]
         env = self._environment()
         # llama.cpp's OpenMP threads busy-wait between tokens. When they fill every core, the

@@ -76,6 +76,7 @@ class _Tally:
     chunks_with_text: int = 0
     usage_tokens: int | None = None
     buffer: bytes = b""
+    broken: bool = False
 
     def feed(self, chunk: bytes) -> None:
         self.buffer += chunk
@@ -185,8 +186,9 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
 
         def finish() -> None:
             metrics.in_flight.dec()
-            metrics.requests.labels(path, str(upstream.status_code)).inc()
-            if upstream.status_code != 200 or path not in ENDPOINT_CAPABILITY:
+            status = "stream_cut" if tally.broken else str(upstream.status_code)
+            metrics.requests.labels(path, status).inc()
+            if status != "200" or path not in ENDPOINT_CAPABILITY:
                 return
             done = time.perf_counter()
             metrics.latency.labels(path).observe(done - tally.started)
@@ -204,6 +206,10 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
                     async for chunk in upstream.aiter_raw():
                         tally.feed(chunk)
                         yield chunk
+                except httpx.HTTPError:
+                    # The engine cut the stream. The status is sent already, so the client
+                    # sees a stream without [DONE]; the metrics count it apart.
+                    tally.broken = True
                 finally:
                     await upstream.aclose()
 
