@@ -1,8 +1,9 @@
 """The main job (``make run``): the nightly cycle, as far as it has grown.
 
 1. Mirror every catalog model, register it in MLflow, re-verify the repository.
-2. Benchmark the latest version of every text-generation model on every engine that can
-   serve it here (a benchmark of the same bytes, engine and profile is reused).
+2. Benchmark the latest version of every model on every engine that can serve it here:
+   load and quality for text generation, quality for embeddings and spaCy NER (a benchmark
+   of the same bytes, engine and profile is reused).
 3. Select the champion and challenger of each task under the SLOs; set the aliases.
 4. Serve the text-generation champion briefly and ask it one question, to prove it answers.
 """
@@ -24,7 +25,9 @@ from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
 from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection import Selection
-from sutazai.serving.engines import ENGINES, GENERATION_TASKS
+from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS
+
+BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
 
 
 @dataclass
@@ -98,9 +101,13 @@ def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
     failures += derive_for_vllm(settings, repo, progress)
     for name in repo.names():
         manifest = repo.latest(name)
-        if manifest is None or not GENERATION_TASKS & set(manifest.tasks):
+        if manifest is None or not BENCHMARKED_TASKS & set(manifest.tasks):
             continue
-        usable, reasons = engines_available(settings, manifest)
+        reasons: list[str] = []
+        if manifest.format == "spacy":  # NER runs in-process, no serving engine
+            usable = ["spacy"]
+        else:
+            usable, reasons = engines_available(settings, manifest)
         skipped += reasons
         for engine in usable:
             cached = known.get((manifest.digest, engine))

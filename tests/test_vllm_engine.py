@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 
-from sutazai.benchmark.quality import ApiScorer, text_generation_quality
+from sutazai.benchmark.quality import ApiScorer, embedding_quality, text_generation_quality
 from sutazai.config import Settings
 from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.repository.manifest import Manifest
@@ -79,5 +79,7 @@ def test_minilm_embeddings(settings: Settings) -> None:
         assert all(v.shape == (384,) for v in vectors)
         similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
         assert similar > 0.6 > unrelated
+        report = embedding_quality(running.base_url, running.model, settings.benchmark_data_dir)
+        assert report.scores["pairs"] == 30 and report.score > 0.7  # MiniLM ranks pairs well
         with pytest.raises(openai.BadRequestError, match="does not offer /v1/completions"):
             client.completions.create(model="all-minilm-l6-v2", prompt="hi", max_tokens=1)

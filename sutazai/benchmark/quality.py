@@ -146,3 +146,61 @@ def text_generation_quality(scorer: Scorer, data_dir: Path) -> QualityReport:
         scores={"mc_accuracy": correct / len(questions), "perplexity": math.exp(-total / count),
                 "heldout_tokens": float(count)},
     )
+
+
+def embedding_quality(base_url: str, model: str, data_dir: Path) -> QualityReport:
+    """Spearman correlation between the cosine similarity of the model's sentence embeddings
+    (from the engine's ``/v1/embeddings``) and the similarity scores of the pairs (0-5)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [json.loads(line) for line in _lines(data_dir / "sts_pairs.jsonl")]
+    texts = [p["a"] for p in pairs] + [p["b"] for p in pairs]
+    with httpx.Client(base_url=base_url, timeout=300.0) as client:
+        response = client.post("/v1/embeddings", json={"model": model, "input": texts})
+    if response.status_code != 200:
+        raise BenchmarkError(f"the engine refused /v1/embeddings (HTTP {response.status_code}: "
+                             f"{response.text[:200]})")
+    data = sorted(response.json()["data"], key=lambda d: d["index"])
+    vectors = np.asarray([d["embedding"] for d in data], dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    half = len(pairs)
+    cosine = (vectors[:half] * vectors[half:]).sum(axis=1)
+    gold = np.asarray([p["score"] for p in pairs], dtype=np.float64)
+    return QualityReport(
+        task="embeddings", primary="spearman", scorer="api",
+        scores={"spearman": float(spearmanr(cosine, gold).statistic),
+                "pearson": float(pearsonr(cosine, gold).statistic), "pairs": float(half)},
+    )
+
+
+def ner_quality(model_dir: Path, data_dir: Path) -> QualityReport:
+    """Micro-averaged entity F1 of a spaCy pipeline against gold spans (exact start, end and
+    label), plus per-label F1; spaCy runs in-process, as no serving engine loads it."""
+    import spacy
+
+    gold_docs = [json.loads(line) for line in _lines(data_dir / "ner_gold.jsonl")]
+    try:
+        nlp = spacy.load(model_dir)
+    except (OSError, ValueError) as exc:
+        raise BenchmarkError(f"spaCy cannot load {model_dir}: {exc}") from None
+    gold = {(i, s, e, label) for i, doc in enumerate(gold_docs)
+            for s, e, label in doc["entities"]}
+    predicted = {(i, ent.start_char, ent.end_char, ent.label_)
+                 for i, doc in enumerate(nlp.pipe(d["text"] for d in gold_docs))
+                 for ent in doc.ents}
+
+    def f1(g: set[tuple[int, int, int, str]], p: set[tuple[int, int, int, str]]) -> float:
+        hits = len(g & p)
+        return 2 * hits / (len(g) + len(p)) if g or p else 1.0
+
+    hits = len(gold & predicted)
+    scores = {
+        "entity_f1": f1(gold, predicted),
+        "precision": hits / len(predicted) if predicted else 0.0,
+        "recall": hits / len(gold) if gold else 0.0,
+    }
+    for label in sorted({g[3] for g in gold}):
+        scores[f"f1_{label}"] = f1({g for g in gold if g[3] == label},
+                                   {p for p in predicted if p[3] == label})
+    return QualityReport(task="ner", primary="entity_f1", scorer="spaCy in-process",
+                         scores=scores)

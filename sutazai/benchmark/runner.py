@@ -26,6 +26,8 @@ from sutazai.benchmark.quality import (
     ApiScorer,
     LlamaCppScorer,
     QualityReport,
+    embedding_quality,
+    ner_quality,
     text_generation_quality,
 )
 from sutazai.config import Settings
@@ -33,7 +35,7 @@ from sutazai.errors import BenchmarkError
 from sutazai.mirror import open_registry, open_repository
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
-from sutazai.serving.engines import GENERATION_TASKS, single_file
+from sutazai.serving.engines import EMBEDDING_TASKS, GENERATION_TASKS, single_file
 from sutazai.serving.service import serving
 
 SUMMARY = "summary.json"
@@ -88,7 +90,8 @@ class BenchmarkSummary(BaseModel):
 
 
 def task_of(manifest: Manifest) -> str:
-    return next((t for t in manifest.tasks if t in GENERATION_TASKS), manifest.tasks[0])
+    return next((t for t in manifest.tasks if t in GENERATION_TASKS | EMBEDDING_TASKS),
+                manifest.tasks[0])
 
 
 def quality_scorer(settings: Settings, manifest: Manifest, url: str, model: str
@@ -101,6 +104,32 @@ def quality_scorer(settings: Settings, manifest: Manifest, url: str, model: str
     return ApiScorer(url, model)
 
 
+def quality_only(settings: Settings, manifest: Manifest, engine: str | None,
+                 profile: LoadProfile, task: str) -> BenchmarkSummary:
+    """Embeddings (served, scored through /v1/embeddings) and spaCy NER (in-process): quality
+    and resources; the load generator drives completions only, so there are no load steps."""
+    def summary(engine_name: str, report: QualityReport, load_seconds: float,
+                rss: int | None) -> BenchmarkSummary:
+        return BenchmarkSummary(
+            model=manifest.name, version=manifest.version, digest=manifest.digest, task=task,
+            engine=engine_name, profile=profile, steps=[], quality=report,
+            load_seconds=load_seconds, peak_rss_bytes=rss, size_bytes=manifest.size)
+
+    if task == "ner" and manifest.format == "spacy":
+        folder = open_repository(settings).ensure_snapshot(manifest)
+        started = time.monotonic()
+        report = ner_quality(folder, settings.benchmark_data_dir)
+        return summary("spacy", report, time.monotonic() - started, None)
+    if task in EMBEDDING_TASKS:
+        with serving(settings, manifest, engine) as (running, _):
+            report = embedding_quality(running.base_url, running.model,
+                                       settings.benchmark_data_dir)
+            return summary(running.engine, report, running.load_seconds,
+                           running.peak_rss_bytes)
+    raise BenchmarkError(f"{manifest.ref} is a {task} model ({manifest.format}); SutazAI "
+                         "benchmarks text generation, embeddings and spaCy NER")
+
+
 def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profile: LoadProfile,
               slo: SLO | None = None, *, quality: bool = True,
               progress: Progress = NULL_PROGRESS) -> tuple[BenchmarkSummary, list[LoadResult]]:
@@ -111,8 +140,9 @@ def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profil
     """
     task = task_of(manifest)
     if task not in GENERATION_TASKS:
-        raise BenchmarkError(f"{manifest.ref} is a {task} model; the load benchmark drives "
-                             "text-generation endpoints (completions)")
+        summary = quality_only(settings, manifest, engine, profile, task)
+        summary.run_id = log_benchmark(settings, summary, [], slo)
+        return summary, []
     words = load_corpus(settings.benchmark_data_dir / "prompts.txt")
     prompts = make_prompts(words, profile.warmup + profile.num_prompts, profile.input_words,
                            profile.seed)

@@ -34,6 +34,9 @@ def summary_table(summaries: list[BenchmarkSummary], title: str) -> Table:
     for s in summaries:
         quality = f"{s.quality.score:.3f}" if s.quality else "-"
         rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
+        if not s.steps:  # quality-only tasks (embeddings, NER)
+            table.add_row(s.ref, s.engine, s.profile.name, "-", "-", "-", "-", "-", quality, rss,
+                          f"{s.load_seconds:.1f}")
         for step in s.steps:
             table.add_row(s.ref, s.engine, s.profile.name, str(step.concurrency),
                           _ms(step.ttft_p95_ms), _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),

