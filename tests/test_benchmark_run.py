@@ -198,3 +198,26 @@ def test_sutazai_serve_serves_the_champion_until_sigterm(
     assert server.returncode == -signal.SIGTERM, (tmp_path / "serve.log").read_text()
     assert "serving gemma3-270m:1 on llamacpp" in (tmp_path / "serve.log").read_text()
     assert not engines[0].is_running()  # the engine went with it
+
+
+def test_a_terminated_command_takes_its_engine_with_it(settings: Settings, gemma_gguf: Path
+                                                       ) -> None:
+    """`kill <pid>` (SIGTERM) of `sutazai bench run` mid-benchmark stops the engine too."""
+    publish(settings, gemma_gguf, "gemma3-270m")
+    env = {**os.environ, "SUTAZAI_HOME": str(settings.home),
+           "SUTAZAI_CATALOG": str(settings.catalog)}
+    command = subprocess.Popen([sys.executable, "-m", "sutazai.cli.main", "bench", "run",
+                                "gemma3-270m", "--profile", "throughput", "--no-quality"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engines: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while not engines and time.monotonic() < deadline:
+        engines = [c for c in psutil.Process(command.pid).children(recursive=True)
+                   if "llama_cpp.server" in " ".join(c.cmdline())]
+        time.sleep(0.2)
+    assert engines, "the engine never started"
+    time.sleep(2)  # mid-benchmark
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(30) == 128 + signal.SIGTERM
+    psutil.wait_procs(engines, timeout=15)
+    assert not any(e.is_running() and e.status() != psutil.STATUS_ZOMBIE for e in engines)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 
 import typer
 from rich.markup import escape
@@ -75,8 +77,15 @@ def _quiet_libraries() -> None:
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the command like Ctrl-C does, through ``finally`` blocks: engines run in
+    process groups of their own, and without this they would outlive a killed command."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     _quiet_libraries()
+    _exit_on_sigterm()
     try:
         app()
     except SutazAIError as exc:
