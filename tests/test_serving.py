@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sutazai.config import Settings
-from sutazai.errors import EngineError, NotFoundError, PortInUseError
+from sutazai.errors import BenchmarkError, EngineError, NotFoundError, PortInUseError
 from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.repository.manifest import Manifest
 from sutazai.serving.engines import RunningEngine, engine_for
@@ -172,3 +172,29 @@ def test_prometheus_scrapes_the_gateway(served: tuple[RunningEngine, str], tmp_p
         assert up["value"][1] == "1"  # type: ignore[index]
     finally:
         prometheus.stop()
+
+
+def test_sweep_and_poisson_load_against_the_real_engine(
+    served: tuple[RunningEngine, str]
+) -> None:
+    from sutazai.benchmark.loadgen import run_load
+    from sutazai.benchmark.profiles import LoadProfile
+
+    running, url = served
+    prompts = [f"Count from {i}:" for i in range(8)]
+    sweep = LoadProfile(name="s", mode="sweep", sweep=(1, 3), num_prompts=6, output_tokens=3,
+                        warmup=1)
+    steps = run_load(url, running.model, prompts, sweep)
+    assert [s.concurrency for s in steps] == [1, 3]
+    assert all(s.metrics.completed == 6 and not s.incomplete for s in steps)
+    assert steps[0].metrics.max_concurrent_requests == 1
+    assert steps[1].metrics.max_concurrent_requests <= 3
+
+    poisson = LoadProfile(name="p", mode="poisson", rate=50.0, concurrency=2, num_prompts=6,
+                          output_tokens=3, warmup=1, seed=7)
+    [step] = run_load(url, running.model, prompts, poisson)
+    sent = [r.sent for r in step.records]
+    assert step.rate == 50.0 and step.metrics.completed == 6
+    assert sent == sorted(sent) and sent[-1] > 0  # arrivals spread out, in order
+    with pytest.raises(BenchmarkError, match="needs 7 prompts"):
+        run_load(url, running.model, prompts[:3], poisson)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from sutazai.benchmark.metrics import SLO, RequestRecord, ServingMetrics, compute_metrics
 from sutazai.benchmark.profiles import LoadProfile
+from sutazai.errors import BenchmarkError
 
 
 class LoadResult(BaseModel):
@@ -165,6 +166,11 @@ def run_load(base_url: str, model: str, prompts: list[str], profile: LoadProfile
     ``prompts`` holds ``profile.warmup`` warm-up prompts followed by ``num_prompts``
     measured ones. A step that is cut short ends the sweep.
     """
+    needed = profile.warmup + profile.num_prompts
+    if len(prompts) < needed:
+        raise BenchmarkError(f"profile {profile.name!r} needs {needed} prompts ({profile.warmup} "
+                             f"warm-up + {profile.num_prompts}), got {len(prompts)}")
+    prompts = prompts[:needed]
     results = []
     for level in profile.levels():
         result = asyncio.run(_run_step(base_url, model, prompts, profile, level, slo, on_done))
