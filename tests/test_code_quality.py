@@ -42,3 +42,10 @@ def test_library_does_not_print() -> None:
     done = subprocess.run([BIN / "ruff", "check", "--select", "T20", "sutazai"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_every_library_folder_is_a_package() -> None:
+    """setuptools' find_packages skips folders without __init__.py: a built wheel (a KFP
+    component image, say) would silently lack them while the editable install works."""
+    folders = [p for p in (ROOT / "sutazai").rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    assert [str(p) for p in folders if not (p / "__init__.py").exists()] == []

@@ -1,0 +1,1 @@
+"""Serving: engines started from the repository, behind an OpenAI-compatible gateway."""
