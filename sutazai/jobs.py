@@ -4,7 +4,8 @@
 2. Benchmark the latest version of every model on every engine that can serve it here:
    load and quality for text generation, quality for embeddings and spaCy NER (a benchmark
    of the same bytes, engine and profile is reused).
-3. Select the champion and challenger of each task under the SLOs; set the aliases.
+3. Select the champion and challenger of each task under the SLOs (latency limits for text
+   generation; memory and quality for embeddings and NER); set the aliases.
 4. Serve the text-generation champion briefly and ask it one question, to prove it answers.
 """
 
@@ -47,12 +48,11 @@ class CycleReport:
     benchmarks: list[BenchmarkSummary] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    selection: Selection | None = None
+    selections: list[Selection] = field(default_factory=list)
     answer: ServedAnswer | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        winner = self.selection.winner if self.selection else None
         return {
             "outcomes": [o.as_dict() for o in self.outcomes],
             "versions": self.versions,
@@ -61,8 +61,9 @@ class CycleReport:
                            for b in self.benchmarks],
             "skipped": self.skipped,
             "failures": self.failures,
-            "champion": winner.model_dump() if winner else None,
-            "explanation": self.selection.explanation if self.selection else None,
+            "champions": {d.task: d.winner.model_dump() if d.winner else None
+                          for d in self.selections},
+            "explanations": {d.task: d.explanation for d in self.selections},
             "answer": self.answer.__dict__ if self.answer else None,
             "seconds": self.seconds,
         }
@@ -167,11 +168,11 @@ def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleRe
     if not problems:
         report.benchmarks, report.skipped, report.failures = benchmark_models(settings,
                                                                               progress)
-        if report.benchmarks:
-            report.selection, _ = select_and_promote(
-                settings, settings.default_task, settings.benchmark_profile,
-                settings.selection_slo, settings.selection_weights)
-        if report.selection and report.selection.winner:
+        for task in sorted({b.task for b in report.benchmarks}):
+            decision, _ = select_and_promote(settings, task, settings.benchmark_profile,
+                                             settings.selection_slo, settings.selection_weights)
+            report.selections.append(decision)
+        if any(d.task == settings.default_task and d.winner for d in report.selections):
             report.answer = ask_champion(settings)
     report.seconds = time.monotonic() - started
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sutazai.benchmark import plots
 from sutazai.benchmark.metrics import SLO
@@ -14,6 +15,7 @@ from sutazai.errors import NotFoundError
 from sutazai.mirror import open_registry, open_repository
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases
 from sutazai.selection import Candidate, Selection, Weights, select
+from sutazai.serving.engines import GENERATION_TASKS
 
 
 def latest_summaries(settings: Settings, task: str | None = None,
@@ -47,16 +49,31 @@ def latest_summaries(settings: Settings, task: str | None = None,
 
 
 def candidates(summaries: list[BenchmarkSummary]) -> list[Candidate]:
-    return [
-        Candidate(
-            model=s.model, version=s.version, engine=s.engine, concurrency=step.concurrency,
-            ttft_p95_ms=step.ttft_p95_ms, e2el_p95_ms=step.e2el_p95_ms,
-            tpot_p95_ms=step.tpot_p95_ms, output_throughput=step.output_throughput,
-            memory_mib=s.peak_rss_bytes / 2**20 if s.peak_rss_bytes else None,
-            quality=s.quality.score if s.quality else None, run_id=s.run_id, digest=s.digest,
-        )
-        for s in summaries for step in s.steps if step.completed
-    ]
+    """One candidate per concurrency level; one per summary for quality-only tasks."""
+    pool = []
+    for s in summaries:
+        memory = s.peak_rss_bytes / 2**20 if s.peak_rss_bytes else None
+        quality = s.quality.score if s.quality else None
+        common: dict[str, Any] = {
+            "model": s.model, "version": s.version, "engine": s.engine, "memory_mib": memory,
+            "quality": quality, "run_id": s.run_id, "digest": s.digest,
+        }
+        if not s.steps:
+            pool.append(Candidate(concurrency=1, ttft_p95_ms=None, e2el_p95_ms=None,
+                                  tpot_p95_ms=None, output_throughput=0.0, **common))
+        pool += [Candidate(concurrency=step.concurrency, ttft_p95_ms=step.ttft_p95_ms,
+                           e2el_p95_ms=step.e2el_p95_ms, tpot_p95_ms=step.tpot_p95_ms,
+                           output_throughput=step.output_throughput, **common)
+                 for step in s.steps if step.completed]
+    return pool
+
+
+def slo_for_task(task: str, slo: SLO) -> SLO:
+    """Latency limits apply to load-tested tasks (text generation) only; embeddings and NER
+    are scored for quality and memory, so only those limits carry over."""
+    if task in GENERATION_TASKS:
+        return slo
+    return SLO(max_memory_mib=slo.max_memory_mib, min_quality=slo.min_quality)
 
 
 def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
@@ -67,6 +84,7 @@ def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
         raise NotFoundError(f"no complete benchmark of task {task!r} with profile {profile!r} "
                             "in MLflow yet: run 'sutazai bench run NAME' first")
     pool = candidates(summaries)
+    slo = slo_for_task(task, slo)
     decision = select(task, pool, slo, weights)
     repo = open_repository(settings)
     aliases = TaskAliases(open_registry(settings))

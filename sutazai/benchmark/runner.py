@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel
 
 from sutazai.benchmark import plots
@@ -117,9 +118,13 @@ def quality_only(settings: Settings, manifest: Manifest, engine: str | None,
 
     if task == "ner" and manifest.format == "spacy":
         folder = open_repository(settings).ensure_snapshot(manifest)
+        process = psutil.Process()
+        before = process.memory_info().rss
         started = time.monotonic()
         report = ner_quality(folder, settings.benchmark_data_dir)
-        return summary("spacy", report, time.monotonic() - started, None)
+        # in-process: the memory the pipeline added to this process stands for its footprint
+        grown = max(process.memory_info().rss - before, 0)
+        return summary("spacy", report, time.monotonic() - started, grown or None)
     if task in EMBEDDING_TASKS:
         with serving(settings, manifest, engine) as (running, _):
             report = embedding_quality(running.base_url, running.model,

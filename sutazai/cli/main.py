@@ -48,8 +48,8 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
                                               f"{settings.benchmark_profile})"))
         for reason in report.skipped:
             console.print(f"[dim]skipped {escape(reason)}[/]")
-        if report.selection is not None:
-            console.print(report.selection.explanation, markup=False, highlight=False)
+        for decision in report.selections:
+            console.print(decision.explanation, markup=False, highlight=False)
         if report.answer is not None:
             a = report.answer
             console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
