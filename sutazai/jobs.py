@@ -26,7 +26,7 @@ from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
 from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection import Selection
-from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS
+from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
 
 BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
 
@@ -81,7 +81,7 @@ def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str]
             continue
         if name == "ollama":
             skipped.append(f"{manifest.ref} on ollama: only with an Ollama server (OLLAMA_HOST)")
-        elif name == "vllm" and not (settings.vllm_venv / "bin" / "python").exists():
+        elif isinstance(engine, VllmEngine) and not engine.installed:
             skipped.append(f"{manifest.ref} on vllm: run 'make vllm' to set it up")
         else:
             usable.append(name)
@@ -127,7 +127,7 @@ def derive_for_vllm(settings: Settings, repo: Repository, progress: Progress) ->
     """Give vLLM a safetensors version of every GGUF generation model (idempotent)."""
     from sutazai.optimize.derive import HF_SUFFIX, convert_to_safetensors
 
-    if not (settings.vllm_venv / "bin" / "python").exists():
+    if not VllmEngine(settings).installed:
         return []
     failures = []
     for name in repo.names():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 PERCENTILES = (50, 90, 95, 99)
@@ -59,6 +58,8 @@ class Distribution(BaseModel):
         if not seconds:
             return cls(count=0, mean_ms=None, median_ms=None, std_ms=None, p90_ms=None,
                        p95_ms=None, p99_ms=None)
+        import numpy as np  # here, not at the top: settings import this module at start-up
+
         ms = np.asarray(seconds, dtype=float) * 1000.0
         p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, PERCENTILES))
         return cls(count=len(ms), mean_ms=float(ms.mean()), median_ms=p50,

@@ -188,6 +188,10 @@ class VllmEngine(Engine):
     def python(self) -> Path:
         return self.settings.vllm_venv / "bin" / "python"
 
+    @property
+    def installed(self) -> bool:
+        return self.python.exists()
+
     def max_model_len(self, model_dir: Path) -> int:
         """The setting, capped by the model's own limits: vLLM refuses to start above them
         (MiniLM: 512 positions, but sentence-transformers' max_seq_length 256)."""
@@ -202,7 +206,7 @@ class VllmEngine(Engine):
 
     def start(self, manifest: Manifest, model_dir: Path, workdir: Path) -> RunningEngine:
         self.check(manifest)
-        if not self.python.exists():
+        if not self.installed:
             raise EngineError(
                 f"vLLM is not set up at {self.settings.vllm_venv}: run 'make vllm' "
                 "(scripts/setup-vllm.sh), or set SUTAZAI_VLLM_VENV to an existing vLLM venv"
