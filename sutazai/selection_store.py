@@ -102,18 +102,15 @@ def log_selection(settings: Settings, decision: Selection, pool: list[Candidate]
                   profile: str, slo: SLO, weights: Weights) -> str:
     registry = open_registry(settings)
     client = registry.client
-    run = client.create_run(
-        registry.experiment_id(settings.benchmark_experiment),
-        run_name=f"select {decision.task}",
+    run_id = registry.start_run(
+        f"select {decision.task}",
         tags={"sutazai.step": "selection", "sutazai.task": decision.task,
               "sutazai.champion": decision.winner.label if decision.winner else "",
               "sutazai.challenger": decision.challenger.label if decision.challenger else ""},
+        params={"task": decision.task, "profile": profile, **slo.params(),
+                **{f"weight.{k}": v for k, v in weights.model_dump().items()}},
+        experiment=settings.benchmark_experiment,
     )
-    run_id = str(run.info.run_id)
-    for key, value in {"task": decision.task, "profile": profile,
-                       **{f"slo.{k}": v for k, v in slo.model_dump().items() if v is not None},
-                       **{f"weight.{k}": v for k, v in weights.model_dump().items()}}.items():
-        client.log_param(run_id, key, str(value))
     client.log_metric(run_id, "candidates", len(decision.ranked) + len(decision.rejected))
     client.log_metric(run_id, "feasible", len(decision.ranked))
     with tempfile.TemporaryDirectory() as folder:

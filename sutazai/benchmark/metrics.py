@@ -75,6 +75,10 @@ class SLO(BaseModel):
     max_memory_mib: float | None = Field(default=None, gt=0)
     min_quality: float | None = None
 
+    def params(self) -> dict[str, float]:
+        """The declared limits as MLflow params (``slo.ttft_p95_ms``...)."""
+        return {f"slo.{k}": v for k, v in self.model_dump().items() if v is not None}
+
     def request_ok(self, record: RequestRecord) -> bool:
         """Whether one request met the per-request limits (vLLM's ``--goodput``)."""
         if not record.success:

@@ -185,24 +185,21 @@ def log_benchmark(settings: Settings, summary: BenchmarkSummary, steps: list[Loa
                   slo: SLO | None) -> str:
     registry = open_registry(settings)
     client = registry.client
-    run = client.create_run(
-        registry.experiment_id(settings.benchmark_experiment),
-        run_name=f"{summary.ref} on {summary.engine} ({summary.profile.name})",
+    params = {"model": summary.model, "repository_version": summary.version,
+              "digest": summary.digest, "engine": summary.engine, "task": summary.task,
+              **summary.profile.params(), **(slo.params() if slo is not None else {})}
+    run_id = registry.start_run(
+        f"{summary.ref} on {summary.engine} ({summary.profile.name})",
         tags={"sutazai.step": "benchmark", "sutazai.model": summary.model,
               "sutazai.repository_version": str(summary.version),
               "sutazai.digest": summary.digest, "sutazai.task": summary.task,
               "sutazai.engine": summary.engine, "sutazai.profile": summary.profile.name,
               "sutazai.incomplete": str(summary.incomplete).lower()},
+        params=params, experiment=settings.benchmark_experiment,
     )
-    run_id = str(run.info.run_id)
     summary.run_id = run_id
-    params = {"model": summary.model, "repository_version": summary.version,
-              "digest": summary.digest, "engine": summary.engine, "task": summary.task,
-              **summary.profile.params()}
-    if slo is not None:
-        params.update({f"slo.{k}": v for k, v in slo.model_dump().items() if v is not None})
     now = int(time.time() * 1000)
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     metrics = [Metric("load_seconds", summary.load_seconds, now, 0),
                Metric("size_bytes", float(summary.size_bytes), now, 0)]
@@ -212,8 +209,7 @@ def log_benchmark(settings: Settings, summary: BenchmarkSummary, steps: list[Loa
         metrics += [Metric(k, v, now, step.concurrency) for k, v in step.metrics.flat().items()]
     if summary.quality is not None:
         metrics += [Metric(f"quality_{k}", v, now, 0) for k, v in summary.quality.scores.items()]
-    client.log_batch(run_id, metrics=metrics,
-                     params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    client.log_batch(run_id, metrics=metrics)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         (out / SUMMARY).write_text(summary.model_dump_json(indent=2))

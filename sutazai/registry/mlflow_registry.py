@@ -210,19 +210,26 @@ class ModelRegistry:
             location = (self.artifacts_dir / name).resolve().as_uri()
         return str(self.client.create_experiment(name, artifact_location=location))
 
-    def _log_registration_run(self, manifest: Manifest, pull_seconds: float | None) -> str:
-        run = self.client.create_run(
-            self.experiment_id(), run_name=f"register {manifest.ref}",
-            tags={"sutazai.step": "register", f"{TAG}digest": manifest.digest},
-        )
+    def start_run(self, run_name: str, tags: dict[str, str], params: dict[str, Any],
+                  experiment: str | None = None) -> str:
+        """Create a run in ``experiment`` (default: the registration one) with its tags and
+        params (one batch; values cut to MLflow's 500 characters); returns its id."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
+                                     tags=tags)
         run_id = str(run.info.run_id)
-        params: dict[str, Any] = {
-            "model": manifest.name, "repository_version": manifest.version,
-            "source": manifest.source, "revision": manifest.revision[:500],
-            "format": manifest.format, "files": len(manifest.files),
-        }
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        return run_id
+
+    def _log_registration_run(self, manifest: Manifest, pull_seconds: float | None) -> str:
+        run_id = self.start_run(
+            f"register {manifest.ref}",
+            tags={"sutazai.step": "register", f"{TAG}digest": manifest.digest},
+            params={"model": manifest.name, "repository_version": manifest.version,
+                    "source": manifest.source, "revision": manifest.revision,
+                    "format": manifest.format, "files": len(manifest.files)},
+        )
         self.client.log_metric(run_id, "size_bytes", manifest.size)
         if pull_seconds is not None:
             self.client.log_metric(run_id, "pull_seconds", pull_seconds)
