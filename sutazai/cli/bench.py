@@ -57,12 +57,10 @@ def run_command(
     """Serve a model version, load it, score it, and log the run to MLflow."""
     from sutazai.benchmark.profiles import get_profile
     from sutazai.benchmark.runner import benchmark
-    from sutazai.mirror import open_repository
-    from sutazai.repository.manifest import parse_ref
+    from sutazai.mirror import open_repository, resolve_refs
 
     settings = load_settings()
-    name, version = parse_ref(model)
-    manifest = open_repository(settings).get(name, version)
+    [manifest] = resolve_refs(open_repository(settings), [model])
     with RichProgress(errors) as progress:
         summary, _ = benchmark(settings, manifest, engine,
                                get_profile(profile or settings.benchmark_profile),

@@ -208,8 +208,7 @@ def convert_command(model: str = typer.Argument(..., help="NAME[:VERSION] of a G
     from sutazai.optimize.derive import convert_to_safetensors
 
     settings = load_settings()
-    name, version = parse_ref(model)
-    source = open_repository(settings).get(name, version)
+    [source] = resolve_refs(open_repository(settings), [model])
     with RichProgress(errors) as progress:
         derived, created = convert_to_safetensors(settings, source, progress=progress)
     if as_json:
