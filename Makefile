@@ -71,7 +71,7 @@ test: setup vllm
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check sutazai tests benchmarks scripts
+	$(BIN)/ruff check sutazai components pipelines dags sutazai_stack tests benchmarks scripts
 
 typecheck: setup
 	$(BIN)/mypy

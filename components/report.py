@@ -1,0 +1,52 @@
+"""The nightly cycle's last step: one report of everything the run did.
+
+No ``from __future__ import annotations`` in component modules: KFP reads the annotations.
+"""
+
+from kfp.dsl import Artifact, Output
+
+from components.base import component
+
+
+@component
+def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
+                    benchmarks: list[str], selections: list[dict], answer: dict,
+                    report: Output[Artifact]) -> dict:
+    """Assemble the cycle report, keep it under ``<home>/reports`` and as an artifact.
+
+    Returns the headline: each task's champion, the failures, the champion's answer.
+    """
+    from sutazai.config import load_settings
+    from sutazai.jobs import (
+        BenchmarkOutcome,
+        SelectionOutcome,
+        ServedAnswer,
+        assemble_report,
+        plan_benchmarks,
+        save_report,
+    )
+    from sutazai.mirror import MirrorOutcome, open_repository
+
+    settings = load_settings()
+    result = assemble_report(
+        [MirrorOutcome(**m) for m in mirrored],
+        [BenchmarkOutcome.model_validate_json(b) for b in benchmarks],
+        plan_benchmarks(settings),
+        [SelectionOutcome.model_validate(s) for s in selections],
+        ServedAnswer.model_validate(answer) if answer else None,
+        versions=len(open_repository(settings).all_versions()),
+        failures=conversion_failures,
+    )
+    saved = save_report(settings, result)
+    with open(report.path, "w") as handle:
+        handle.write(result.model_dump_json(indent=2))
+    headline = {
+        "champions": {s.task: s.champion.label if s.champion else "" for s in result.selections},
+        "mirrored": {o.name: f"{o.version}{' (new)' if o.created else ''}"
+                     for o in result.outcomes},
+        "failures": result.failures,
+        "answer": result.answer.model_dump() if result.answer else {},
+        "report": str(saved),
+    }
+    report.metadata.update({k: v for k, v in headline.items() if k != "answer"})
+    return headline

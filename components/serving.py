@@ -1,0 +1,24 @@
+"""Deploy step: prove the selected champion serves.
+
+No ``from __future__ import annotations`` in component modules: KFP reads the annotations.
+"""
+
+from components.base import component
+
+
+@component
+def deploy_champion(selections: list[dict]) -> dict:
+    """Start the default task's champion exactly as ``sutazai serve`` does, health-check it
+    and ask it one question; returns the answer (empty when the task has no champion).
+
+    On one machine this is the whole deployment check; a long-running serving Service on
+    the cluster is rolled by the deployment manifests in ``infra/``.
+    """
+    from sutazai.config import load_settings
+    from sutazai.jobs import ask_champion
+
+    settings = load_settings()
+    if not any(s["task"] == settings.default_task and s.get("champion") for s in selections):
+        return {}
+    answer = ask_champion(settings)
+    return answer.model_dump() if answer else {}

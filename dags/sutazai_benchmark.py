@@ -1,0 +1,65 @@
+"""
+### SutazAI benchmark
+
+Benchmarks the latest version of every model on every engine that can serve it (latency,
+throughput, quality, memory), selects the champion and challenger of each task under the
+SLOs, and sets the MLflow aliases, through the Kubeflow pipeline `benchmark_select`.
+Identical bytes on the same engine and load profile are not measured twice.
+
+**Scheduled** on new model versions (the `sutazai-model-versions` asset alias that
+`sutazai_model_sync` feeds); trigger it by hand to re-select.
+
+**Conf** — `profile`: the load profile (`latency`, `throughput`, `poisson`, `sweep`,
+`smoke`; default: the `benchmark_profile` setting).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+from sutazai_dag_support import (
+    DEFAULT_ARGS,
+    MODEL_VERSIONS,
+    START,
+    TAGS,
+    checked_arguments,
+    launch,
+    log,
+)
+
+
+@dag(
+    dag_id="sutazai_benchmark",
+    schedule=MODEL_VERSIONS,
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    default_args={**DEFAULT_ARGS, "retries": 1},
+    tags=[*TAGS, "benchmark", "selection"],
+    doc_md=__doc__,
+    params={"profile": Param("", type="string",
+                             description="Load profile; empty: the benchmark_profile setting.")},
+)
+def sutazai_benchmark() -> None:
+    @task(retries=0)
+    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fail at once, with the fix, on a conf the pipeline would reject."""
+        return checked_arguments("benchmark_select", params)
+
+    @task
+    def benchmark_and_select(arguments: dict[str, Any]) -> dict[str, Any]:
+        """Run the benchmark_select pipeline; log each task's champion."""
+        result = launch("benchmark_select", arguments)
+        for selection in result["output"] or []:
+            champion = selection.get("champion") or {}
+            log.info("%s champion: %s:%s on %s", selection["task"], champion.get("model"),
+                     champion.get("version"), champion.get("engine"))
+        return result
+
+    benchmark_and_select(check_request())
+
+
+sutazai_benchmark()

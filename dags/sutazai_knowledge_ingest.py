@@ -1,0 +1,58 @@
+"""
+### SutazAI knowledge ingest
+
+Turns documents (txt, md, html, pdf) into entities and relations in the knowledge graph
+(Neo4j in production, the embedded FalkorDB on one machine), through the Kubeflow pipeline
+`knowledge_ingest`. Unchanged documents are skipped; changed ones replace their old chunks.
+
+**Scheduled** on the `sutazai-documents` asset: post an asset event (Airflow's REST API,
+`POST /api/v2/assets/events`) after dropping documents into SutazAI's documents folder.
+
+**Conf** — `paths`: files, folders or URIs (default: the documents folder);
+`relations`: `svo` (dependency parse), `llm` (the served champion, JSON-schema
+constrained) or `none`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, START, TAGS, checked_arguments, launch, log
+
+
+@dag(
+    dag_id="sutazai_knowledge_ingest",
+    schedule=[DOCUMENTS],
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=4),
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "knowledge-graph"],
+    doc_md=__doc__,
+    params={
+        "paths": Param([], type="array", items={"type": "string"},
+                       description="Files, folders or URIs; empty: the documents folder."),
+        "relations": Param("svo", enum=["svo", "llm", "none"],
+                           description="How relations are extracted."),
+    },
+)
+def sutazai_knowledge_ingest() -> None:
+    @task(retries=0)
+    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fail at once, with the fix, on a conf the pipeline would reject."""
+        return checked_arguments("knowledge_ingest", params)
+
+    @task
+    def ingest(arguments: dict[str, Any]) -> dict[str, Any]:
+        """Run the knowledge_ingest pipeline; log the graph's size after it."""
+        result = launch("knowledge_ingest", arguments)
+        log.info("graph after ingest: %s", result["output"])
+        return result
+
+    ingest(check_request())
+
+
+sutazai_knowledge_ingest()

@@ -1,0 +1,81 @@
+"""
+### SutazAI nightly cycle
+
+Every night SutazAI tries to make its models better and proves it before anything changes
+in production. The Kubeflow pipeline `nightly` runs, in order:
+
+1. **mirror** the catalog (pull, verify, register in MLflow);
+2. **convert** GGUF generation models to safetensors for vLLM (derived, registered versions);
+3. **benchmark** every (model version, engine) pair, reusing identical earlier runs;
+4. **select** the champion and challenger of each task under the SLOs (MLflow aliases);
+5. **deploy**: serve the text-generation champion and prove it answers;
+6. **report**: one summary, kept under `.sutazai/reports/` and in MLflow.
+
+Self-improvement steps (data gates, architecture search, fine-tuning, promotion) join the
+pipeline as they land.
+
+**Conf** — `models`: catalog names (default: all); `profile`: the load profile.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+from sutazai_dag_support import DEFAULT_ARGS, START, TAGS, checked_arguments, launch, log
+
+
+@dag(
+    dag_id="sutazai_nightly",
+    schedule="0 2 * * *",
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=8),
+    default_args={**DEFAULT_ARGS, "retries": 1},
+    tags=[*TAGS, "nightly"],
+    doc_md=__doc__,
+    params={
+        "models": Param([], type="array", items={"type": "string"},
+                        description="Catalog names to mirror; empty: all of them."),
+        "profile": Param("", type="string",
+                         description="Load profile; empty: the benchmark_profile setting."),
+    },
+)
+def sutazai_nightly() -> None:
+    @task(retries=0)
+    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fail at once, with the fix, on a conf the pipeline would reject."""
+        return checked_arguments("nightly", params)
+
+    @task
+    def nightly_cycle(arguments: dict[str, Any]) -> dict[str, Any]:
+        """Run the nightly pipeline end to end."""
+        return launch("nightly", arguments)
+
+    @task(retries=0)
+    def report(result: dict[str, Any]) -> dict[str, Any]:
+        """Log the cycle's summary; fail the run when any model or step failed."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        summary = result["output"] or {}
+        for name, version in (summary.get("mirrored") or {}).items():
+            log.info("mirrored %s: version %s", name, version)
+        for task_name, champion in (summary.get("champions") or {}).items():
+            log.info("%s champion: %s", task_name, champion or "none")
+        answer = summary.get("answer")
+        if answer:
+            log.info("champion %s answered %r in %.0f ms", answer["ref"], answer["text"],
+                     answer["seconds"] * 1000)
+        log.info("full report: %s", summary.get("report"))
+        failures = summary.get("failures") or []
+        if failures:
+            raise AirflowFailException("; ".join(failures))
+        return {"champions": summary.get("champions"), "seconds": result["seconds"],
+                "mlflow_url": result["mlflow_url"], "run_id": result["run_id"]}
+
+    report(nightly_cycle(check_request()))
+
+
+sutazai_nightly()

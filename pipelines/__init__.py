@@ -1,0 +1,1 @@
+"""KFP pipelines composed of ``components``, and the runner that runs or submits them."""

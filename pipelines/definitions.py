@@ -1,0 +1,113 @@
+"""SutazAI's Kubeflow pipelines.
+
+- ``model_sync``: list the catalog -> for each model (2 at a time): pull -> verify -> register.
+- ``benchmark_select``: derive engine formats -> plan -> benchmark each (model, engine) pair,
+  one at a time -> select the champion and challenger of each task.
+- ``nightly``: model_sync -> benchmark_select -> deploy the champion -> report. The
+  self-improvement steps (data gates, training, promotion) join here as they land.
+- ``knowledge_ingest``: documents -> entities and relations in the graph -> statistics.
+
+Resource requests, GPU limits and retries only matter on a Kubeflow cluster; ``kfp.local``
+ignores them. Caching is off for every step: each one reads state that changes outside
+its inputs (the sources, the repository, MLflow), so a cached result would be stale.
+Benchmarks run one at a time so that two never share (and distort) the same node.
+"""
+
+from kfp import dsl
+from kfp.dsl import PipelineTask
+
+from components.benchmark import benchmark_model, convert_models, plan_benchmarks, select_champions
+from components.knowledge import graph_statistics, ingest_documents
+from components.model_sync import list_catalog, pull_model, register_model, verify_model
+from components.report import summarize_cycle
+from components.serving import deploy_champion
+
+GPU = "nvidia.com/gpu"
+
+
+def on_cluster(task: PipelineTask, cpu: str, memory: str, *, gpu: bool = False,
+               retries: int = 0) -> PipelineTask:
+    """Requests, an optional GPU, retries with exponential backoff; no caching."""
+    task.set_cpu_request(cpu).set_memory_request(memory).set_caching_options(False)
+    if gpu:
+        task.set_accelerator_type(GPU).set_accelerator_limit(1)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2,
+                       backoff_max_duration="900s")
+    task.set_display_name(task.name.replace("-", " "))
+    return task
+
+
+def mirror_steps(models: list[str]) -> PipelineTask:
+    """Add the mirror steps; returns the register task (collect its outputs after it)."""
+    names = on_cluster(list_catalog(names=models), "0.5", "512M", retries=2)
+    with dsl.ParallelFor(names.output, parallelism=2) as name:
+        pulled = on_cluster(pull_model(name=name), "1", "2G", retries=3)
+        verified = on_cluster(verify_model(model=pulled.outputs["model"]), "1", "1G")
+        registered = on_cluster(register_model(ref=verified.output,
+                                               pulled=pulled.outputs["Output"]),
+                                "0.5", "1G", retries=3)
+    return registered
+
+
+def benchmark_steps(mirrored: PipelineTask | None, profile: str
+                    ) -> tuple[PipelineTask, PipelineTask, PipelineTask]:
+    """Add convert -> plan -> benchmarks -> select; returns the tasks the report needs.
+
+    A loop's outputs are collected once per consumer: KFP 2.17 fails to compile one
+    ``dsl.Collected`` read by two tasks.
+    """
+    synced = dsl.Collected(mirrored.output) if mirrored is not None else []
+    converted = on_cluster(convert_models(synced=synced), "2", "8G", retries=1)
+    plan = on_cluster(plan_benchmarks(conversion_failures=converted.output), "0.5", "1G")
+    with dsl.ParallelFor(plan.output, parallelism=1) as item:
+        measured = on_cluster(
+            benchmark_model(ref=item.ref, engine=item.engine, profile=profile),
+            "4", "16G", gpu=True, retries=1)
+    selected = on_cluster(select_champions(benchmarks=dsl.Collected(measured.outputs["Output"]),
+                                           profile=profile), "1", "2G", retries=2)
+    return converted, selected, measured
+
+
+@dsl.pipeline(name="sutazai-model-sync",
+              description="Mirror the catalog into the offline repository; register in MLflow.")
+def model_sync(models: list[str] = []) -> list[dict]:  # noqa: B006 (KFP needs a literal)
+    return dsl.Collected(mirror_steps(models).output)
+
+
+@dsl.pipeline(name="sutazai-benchmark-select",
+              description="Benchmark every model version on its engines; select per task.")
+def benchmark_select(profile: str = "") -> list[dict]:
+    _, selected, _ = benchmark_steps(None, profile)
+    return selected.outputs["Output"]
+
+
+@dsl.pipeline(name="sutazai-nightly",
+              description="The nightly cycle: mirror, benchmark, select, deploy, report.")
+def nightly(models: list[str] = [], profile: str = "") -> dict:  # noqa: B006
+    mirrored = mirror_steps(models)
+    converted, selected, measured = benchmark_steps(mirrored, profile)
+    deployed = on_cluster(deploy_champion(selections=selected.outputs["Output"]), "4", "16G",
+                          gpu=True, retries=1)
+    report = on_cluster(summarize_cycle(
+        mirrored=dsl.Collected(mirrored.output),
+        conversion_failures=converted.output,
+        benchmarks=dsl.Collected(measured.outputs["Output"]),
+        selections=selected.outputs["Output"], answer=deployed.output), "0.5", "1G")
+    return report.outputs["Output"]
+
+
+@dsl.pipeline(name="sutazai-knowledge-ingest",
+              description="Documents to entities and relations in the knowledge graph.")
+def knowledge_ingest(paths: list[str] = [], relations: str = "svo") -> dict:  # noqa: B006
+    ingested = on_cluster(ingest_documents(paths=paths, relations=relations), "2", "4G",
+                          retries=2)
+    return on_cluster(graph_statistics(ingested=ingested.outputs["Output"]), "0.5", "1G").output
+
+
+PIPELINES = {
+    "model_sync": model_sync,
+    "benchmark_select": benchmark_select,
+    "nightly": nightly,
+    "knowledge_ingest": knowledge_ingest,
+}
