@@ -62,3 +62,15 @@ class BenchmarkError(SutazAIError):
 
 class ConversionError(SutazAIError):
     """A model version cannot be converted to the format asked for."""
+
+
+class GraphStoreError(SutazAIError):
+    """The knowledge-graph store could not start, be reached, or refused a statement."""
+
+
+class DocumentError(SutazAIError):
+    """A document cannot be read as text (binary, empty, too large, unknown encoding)."""
+
+
+class ExtractionError(SutazAIError):
+    """Entity or relation extraction is misconfigured or its model endpoint is unreachable."""

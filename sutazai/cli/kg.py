@@ -1,0 +1,176 @@
+"""``sutazai kg ...``: documents to a knowledge graph, and looking into it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from sutazai.cli.output import console, emit_json, errors
+from sutazai.config import load_settings
+from sutazai.errors import ConfigError
+
+app = typer.Typer(help="Turn documents into a knowledge graph (FalkorDB or Neo4j) and query it.",
+                  no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: list[str] = typer.Argument(..., help="Files, folders (txt, md, html, pdf) or URLs."),
+    relations: str = typer.Option("svo", help="svo (spaCy), llm (the served model), both, "
+                                              "or none"),
+    as_json: bool = JSON,
+) -> None:
+    """Extract entities and relations and upsert them; unchanged documents are skipped."""
+    from sutazai.cli.progress import RichProgress
+    from sutazai.knowledge.service import ingest
+
+    settings = load_settings()
+    with RichProgress(errors) as progress:
+        report = ingest(settings, paths, relations=relations, progress=progress)
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+    else:
+        table = Table(title=f"Ingested into {report.store}")
+        for column in ("documents", "unchanged", "replaced", "failed", "chunks", "entities",
+                       "mentions", "relations", "seconds"):
+            table.add_column(column, justify="right")
+        table.add_row(str(report.documents_ingested), str(report.documents_unchanged),
+                      str(report.documents_replaced), str(len(report.documents_failed)),
+                      str(report.chunks), str(report.entities), str(report.mentions),
+                      str(report.relations), f"{report.seconds:.1f}")
+        console.print(table)
+        if relations in ("llm", "both"):
+            console.print(f"LLM: {report.llm_invalid_outputs} invalid answer(s), "
+                          f"{report.llm_chunks_skipped} chunk(s) skipped, "
+                          f"{report.relations_dropped} fact(s) dropped (names not in the text)")
+    for failed in report.documents_failed:
+        errors.print(f"[bold red]error:[/] {escape(failed.error)}", highlight=False)
+    if report.documents_failed:
+        raise typer.Exit(1)
+
+
+@app.command("stats")
+def stats_command(as_json: bool = JSON) -> None:
+    """Documents, chunks, entities by type and relations by type."""
+    from sutazai.knowledge.service import graph_stats
+
+    stats = graph_stats(load_settings())
+    if as_json:
+        emit_json(stats.model_dump(mode="json"))
+        return
+    console.print(f"[bold]{stats.store}[/]: {stats.documents} document(s), {stats.chunks} "
+                  f"chunk(s), {stats.entities} entities, {stats.mentions} mention(s), "
+                  f"{stats.relations} relation(s)", highlight=False)
+    for title, counts in (("entities by type", stats.entities_by_type),
+                          ("relations by type", stats.relations_by_type)):
+        if counts:
+            table = Table(title=title)
+            table.add_column("type")
+            table.add_column("count", justify="right")
+            for name, count in counts.items():
+                table.add_row(name, str(count))
+            console.print(table)
+
+
+@app.command("entity")
+def entity_command(name: str = typer.Argument(..., help="A name, alias or entity id."),
+                   limit: int = typer.Option(20, help="Neighbours and mentions shown."),
+                   as_json: bool = JSON) -> None:
+    """An entity's neighbours, and its mentions with snippets."""
+    from sutazai.knowledge.service import open_store
+
+    with open_store(load_settings()) as store:
+        views = store.entity(name, limit=limit)
+    if as_json:
+        emit_json([v.model_dump(mode="json") for v in views])
+        return
+    for view in views:
+        aliases = f"  aliases: {', '.join(view.aliases)}" if view.aliases else ""
+        console.print(f"[bold]{escape(view.name)}[/] ({view.type}, {view.id}, confidence "
+                      f"{view.confidence:.2f}){escape(aliases)}", highlight=False)
+        if view.neighbours:
+            table = Table(title="neighbours")
+            for column in ("relation", "entity", "type", "confidence"):
+                table.add_column(column)
+            for n in view.neighbours:
+                arrow = f"-[{n.type}]->" if n.direction == "out" else f"<-[{n.type}]-"
+                table.add_row(arrow, n.name, n.entity_type, f"{n.confidence:.2f}")
+            console.print(table)
+        table = Table(title="mentions")
+        for column in ("document", "snippet", "extractor"):
+            table.add_column(column)
+        for m in view.mentions:
+            table.add_row(Path(m.uri).name or m.uri, escape(m.snippet), m.extractor)
+        console.print(table)
+
+
+@app.command("query")
+def query_command(
+    statement: str = typer.Argument(..., help="Cypher (read-only unless --write)."),
+    param: list[str] = typer.Option(None, "--param", "-p",
+                                    help="NAME=VALUE (VALUE as JSON, else a string)."),
+    write: bool = typer.Option(False, "--write", help="Allow statements that write."),
+    as_json: bool = JSON,
+) -> None:
+    """Run Cypher against the graph; read-only unless --write."""
+    from sutazai.knowledge.service import open_store
+
+    params = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"--param {item!r}: write NAME=VALUE")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
+    with open_store(load_settings()) as store:
+        result = store.query(statement, params, write=write)
+    if as_json:
+        emit_json([dict(zip(result.columns, row, strict=False)) for row in result.rows])
+        return
+    table = Table()
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*(escape(v if isinstance(v, str) else json.dumps(v, default=str))
+                        for v in row))
+    console.print(table)
+    console.print(f"{len(result.rows)} row(s)")
+
+
+@app.command("export")
+def export_command(
+    fmt: str = typer.Option("graphml", "--format", help="graphml or json."),
+    out: Path = typer.Option(None, "--output", "-o", help="File to write; stdout if omitted."),
+) -> None:
+    """The whole graph for visual tools: GraphML (Gephi, yEd, Cytoscape) or JSON."""
+    from sutazai.knowledge.export import FORMATS, export_file, write
+    from sutazai.knowledge.service import open_store
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    with open_store(load_settings()) as store:
+        nodes, edges = store.export()
+    if out is None:
+        write(nodes, edges, fmt, sys.stdout)
+    else:
+        export_file(nodes, edges, fmt, out)
+        errors.print(f"wrote {len(nodes)} node(s) and {len(edges)} edge(s) to {out}")
+
+
+@app.command("rm")
+def rm_command(doc: str = typer.Argument(..., help="The document's path, URI or id (prefix).")
+               ) -> None:
+    """Remove a document, its chunks and mentions, and entities nothing else mentions."""
+    from sutazai.knowledge.service import remove_document
+
+    uri, removed = remove_document(load_settings(), doc)
+    console.print(f"removed {uri} and {removed} entit{'y' if removed == 1 else 'ies'} only it "
+                  "mentioned", highlight=False)

@@ -1,0 +1,286 @@
+"""Documents in, text and chunks out: txt, md, html and pdf from folders or URIs.
+
+A document's id is the sha256 of its bytes, so an unchanged file is recognised without
+re-reading the graph, and its ``uri`` (absolute path or URL) says which earlier version a
+changed file replaces. Anything that cannot be read as text raises :class:`DocumentError`
+with what to do; the caller records it and goes on with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from sutazai.errors import DocumentError
+from sutazai.knowledge.models import Chunk, LoadedDocument
+
+SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
+            ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
+            ".pdf": "application/pdf"}
+_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article",
+               "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote",
+               "title", "dd", "dt", "hr"}
+
+
+def expand(paths: list[str]) -> Iterator[str]:
+    """Files named, and supported files inside folders (sorted), URIs as they are.
+
+    Files named explicitly are kept whatever their suffix (their content decides); inside
+    folders only known suffixes are taken, so a folder of mixed files just works.
+    """
+    for raw in paths:
+        if _is_url(raw):
+            yield raw
+            continue
+        path = Path(raw[7:] if raw.startswith("file://") else raw).expanduser()
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in SUFFIXES \
+                        and not any(part.startswith(".") for part in child.parts):
+                    yield str(child.resolve())
+        else:
+            yield str(path.resolve()) if path.exists() else raw
+
+
+def _is_url(value: str) -> bool:
+    return urlparse(value).scheme in ("http", "https")
+
+
+def load(source: str, *, max_bytes: int, timeout_s: float = 60.0) -> LoadedDocument:
+    """Read one document as text (raises DocumentError, never a half-read document)."""
+    if _is_url(source):
+        data, media_type = _fetch(source, max_bytes, timeout_s)
+        uri = source
+        name = Path(unquote(urlparse(source).path)).name or source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DocumentError(f"{source}: no such file or folder; check the path")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DocumentError(_too_large(source, size, max_bytes))
+        data = path.read_bytes()
+        uri = str(path.resolve())
+        name = path.name
+        media_type = SUFFIXES.get(path.suffix.lower(), "")
+    if not data:
+        raise DocumentError(f"{source}: the file is empty; nothing to ingest")
+    media_type = media_type or _sniff(data)
+    if media_type == "application/pdf" or data.startswith(b"%PDF-"):
+        text, title = _pdf_text(source, data), ""
+        media_type = "application/pdf"
+    else:
+        raw = _decode(source, data)
+        if media_type == "text/html" or (not media_type and _looks_html(raw)):
+            text, title = _html_text(raw)
+            media_type = "text/html"
+        else:
+            text, title = raw, ""
+            media_type = media_type or "text/plain"
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise DocumentError(f"{source}: no text in it (a scanned PDF or an empty page?); "
+                            "convert it to text first")
+    return LoadedDocument(id=hashlib.sha256(data).hexdigest(), uri=uri,
+                          title=title or name, media_type=media_type, size=len(data),
+                          text=text)
+
+
+def _too_large(source: str, size: int, max_bytes: int) -> str:
+    return (f"{source}: {size / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.1f} "
+            "MiB; split it, or raise kg_max_document_mib (SUTAZAI_KG_MAX_DOCUMENT_MIB)")
+
+
+def _fetch(url: str, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
+    import urllib3
+
+    try:
+        response = urllib3.request("GET", url, preload_content=False, timeout=timeout_s,
+                                   retries=urllib3.Retry(2, redirect=5))
+    except urllib3.exceptions.HTTPError as exc:
+        raise DocumentError(f"{url}: cannot fetch it ({exc}); check the URL and network"
+                            ) from None
+    try:
+        if response.status != 200:
+            raise DocumentError(f"{url}: the server answered HTTP {response.status}")
+        body = bytearray()
+        for part in response.stream(1 << 16):
+            body += part
+            if len(body) > max_bytes:
+                raise DocumentError(_too_large(url, len(body), max_bytes))
+    finally:
+        response.release_conn()
+    content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    known = {"text/html": "text/html", "application/xhtml+xml": "text/html",
+             "application/pdf": "application/pdf", "text/markdown": "text/markdown",
+             "text/plain": "text/plain"}
+    suffix = Path(urlparse(url).path).suffix.lower()
+    return bytes(body), known.get(content_type) or SUFFIXES.get(suffix, "")
+
+
+def _sniff(data: bytes) -> str:
+    if data.startswith(b"%PDF-"):
+        return "application/pdf"
+    return ""
+
+
+def _looks_html(text: str) -> bool:
+    head = text[:1024].lstrip().lower()
+    return head.startswith(("<!doctype html", "<html")) or "<body" in head
+
+
+def _decode(source: str, data: bytes) -> str:
+    """UTF-8 (BOM or not) or BOM-marked UTF-16/32; anything else is refused, not guessed."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise DocumentError(f"{source}: invalid {encoding} ({exc.reason} at byte "
+                                    f"{exc.start}); re-save it as UTF-8") from None
+    sample = data[:8192]
+    if b"\x00" in sample or _control_ratio(sample) > 0.1:
+        raise DocumentError(f"{source}: looks like a binary file, not text, HTML or PDF; "
+                            "only .txt, .md, .html and .pdf documents can be ingested")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(
+            f"{source}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+        ) from None
+
+
+def _control_ratio(sample: bytes) -> float:
+    if not sample:
+        return 0.0
+    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return controls / len(sample)
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "noscript", "template"):
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "noscript", "template") and self._skip:
+            self._skip -= 1
+        elif tag == "title":
+            self._in_title = False
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._in_title:
+            self.title.append(data)
+            return
+        self.parts.append(data)
+
+
+def _html_text(html: str) -> tuple[str, str]:
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    text = "".join(parser.parts)
+    text = re.sub(r"[ \t\f\v]+", " ", text)
+    text = re.sub(r" *\n[ \n]*\n *", "\n\n", text)
+    return text.strip(), " ".join("".join(parser.title).split())
+
+
+def _pdf_text(source: str, data: bytes) -> str:
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # warnings per odd object, not useful
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise DocumentError(f"{source}: the PDF is encrypted; decrypt it first "
+                                "(qpdf --decrypt)")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        raise DocumentError(f"{source}: not a readable PDF ({exc}); repair or re-export it"
+                            ) from None
+    return "\n\n".join(p.strip() for p in pages if p.strip())
+
+
+def chunk(document: LoadedDocument, max_chars: int, overlap: int = 0) -> list[Chunk]:
+    """Split the text into chunks of at most ``max_chars``, at paragraph, then sentence, then
+    word boundaries, with character offsets into the document's text.
+
+    Chunks never cut a sentence unless one sentence is longer than a chunk, so the
+    dependency parse behind subject-verb-object relations sees whole sentences.
+    """
+    text = document.text
+    overlap = min(overlap, max_chars // 2)
+    chunks: list[Chunk] = []
+    start = _skip_space(text, 0)
+    while start < len(text):
+        end = min(len(text), start + max_chars)
+        if end < len(text):
+            end = _boundary(text, start, end)
+        body_end = end
+        while body_end > start and text[body_end - 1].isspace():
+            body_end -= 1
+        if body_end > start:
+            chunks.append(Chunk(id=f"{document.id[:32]}:{len(chunks)}", document=document.id,
+                                index=len(chunks), start=start, end=body_end,
+                                text=text[start:body_end]))
+        if end >= len(text):
+            break
+        next_start = _skip_space(text, end)
+        if overlap:
+            back = _skip_space(text, _boundary(text, max(start + 1, end - overlap), end,
+                                               prefer_late=False))
+            next_start = min(next_start, back) if back > start else next_start
+        start = next_start
+    return chunks
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
+
+
+def _boundary(text: str, start: int, end: int, prefer_late: bool = True) -> int:
+    """The best cut in text[start:end]: after a paragraph, a sentence, a word; else ``end``."""
+    window = text[start:end]
+    floor = len(window) // 3 if prefer_late else 0
+    cut = window.rfind("\n\n", floor)
+    if cut > 0:
+        return start + cut + 2
+    found = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() > floor]
+    if found:
+        return start + (found[-1] if prefer_late else found[0])
+    cut = window.rfind(" ", floor)
+    if cut > 0:
+        return start + cut + 1
+    return end

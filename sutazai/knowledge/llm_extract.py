@@ -1,0 +1,212 @@
+"""LLM extraction: entities and relations from a served model, constrained to a JSON schema.
+
+The schema enumerates the entity and relation types the user declares (settings
+``kg_entity_types``, ``kg_relation_types``). It is sent with every request in the forms
+the OpenAI-compatible engines understand — ``response_format`` with a ``schema``
+(llama.cpp's server, vLLM), ``json_schema`` (llama.cpp's native field) and, when
+llama-cpp-python is installed, the equivalent GBNF ``grammar`` its server constrains
+decoding with — over ``/v1/completions``, which base models (no chat template) serve too.
+
+Whatever the engine promises, the output is validated here: JSON that does not parse or
+does not fit the schema is retried (the first try is greedy, retries sample with other
+seeds), then skipped and counted, never written. Names the model returns must occur in
+the chunk, so an invented entity is dropped (and counted) instead of entering the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import urllib3
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from sutazai.config import Settings
+from sutazai.errors import ExtractionError
+from sutazai.knowledge.models import Chunk, Extraction, Mention, Provenance, RelationMention
+
+log = logging.getLogger(__name__)
+DEFAULT_ENTITY_CONFIDENCE = 0.7
+DEFAULT_RELATION_CONFIDENCE = 0.6
+PROMPT = """Extract the named entities and the relations between them from the text.
+Entity types: {entity_types}.
+Relation types: {relation_types}.
+Answer with JSON only: {{"entities": [{{"name": ..., "type": ...}}], "relations": [{{"source": \
+entity name, "target": entity name, "type": ..., "confidence": 0..1}}]}}.
+
+Text:
+\"\"\"
+{text}
+\"\"\"
+
+JSON:
+"""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def output_model(entity_types: Sequence[str], relation_types: Sequence[str]) -> type[BaseModel]:
+    """The pydantic model (and so the JSON schema) an answer must match."""
+    if not entity_types or not relation_types:
+        raise ExtractionError("LLM extraction needs at least one entity type and one relation "
+                              "type (settings kg_entity_types, kg_relation_types)")
+    entity_type: Any = Literal[tuple(entity_types)]
+    relation_type: Any = Literal[tuple(relation_types)]
+    entity: Any = create_model("LLMEntity", __base__=_Strict, name=(str, ...),
+                          type=(entity_type, ...))
+    relation: Any = create_model("LLMRelation", __base__=_Strict, source=(str, ...),
+                            target=(str, ...), type=(relation_type, ...),
+                            confidence=(float, Field(ge=0.0, le=1.0)))
+    return create_model("LLMExtraction", __base__=_Strict, entities=(list[entity], ...),
+                        relations=(list[relation], ...))
+
+
+class LLMExtractor:
+    """Entities and relations from an OpenAI-compatible completions endpoint."""
+
+    name = "llm"
+
+    def __init__(self, url: str, model: str, entity_types: Sequence[str],
+                 relation_types: Sequence[str], *, retries: int = 2, max_tokens: int = 512,
+                 timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.model = model
+        self.entity_types = list(entity_types)
+        self.relation_types = list(relation_types)
+        self.retries = retries
+        self.max_tokens = max_tokens
+        self.output = output_model(entity_types, relation_types)
+        self.schema = self.output.model_json_schema()
+        self.grammar = _gbnf(self.schema)
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=timeout_s),
+                                        retries=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LLMExtractor:
+        """The configured endpoint, else the champion `sutazai serve` serves; its first model
+        unless ``kg_llm_model`` names one. Fails at once if nothing answers."""
+        url = settings.kg_llm_url or f"http://{settings.serve_host}:{settings.serve_port}"
+        model = settings.kg_llm_model or first_model(url, settings.kg_llm_timeout_s)
+        return cls(url, model, settings.kg_entity_types, settings.kg_relation_types,
+                   retries=settings.kg_llm_retries, max_tokens=settings.kg_llm_max_tokens,
+                   timeout_s=settings.kg_llm_timeout_s)
+
+    def extract(self, chunks: Sequence[Chunk]) -> list[Extraction]:
+        return [self.extract_one(chunk) for chunk in chunks]
+
+    def extract_one(self, chunk: Chunk) -> Extraction:
+        invalid = 0
+        for attempt in range(self.retries + 1):
+            text = self._complete(chunk.text, attempt)
+            try:
+                answer = self.output.model_validate_json(_json_part(text))
+            except ValidationError as exc:
+                invalid += 1
+                log.info("invalid LLM output for chunk %s (attempt %d): %s", chunk.id,
+                         attempt + 1, exc.errors()[0].get("msg", exc))
+                continue
+            extraction = self._to_extraction(chunk, answer.model_dump())
+            extraction.invalid = invalid
+            return extraction
+        log.warning("skipped chunk %s: %d invalid answers from %s", chunk.id, invalid,
+                    self.model)
+        return Extraction(chunk=chunk, skipped=1, invalid=invalid)
+
+    def _complete(self, text: str, attempt: int) -> str:
+        prompt = PROMPT.format(entity_types=", ".join(self.entity_types),
+                               relation_types=", ".join(self.relation_types), text=text)
+        body: dict[str, Any] = {
+            "model": self.model, "prompt": prompt, "max_tokens": self.max_tokens,
+            "temperature": 0.0 if attempt == 0 else 0.8, "seed": attempt,
+            "response_format": {"type": "json_object", "schema": self.schema},
+            "json_schema": self.schema,
+        }
+        if self.grammar:
+            body["grammar"] = self.grammar
+        try:
+            response = self.http.request("POST", f"{self.url}/v1/completions", json=body)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ExtractionError(f"the LLM endpoint {self.url} did not answer ({exc}); start "
+                                  "it (sutazai serve) or set SUTAZAI_KG_LLM_URL") from None
+        if response.status != 200:
+            raise ExtractionError(f"the LLM endpoint {self.url} answered HTTP "
+                                  f"{response.status}: {response.data[:300]!r}")
+        try:
+            return str(response.json()["choices"][0]["text"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return ""  # counted as an invalid answer
+
+    def _to_extraction(self, chunk: Chunk, answer: dict[str, Any]) -> Extraction:
+        provenance = Provenance(document=chunk.document, chunk=chunk.id, extractor="llm",
+                                model=self.model)
+        mentions: dict[str, Mention] = {}
+        dropped = 0
+        for item in answer["entities"]:
+            found = _locate(chunk, item["name"])
+            if found is None:
+                dropped += 1
+                continue
+            start, end = found
+            mentions.setdefault(item["name"].casefold(), Mention(
+                text=chunk.text[start - chunk.start:end - chunk.start], type=item["type"],
+                start=start, end=end, confidence=DEFAULT_ENTITY_CONFIDENCE,
+                provenance=provenance))
+        relations = []
+        for item in answer["relations"]:
+            source = mentions.get(item["source"].casefold())
+            target = mentions.get(item["target"].casefold())
+            if source is None or target is None or source is target:
+                dropped += 1
+                continue
+            relations.append(RelationMention(
+                subject=source, object=target, type=item["type"],
+                confidence=float(item.get("confidence", DEFAULT_RELATION_CONFIDENCE)),
+                evidence=chunk.text[:500], provenance=provenance))
+        return Extraction(chunk=chunk, mentions=list(mentions.values()), relations=relations,
+                          dropped=dropped)
+
+
+def first_model(url: str, timeout_s: float = 10.0) -> str:
+    base = url.rstrip("/").removesuffix("/v1")
+    try:
+        response = urllib3.request("GET", f"{base}/v1/models", timeout=min(timeout_s, 10.0),
+                                   retries=False)
+        models = response.json()["data"] if response.status == 200 else []
+    except (urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise ExtractionError(f"no OpenAI-compatible endpoint answers at {base} ({exc}); "
+                              "start one (sutazai serve) or set SUTAZAI_KG_LLM_URL") from None
+    if not models:
+        raise ExtractionError(f"{base}/v1/models lists no model; set SUTAZAI_KG_LLM_MODEL")
+    return str(models[0]["id"])
+
+
+def _json_part(text: str) -> str:
+    """The JSON object in an answer (models sometimes wrap it in prose or a code fence)."""
+    start, end = text.find("{"), text.rfind("}")
+    return text[start:end + 1] if 0 <= start < end else text
+
+
+def _locate(chunk: Chunk, name: str) -> tuple[int, int] | None:
+    """Document offsets of ``name`` in the chunk (case-insensitive, whitespace-tolerant)."""
+    words = name.split()
+    if not words or len(name) > 200:
+        return None
+    pattern = r"\b" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+    found = re.search(pattern, chunk.text, re.IGNORECASE)
+    if found is None:
+        return None
+    return chunk.start + found.start(), chunk.start + found.end()
+
+
+def _gbnf(schema: dict[str, Any]) -> str | None:
+    """The schema as a GBNF grammar for llama-cpp-python's server, when it is installed."""
+    try:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+    except ImportError:
+        return None
+    return str(json_schema_to_gbnf(json.dumps(schema)))

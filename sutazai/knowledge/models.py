@@ -1,0 +1,194 @@
+"""Pydantic models at the knowledge graph's boundaries.
+
+Extractors return these, the resolver turns mentions into canonical entities, the stores
+write them, and the service reports with them, so every stage can be swapped or tested
+alone and a pipeline step can pass them as JSON.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Provenance(BaseModel):
+    """Where a fact came from: which document and chunk, found by what, with which model."""
+
+    document: str
+    chunk: str
+    extractor: str  # "spacy-ner", "spacy-svo", "llm"
+    model: str  # e.g. "en_core_web_sm-3.8.0" or the LLM's model name
+
+
+class Chunk(BaseModel):
+    """A slice of a document's text; ``start``/``end`` are character offsets in the document."""
+
+    id: str
+    document: str
+    index: int
+    start: int
+    end: int
+    text: str
+
+
+class LoadedDocument(BaseModel):
+    """A document read as text. ``id`` is the sha256 of its bytes; ``uri`` is where it lives."""
+
+    id: str
+    uri: str
+    title: str
+    media_type: str
+    size: int
+    text: str
+
+
+class Mention(BaseModel):
+    """One occurrence of an entity in a chunk (offsets in the document's text)."""
+
+    text: str
+    type: str
+    start: int
+    end: int
+    confidence: float = Field(ge=0.0, le=1.0)
+    provenance: Provenance
+
+
+class RelationMention(BaseModel):
+    """A relation between two mentions, as an extractor found it in one chunk."""
+
+    subject: Mention
+    object: Mention
+    type: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: str = ""
+    provenance: Provenance
+
+
+class Extraction(BaseModel):
+    """What the extractors found in one chunk."""
+
+    chunk: Chunk
+    mentions: list[Mention] = Field(default_factory=list)
+    relations: list[RelationMention] = Field(default_factory=list)
+    skipped: int = 0  # LLM outputs that stayed invalid after retries (chunk-level)
+    invalid: int = 0  # invalid LLM outputs seen, retried ones included
+    dropped: int = 0  # relations whose ends were not found in the chunk
+
+
+class Entity(BaseModel):
+    """A canonical entity: one node, whatever the spelling of its mentions."""
+
+    id: str
+    name: str
+    type: str
+    key: str  # normalised name used for matching
+    aliases: list[str] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)  # normalised aliases, for lookups
+    confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    provenance: Provenance | None = None  # where it was first seen
+
+
+class Relation(BaseModel):
+    """A resolved relation between two canonical entities, with its evidence."""
+
+    source: str
+    target: str
+    type: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: str = ""
+    provenance: Provenance
+
+
+class ResolvedMention(BaseModel):
+    entity: str
+    mention: Mention
+
+
+class DocumentGraph(BaseModel):
+    """Everything one document adds to the graph, ready to upsert."""
+
+    document: LoadedDocument
+    chunks: list[Chunk]
+    entities: list[Entity]
+    mentions: list[ResolvedMention]
+    relations: list[Relation]
+    extractors: list[str]
+
+
+class DocumentRecord(BaseModel):
+    """A document as stored."""
+
+    id: str
+    uri: str
+    title: str = ""
+    chunks: int = 0
+
+
+class FailedDocument(BaseModel):
+    path: str
+    error: str
+
+
+class IngestReport(BaseModel):
+    """What one ingest did; ``documents_failed`` never stops the rest of the batch."""
+
+    documents_ingested: int = 0
+    documents_unchanged: int = 0
+    documents_replaced: int = 0
+    documents_failed: list[FailedDocument] = Field(default_factory=list)
+    chunks: int = 0
+    entities: int = 0  # distinct entities written (created or updated)
+    mentions: int = 0
+    relations: int = 0
+    llm_invalid_outputs: int = 0
+    llm_chunks_skipped: int = 0
+    relations_dropped: int = 0
+    seconds: float = 0.0
+    store: str = ""
+
+
+class GraphStats(BaseModel):
+    documents: int
+    chunks: int
+    entities: int
+    relations: int
+    mentions: int
+    entities_by_type: dict[str, int]
+    relations_by_type: dict[str, int]
+    store: str = ""
+
+
+class Neighbour(BaseModel):
+    direction: str  # "out" or "in"
+    type: str
+    confidence: float
+    entity: str
+    name: str
+    entity_type: str
+    document: str
+
+
+class MentionView(BaseModel):
+    document: str
+    uri: str
+    chunk: str
+    text: str
+    snippet: str
+    confidence: float
+    extractor: str
+
+
+class EntityView(BaseModel):
+    """An entity with its neighbours and the mentions that support it."""
+
+    id: str
+    name: str
+    type: str
+    aliases: list[str]
+    confidence: float
+    neighbours: list[Neighbour]
+    mentions: list[MentionView]
+
+
+class QueryResult(BaseModel):
+    columns: list[str]
+    rows: list[list[object]]

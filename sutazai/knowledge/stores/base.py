@@ -1,0 +1,287 @@
+"""The graph store interface and the logic every store shares.
+
+A store only has to run Cypher (:meth:`GraphStore._read`, :meth:`GraphStore._write`,
+:meth:`GraphStore._write_all`) and create its schema; everything else — upserts in
+``UNWIND`` batches, document replacement and removal, statistics, entity views, export —
+is written once here on top of :mod:`sutazai.knowledge.cypher`, so FalkorDB and Neo4j
+behave the same and a third store costs two small methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from sutazai.errors import NotFoundError
+from sutazai.knowledge import cypher
+from sutazai.knowledge.models import (
+    DocumentGraph,
+    DocumentRecord,
+    Entity,
+    EntityView,
+    GraphStats,
+    MentionView,
+    Neighbour,
+    QueryResult,
+)
+
+Row = list[Any]
+Statement = tuple[str, dict[str, Any]]
+SNIPPET_CHARS = 80
+
+
+def batched(rows: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class GraphStore(ABC):
+    """A property-graph database holding documents, chunks, entities and relations."""
+
+    name: str = "graph"
+
+    def __init__(self, batch_size: int = 1000) -> None:
+        self.batch_size = batch_size
+
+    # ----------------------------------------------------------- what a store implements
+    @abstractmethod
+    def ensure_schema(self) -> None:
+        """Create indexes and unique constraints if they do not exist (idempotent)."""
+
+    @abstractmethod
+    def _read(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run a read-only statement; rows of plain values."""
+
+    @abstractmethod
+    def _write(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run one write statement in its own transaction."""
+
+    @abstractmethod
+    def _write_all(self, statements: Iterable[Statement]) -> None:
+        """Run statements in order, in one transaction where the store has them."""
+
+    @abstractmethod
+    def query(self, statement: str, params: dict[str, Any] | None = None, *,
+              write: bool = False) -> QueryResult:
+        """A user's Cypher; read-only unless ``write`` (enforced by the store itself)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> GraphStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------ writing
+    def _batches(self, statement: str, rows: Sequence[dict[str, Any]]) -> Iterator[Statement]:
+        for batch in batched(rows, self.batch_size):
+            yield statement, {"rows": batch}
+
+    def upsert_entities(self, entities: Sequence[Entity]) -> None:
+        """Upsert entities in UNWIND batches of ``batch_size``."""
+        self._write_all(self._batches(cypher.UPSERT_ENTITIES, entity_rows(entities)))
+
+    def upsert_entity(self, entity: Entity) -> None:
+        """One MERGE per entity: the slow way, kept as the benchmark's baseline."""
+        [row] = entity_rows([entity])
+        self._write(cypher.UPSERT_ENTITY, {
+            "id": row["id"], "document": row["document"], "chunk": row["chunk"],
+            "extractor": row["extractor"], "model": row["model"], "props": row["props"],
+            "confidence": row["confidence"]})
+
+    def upsert_document(self, graph: DocumentGraph) -> None:
+        """Write a document's chunks, entities, mentions and relations, the Document last.
+
+        Every statement is a MERGE on our own ids, so writing the same graph twice changes
+        nothing, and an interrupted write is completed by the next ingest (the Document
+        node, written last, is what marks a document as stored).
+        """
+        doc = graph.document
+        chunk_rows = [{"id": c.id, "props": {
+            "document": c.document, "index": c.index, "start": c.start, "end": c.end,
+            "text": c.text, "chunk": c.id, "extractor": "chunker",
+            "model": f"sutazai-chunker-{len(c.text)}"}} for c in graph.chunks]
+        mention_rows = [{"chunk": m.mention.provenance.chunk, "entity": m.entity,
+                         "start": m.mention.start, "props": {
+                             "end": m.mention.end, "text": m.mention.text,
+                             "type": m.mention.type, "confidence": m.mention.confidence,
+                             **m.mention.provenance.model_dump()}} for m in graph.mentions]
+        relation_rows = [{"source": r.source, "target": r.target, "type": r.type,
+                          "chunk": r.provenance.chunk, "props": {
+                              "confidence": r.confidence, "evidence": r.evidence,
+                              "document": r.provenance.document,
+                              "extractor": r.provenance.extractor,
+                              "model": r.provenance.model}} for r in graph.relations]
+        link_rows = [{"document": doc.id, "chunk": c.id, "props": {
+            "document": doc.id, "chunk": c.id, "extractor": "chunker", "model": "sutazai"}}
+            for c in graph.chunks]
+        statements: list[Statement] = [
+            *self._batches(cypher.UPSERT_CHUNKS, chunk_rows),
+            *self._batches(cypher.UPSERT_ENTITIES, entity_rows(graph.entities)),
+            *self._batches(cypher.UPSERT_MENTIONS, mention_rows),
+            *self._batches(cypher.UPSERT_RELATIONS, relation_rows),
+            (cypher.UPSERT_DOCUMENT, {"id": doc.id, "props": {
+                "uri": doc.uri, "title": doc.title, "media_type": doc.media_type,
+                "size": doc.size, "chars": len(doc.text), "chunks": len(graph.chunks),
+                "document": doc.id, "chunk": "", "extractor": "loader",
+                "model": ",".join(graph.extractors)}}),
+            *self._batches(cypher.LINK_CHUNKS, link_rows),
+        ]
+        self._write_all(statements)
+
+    def delete_document(self, document_id: str) -> int:
+        """Remove a document, its chunks, mentions and relations, and the entities it alone
+        mentioned; returns how many entities went with it."""
+        mentioned = [row[0] for row in self._read(cypher.MENTIONED_BY_DOCUMENT,
+                                                  {"document": document_id})]
+        params = {"document": document_id}
+        self._write_all([(cypher.DELETE_DOCUMENT, params),  # first: never a half document
+                         (cypher.DELETE_DOCUMENT_RELATIONS, params),
+                         (cypher.DELETE_DOCUMENT_CHUNKS, params)])
+        removed = 0
+        for batch in batched(mentioned, self.batch_size):
+            rows = self._write(cypher.DELETE_ORPHANS, {"ids": batch})
+            removed += int(rows[0][0]) if rows else 0
+        return removed
+
+    # ------------------------------------------------------------------------ reading
+    def document(self, uri: str) -> DocumentRecord | None:
+        rows = self._read(cypher.DOCUMENT_BY_URI, {"uri": uri})
+        return _document(rows[0]) if rows else None
+
+    def document_by_id(self, document_id: str) -> DocumentRecord | None:
+        rows = self._read(cypher.DOCUMENT_BY_ID, {"id": document_id})
+        return _document(rows[0]) if rows else None
+
+    def find_documents(self, ref: str) -> list[DocumentRecord]:
+        """Documents whose uri is ``ref``, or whose id starts with it."""
+        by_uri = self.document(ref)
+        if by_uri is not None:
+            return [by_uri]
+        if len(ref) < 6:
+            return []
+        return [_document(row) for row in self._read(cypher.DOCUMENTS_BY_PREFIX,
+                                                     {"prefix": ref.lower()})]
+
+    def has_leftovers(self, document_id: str) -> bool:
+        """Chunks of a document whose write was interrupted (no Document node)."""
+        rows = self._read(cypher.CHUNKS_OF, {"document": document_id})
+        return bool(rows and rows[0][0])
+
+    def entity_catalog(self, types: Sequence[str]) -> list[Entity]:
+        """Every stored entity of these types: what new mentions are resolved against."""
+        from sutazai.knowledge.resolve import normalise
+
+        entities = []
+        for eid, name, etype, key, aliases, confidence in self._read(
+                cypher.ENTITY_CATALOG, {"types": list(types)}):
+            entities.append(Entity(id=eid, name=name, type=etype,
+                                   key=key or normalise(name, etype),
+                                   aliases=list(aliases or []),
+                                   confidence=float(confidence or 0.0)))
+        return entities
+
+    def stats(self) -> GraphStats:
+        def count(statement: str) -> int:
+            rows = self._read(statement)
+            return int(rows[0][0]) if rows else 0
+
+        by_type = {str(t): int(n) for t, n in self._read(cypher.ENTITIES_BY_TYPE)}
+        relations = {str(t): int(n) for t, n in self._read(cypher.RELATIONS_BY_TYPE)}
+        return GraphStats(documents=count(cypher.COUNT_DOCUMENTS),
+                          chunks=count(cypher.COUNT_CHUNKS),
+                          entities=sum(by_type.values()), relations=sum(relations.values()),
+                          mentions=count(cypher.COUNT_MENTIONS),
+                          entities_by_type=dict(sorted(by_type.items())),
+                          relations_by_type=dict(sorted(relations.items(),
+                                                        key=lambda kv: (-kv[1], kv[0]))),
+                          store=self.name)
+
+    def entities_named(self, name: str) -> list[Row]:
+        """Entities whose id, normalised name or alias matches ``name`` (any type)."""
+        from sutazai.knowledge.resolve import normalise
+
+        rows = self._read(cypher.ENTITY_BY_ID, {"id": name})
+        if rows:
+            return rows
+        keys = {normalise(name, t) for t in ("PERSON", "ORG", "OTHER")} - {""}
+        for key in sorted(keys):
+            rows += [r for r in self._read(cypher.ENTITY_BY_KEY, {"key": key})
+                     if r[0] not in {x[0] for x in rows}]
+        if not rows:
+            for key in sorted(keys):
+                rows += [r for r in self._read(cypher.ENTITY_BY_ALIAS_KEY, {"key": key})
+                         if r[0] not in {x[0] for x in rows}]
+        return rows
+
+    def entity(self, name: str, limit: int = 50) -> list[EntityView]:
+        """The entities called ``name`` with neighbours and mentions (with snippets)."""
+        rows = self.entities_named(name)
+        if not rows:
+            from rapidfuzz import fuzz, process
+
+            names = [str(r[0]) for r in self._read(cypher.ENTITY_NAMES) if r[0]]
+            close = [m[0] for m in process.extract(name, names, scorer=fuzz.WRatio, limit=5,
+                                                   score_cutoff=70)]
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+                "; 'sutazai kg stats' shows what the graph holds")
+            raise NotFoundError(f"no entity named {name!r} in the graph{hint}")
+        views = []
+        for eid, ename, etype, aliases, confidence in rows:
+            neighbours = [Neighbour(direction=direction, type=str(t), confidence=float(c or 0),
+                                    entity=o, name=n, entity_type=ot, document=str(d or ""))
+                          for direction, statement in (("out", cypher.NEIGHBOURS_OUT),
+                                                       ("in", cypher.NEIGHBOURS_IN))
+                          for t, c, o, n, ot, d in self._read(statement,
+                                                              {"id": eid, "limit": limit})]
+            mentions = []
+            for did, uri, cid, text, cstart, mstart, mend, mtext, mconf, extractor in self._read(
+                    cypher.MENTIONS_OF, {"id": eid, "limit": limit}):
+                mentions.append(MentionView(
+                    document=did, uri=uri, chunk=cid, text=mtext,
+                    snippet=snippet(text, int(mstart) - int(cstart), int(mend) - int(cstart)),
+                    confidence=float(mconf or 0), extractor=str(extractor)))
+            views.append(EntityView(id=eid, name=ename, type=etype, aliases=list(aliases or []),
+                                    confidence=float(confidence or 0), neighbours=neighbours,
+                                    mentions=mentions))
+        return views
+
+    def export(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """All nodes and edges as plain dictionaries (for GraphML/JSON writers)."""
+        nodes = [{"id": nid, "label": lbl, "properties": dict(props or {})}
+                 for lbl, nid, props in self._read(cypher.EXPORT_NODES)]
+        edges = [{"source": s, "type": t, "target": d, "properties": dict(props or {})}
+                 for s, t, d, props in self._read(cypher.EXPORT_EDGES)]
+        return nodes, edges
+
+
+def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
+    rows = []
+    for e in entities:
+        p = e.provenance
+        rows.append({"id": e.id, "confidence": e.confidence,
+                     "document": p.document if p else "", "chunk": p.chunk if p else "",
+                     "extractor": p.extractor if p else "", "model": p.model if p else "",
+                     "props": {"name": e.name, "type": e.type, "key": e.key,
+                               "aliases": e.aliases, "keys": e.keys}})
+    return rows
+
+
+def _document(row: Row) -> DocumentRecord:
+    did, uri, title, chunks = row
+    return DocumentRecord(id=did, uri=uri, title=title or "", chunks=int(chunks or 0))
+
+
+def snippet(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> str:
+    """The mention in context, marked with brackets, about ``width`` characters each side."""
+    start, end = max(0, start), min(len(text), end)
+    left = max(0, start - width)
+    right = min(len(text), end + width)
+    body = f"{text[left:start]}[{text[start:end]}]{text[end:right]}"
+    body = " ".join(body.split())
+    return ("…" if left else "") + body + ("…" if right < len(text) else "")
