@@ -254,11 +254,21 @@ def chunk(document: LoadedDocument, max_chars: int, overlap: int = 0) -> list[Ch
             break
         next_start = _skip_space(text, end)
         if overlap:
-            back = _skip_space(text, _boundary(text, max(start + 1, end - overlap), end,
-                                               prefer_late=False))
-            next_start = min(next_start, back) if back > start else next_start
+            back = _overlap_start(text, max(start + 1, body_end - overlap), body_end)
+            if start < back < body_end:
+                next_start = back
         start = next_start
     return chunks
+
+
+def _overlap_start(text: str, lo: int, hi: int) -> int:
+    """Where the next chunk starts to repeat text[lo:hi]: a sentence start, else a word."""
+    window = text[lo:hi]
+    found = _SENTENCE_END.search(window)
+    if found and lo + found.end() < hi:
+        return _skip_space(text, lo + found.end())
+    space = window.find(" ")
+    return _skip_space(text, lo + space + 1) if space >= 0 else hi
 
 
 def _skip_space(text: str, index: int) -> int:
@@ -270,16 +280,17 @@ def _skip_space(text: str, index: int) -> int:
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
 
 
-def _boundary(text: str, start: int, end: int, prefer_late: bool = True) -> int:
-    """The best cut in text[start:end]: after a paragraph, a sentence, a word; else ``end``."""
+def _boundary(text: str, start: int, end: int) -> int:
+    """The best cut in text[start:end]: after a paragraph, a sentence, a word; else ``end``.
+    Cuts in the first third are not taken, so chunks do not come out tiny."""
     window = text[start:end]
-    floor = len(window) // 3 if prefer_late else 0
+    floor = len(window) // 3
     cut = window.rfind("\n\n", floor)
     if cut > 0:
         return start + cut + 2
     found = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() > floor]
     if found:
-        return start + (found[-1] if prefer_late else found[0])
+        return start + found[-1]
     cut = window.rfind(" ", floor)
     if cut > 0:
         return start + cut + 1

@@ -1,7 +1,9 @@
 """The graph as GraphML (Gephi, yEd, Cytoscape) or node-link JSON (D3, networkx).
 
 GraphML attributes must be scalars of one declared type, so list properties (aliases)
-are written as JSON text and a key's type is the widest seen for it.
+are written as JSON text and a key's type is the widest seen for it. A node's ``label`` is
+its label (Document, Chunk, Entity), an edge's its relationship type (HAS_CHUNK,
+MENTIONS, RELATED); a RELATED edge's own ``type`` property names the relation.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ def write(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], fmt: str,
           out: TextIO) -> None:
     if fmt == "json":
         json.dump({"directed": True, "multigraph": True, "nodes": [
-            {"id": n["id"], "label": n["label"], **n["properties"]} for n in nodes],
-            "links": [{"source": e["source"], "target": e["target"], "type": e["type"],
-                       **e["properties"]} for e in edges]}, out, indent=1, default=str)
+            {**n["properties"], "id": n["id"], "label": n["label"]} for n in nodes],
+            "links": [{**e["properties"], "source": e["source"], "target": e["target"],
+                       "label": e["type"]} for e in edges]}, out, indent=1, default=str)
         out.write("\n")
     elif fmt == "graphml":
         _graphml(nodes, edges, out)
@@ -61,7 +63,7 @@ def _text(value: Any, kind: str) -> str:
 
 def _graphml(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], out: TextIO) -> None:
     node_keys = _keys(nodes, {"label": ""})
-    edge_keys = _keys(edges, {"type": ""})
+    edge_keys = _keys(edges, {"label": ""})
     out.write('<?xml version="1.0" encoding="UTF-8"?>\n<graphml '
               'xmlns="http://graphml.graphdrawing.org/xmlns">\n')
     for scope, keys, prefix in (("node", node_keys, "n"), ("edge", edge_keys, "e")):
@@ -71,7 +73,7 @@ def _graphml(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], out: Text
     out.write('  <graph id="sutazai" edgedefault="directed">\n')
     for node in nodes:
         out.write(f'    <node id={quoteattr(str(node["id"]))}>')
-        props = {"label": node["label"], **node["properties"]}
+        props = {**node["properties"], "label": node["label"]}
         for name, value in sorted(props.items()):
             if value is not None:
                 out.write(f'<data key={quoteattr("n_" + name)}>'
@@ -80,7 +82,7 @@ def _graphml(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], out: Text
     for index, edge in enumerate(edges):
         out.write(f'    <edge id="e{index}" source={quoteattr(str(edge["source"]))} '
                   f'target={quoteattr(str(edge["target"]))}>')
-        props = {"type": edge["type"], **edge["properties"]}
+        props = {**edge["properties"], "label": edge["type"]}
         for name, value in sorted(props.items()):
             if value is not None:
                 out.write(f'<data key={quoteattr("e_" + name)}>'

@@ -34,12 +34,14 @@ CANONICAL = {
     "write": "CREATED", "design": "CREATED", "build": "CREATED", "compose": "CREATED",
     "acquire": "ACQUIRED", "buy": "ACQUIRED", "purchase": "ACQUIRED", "bear_in": "BORN_IN",
     "born_in": "BORN_IN", "work_for": "WORKS_FOR", "work_at": "WORKS_FOR",
-    "work_in": "LOCATED_IN", "employ": "EMPLOYS", "join": "MEMBER_OF", "lead": "LEADS",
+    "work_in": "LOCATED_IN", "employ": "EMPLOYS", "hire": "EMPLOYS", "join": "MEMBER_OF",
+    "lead": "LEADS",
     "head": "LEADS", "run": "LEADS", "chair": "LEADS", "direct": "LEADS",
     "locate_in": "LOCATED_IN", "base_in": "LOCATED_IN", "headquarter_in": "LOCATED_IN",
     "live_in": "LIVES_IN", "move_to": "MOVED_TO", "visit": "VISITED", "marry": "MARRIED",
     "ceo_of": "LEADS", "president_of": "LEADS", "head_of": "LEADS", "chairman_of": "LEADS",
-    "director_of": "LEADS", "founder_of": "FOUNDED", "member_of": "MEMBER_OF",
+    "director_of": "LEADS", "executive_of": "LEADS", "leader_of": "LEADS",
+    "founder_of": "FOUNDED", "member_of": "MEMBER_OF",
     "part_of": "PART_OF", "capital_of": "CAPITAL_OF", "study_at": "STUDIED_AT",
 }
 _SUBJECTS = ("nsubj", "nsubjpass")

@@ -146,7 +146,9 @@ class Resolver:
             surfaces = Counter(" ".join(m.text.split()) for m in mentions)
             # The full name's most frequent spelling, not a more frequent bare surname.
             own = Counter(display_name(m.text, root.type) for m in root.mentions)
-            canonical = max(own, key=lambda s: (own[s], len(s), s))
+            # ties: the spelling with the fewest words beyond the key ("Marie Curie" over
+            # "Dr. Marie Curie", "Apple" over "Apple Inc.")
+            canonical = max(own, key=lambda s: (own[s], -len(s.split()), len(s), s))
             key = root.key
             eid = next((found for g in members if (found := self._match(g.type, g.key))),
                        None)

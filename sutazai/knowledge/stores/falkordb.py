@@ -23,19 +23,14 @@ class FalkorDBStore(GraphStore):
     def __init__(self, host: str, port: int, graph: str, password: str | None = None,
                  batch_size: int = 1000, timeout_s: float = 60.0) -> None:
         super().__init__(batch_size)
+        import redis
         from falkordb import FalkorDB
 
         self.address = f"{host}:{port}"
         self.graph_name = graph
-        self.db = FalkorDB(host=host, port=port, password=password,
-                           socket_timeout=timeout_s, socket_connect_timeout=10)
-        self.graph = self.db.select_graph(graph)
-        self._ping()
-
-    def _ping(self) -> None:
-        import redis
-
         try:
+            self.db = FalkorDB(host=host, port=port, password=password,
+                               socket_timeout=timeout_s, socket_connect_timeout=10)
             self.db.connection.ping()
         except redis.AuthenticationError:
             raise GraphStoreError(
@@ -45,6 +40,7 @@ class FalkorDBStore(GraphStore):
             raise GraphStoreError(f"cannot reach FalkorDB at {self.address} ({exc}); start "
                                   "it, or unset SUTAZAI_KG_URI to use the embedded one"
                                   ) from None
+        self.graph = self.db.select_graph(graph)
 
     def _run(self, statement: str, params: dict[str, Any] | None, read_only: bool) -> Any:
         import redis

