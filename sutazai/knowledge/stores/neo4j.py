@@ -17,13 +17,15 @@ from sutazai.knowledge import cypher
 from sutazai.knowledge.models import QueryResult
 from sutazai.knowledge.stores.base import GraphStore, Row, Statement
 
+BOLT_SCHEMES = ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
+
 
 class Neo4jStore(GraphStore):
     name = "neo4j"
 
     def __init__(self, uri: str, user: str | None, password: str | None,
                  database: str | None = None, batch_size: int = 1000,
-                 read_access_mode: bool = True) -> None:
+                 read_access_mode: bool = True, retry_s: float = 30.0) -> None:
         """``read_access_mode=False`` sends reads in WRITE mode; only for FalkorDB's
         experimental Bolt port, which takes the access-mode field for a graph name."""
         super().__init__(batch_size)
@@ -33,8 +35,12 @@ class Neo4jStore(GraphStore):
         self.database = database
         self.read_access_mode = read_access_mode
         auth = (user, password) if user and password is not None else None
+        if uri.split("://", 1)[0] not in BOLT_SCHEMES:
+            raise GraphStoreError(f"invalid Neo4j URI {uri!r}: use neo4j://host:7687 (or "
+                                  "neo4j+s://, bolt://, bolt+s://)")
         try:
-            self.driver = neo4j.GraphDatabase.driver(uri, auth=auth)
+            self.driver = neo4j.GraphDatabase.driver(uri, auth=auth,
+                                                     max_transaction_retry_time=retry_s)
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
             raise GraphStoreError(f"invalid Neo4j URI {uri!r} ({exc}); use neo4j://host:7687 "
                                   "or bolt://host:7687") from None
@@ -56,8 +62,9 @@ class Neo4jStore(GraphStore):
         except neo4j.exceptions.AuthError:
             raise GraphStoreError(f"Neo4j at {self.uri} refused the credentials; set "
                                   "SUTAZAI_KG_USER and SUTAZAI_KG_PASSWORD") from None
-        except neo4j.exceptions.ServiceUnavailable as exc:
-            raise GraphStoreError(f"cannot reach Neo4j at {self.uri} ({exc}); check "
+        except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as exc:
+            reason = " ".join(str(exc).split())
+            raise GraphStoreError(f"cannot reach Neo4j at {self.uri} ({reason}); check "
                                   "SUTAZAI_KG_URI and that the server runs") from None
         except neo4j.exceptions.Neo4jError as exc:
             raise GraphStoreError(f"Neo4j refused the statement: {exc.message or exc}"

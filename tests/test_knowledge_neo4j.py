@@ -1,0 +1,116 @@
+"""The Neo4j adapter, smoke-tested over FalkorDB's experimental Bolt port.
+
+No Neo4j server is obtainable on this machine (not on PyPI, apt or npm), so this drives
+:class:`Neo4jStore` — the official ``neo4j`` driver, managed transactions — against
+``falkordb.so`` loaded with ``BOLT_PORT``, the nearest real Bolt server. Its limits
+(PLATFORM-FACTS, and two found here) shape the test: parameters over ~4 KB crash it, so
+batches are tiny (5 rows) and so is the document; results over ~64 KB hang it, so every
+read is small; ``driver.close()`` breaks the next connection, so the server is per-test
+and stopped right after; it does not listen on a port above 32767 (a signed 16-bit
+parse), and a write over Bolt kills a server that has the append-only file on, so this
+one has none; it has no login once a password is set, no rollback, no Neo4j schema
+statements, and it reads the access-mode field as a graph name, so reads go in WRITE mode
+(``read_access_mode=False``) and the schema is made through FalkorDB's own client.
+What this proves: the adapter's Cypher, parameters and result handling work over Bolt.
+What it cannot: Neo4j's constraints, READ-mode enforcement, transactions and retries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sutazai.errors import GraphStoreError
+from sutazai.knowledge import cypher
+from sutazai.knowledge.models import (
+    Chunk,
+    DocumentGraph,
+    Extraction,
+    LoadedDocument,
+    Mention,
+    Provenance,
+    RelationMention,
+)
+from sutazai.knowledge.resolve import Resolver
+from sutazai.knowledge.server import EmbeddedFalkorDB
+from sutazai.knowledge.stores.falkordb import FalkorDBStore
+from sutazai.knowledge.stores.neo4j import Neo4jStore
+from sutazai.serving.process import free_port
+from tests.knowledge_helpers import free_bolt_port
+
+TEXT = "Microsoft acquired GitHub. Satya Nadella leads Microsoft."
+
+
+def small_graph() -> DocumentGraph:
+    doc = LoadedDocument(id="f" * 64, uri="/docs/ms.txt", title="ms.txt",
+                         media_type="text/plain", size=len(TEXT), text=TEXT)
+    chunk = Chunk(id=f"{doc.id[:32]}:0", document=doc.id, index=0, start=0, end=len(TEXT),
+                  text=TEXT)
+    prov = Provenance(document=doc.id, chunk=chunk.id, extractor="test", model="test-1")
+
+    def m(text: str, etype: str) -> Mention:
+        start = TEXT.index(text) if text != "Microsoft " else TEXT.rindex("Microsoft")
+        return Mention(text=text.strip(), type=etype, start=start,
+                       end=start + len(text.strip()), confidence=0.85, provenance=prov)
+
+    ms, gh, sn, ms2 = m("Microsoft", "ORG"), m("GitHub", "ORG"), m("Satya Nadella", "PERSON"), \
+        m("Microsoft ", "ORG")
+    found = Extraction(chunk=chunk, mentions=[ms, gh, sn, ms2], relations=[
+        RelationMention(subject=ms, object=gh, type="ACQUIRED", confidence=0.6,
+                        provenance=prov),
+        RelationMention(subject=sn, object=ms2, type="LEADS", confidence=0.6,
+                        provenance=prov)])
+    entities, mentions, relations = Resolver().resolve([found])
+    return DocumentGraph(document=doc, chunks=[chunk], entities=entities, mentions=mentions,
+                         relations=relations, extractors=["test:test-1"])
+
+
+def test_neo4j_adapter_over_falkordb_bolt(tmp_path: Path) -> None:
+    bolt = free_bolt_port()
+    with EmbeddedFalkorDB(tmp_path / "graph", "", bolt_port=bolt) as server:
+        with FalkorDBStore(server.host, server.port, "falkordb") as native:
+            native.ensure_schema()  # Bolt has no schema statements; the graph it serves
+        store = Neo4jStore(f"bolt://127.0.0.1:{bolt}", None, None, batch_size=5,
+                           read_access_mode=False)
+        try:
+            graph = small_graph()
+            store.upsert_document(graph)
+            store.upsert_document(graph)  # idempotent through the driver too
+            stats = store.stats()
+            assert (stats.documents, stats.chunks, stats.entities, stats.mentions,
+                    stats.relations) == (1, 1, 3, 4, 2)
+            assert stats.relations_by_type == {"ACQUIRED": 1, "LEADS": 1}
+            [view] = store.entity("microsoft")
+            assert {(n.direction, n.type, n.name) for n in view.neighbours} == {
+                ("out", "ACQUIRED", "GitHub"), ("in", "LEADS", "Satya Nadella")}
+            assert len(view.mentions) == 2 and "[Microsoft] acquired" in view.mentions[0].snippet
+            result = store.query("MATCH (e:Entity {id: $id}) RETURN e", {"id": "org:github"})
+            assert result.columns == ["e"]
+            assert result.rows[0][0]["properties"]["name"] == "GitHub"  # type: ignore[index]
+            with pytest.raises(GraphStoreError, match="--write"):
+                store.query("MATCH (n) DETACH DELETE n")
+            assert store.document("/docs/ms.txt") is not None
+            assert store.delete_document(graph.document.id) == 3
+            assert store.stats().entities == 0 and store.document("/docs/ms.txt") is None
+        finally:
+            store.close()  # breaks the server's next connection: it is stopped right after
+
+
+def test_neo4j_schema_is_idempotent_cypher() -> None:
+    """The statements a real Neo4j 5 gets (not runnable here): all IF NOT EXISTS."""
+    statements = cypher.neo4j_schema()
+    assert len(statements) == 7 and all("IF NOT EXISTS" in s for s in statements)
+    assert "CREATE CONSTRAINT entity_id IF NOT EXISTS FOR (n:Entity) REQUIRE n.id IS UNIQUE" \
+        in statements
+
+
+def test_an_unreachable_neo4j_is_a_clear_error() -> None:
+    store = Neo4jStore(f"bolt://127.0.0.1:{free_port()}", "neo4j", "pw", retry_s=0.5)
+    try:
+        with pytest.raises(GraphStoreError, match=r"cannot reach Neo4j.*SUTAZAI_KG_URI"):
+            store._read("RETURN 1")
+    finally:
+        store.close()
+    with pytest.raises(GraphStoreError, match="invalid Neo4j URI"):
+        Neo4jStore("http://x", "neo4j", "pw")
