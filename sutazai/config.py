@@ -167,8 +167,10 @@ class Settings(BaseSettings):
     )
     kg_graph: str = Field(
         default="sutazai", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
-        description="FalkorDB graph key, or the Neo4j database (default database when unset "
-        "for Neo4j).",
+        description="The FalkorDB graph (its Redis key).",
+    )
+    kg_neo4j_database: str | None = Field(
+        default=None, description="Neo4j database; unset, the server's default (neo4j)."
     )
     kg_batch_size: int = Field(default=1000, ge=1, le=100_000,
                                description="Rows per UNWIND batch.")

@@ -47,8 +47,7 @@ def open_store(settings: Settings) -> Iterator[GraphStore]:
         from sutazai.knowledge.stores.neo4j import Neo4jStore
 
         store: GraphStore = Neo4jStore(settings.kg_uri, settings.kg_user, password,
-                                       database=None if settings.kg_graph == "sutazai"
-                                       else settings.kg_graph,
+                                       database=settings.kg_neo4j_database,
                                        batch_size=settings.kg_batch_size)
         with store:
             store.ensure_schema()

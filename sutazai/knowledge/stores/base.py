@@ -89,10 +89,7 @@ class GraphStore(ABC):
     def upsert_entity(self, entity: Entity) -> None:
         """One MERGE per entity: the slow way, kept as the benchmark's baseline."""
         [row] = entity_rows([entity])
-        self._write(cypher.UPSERT_ENTITY, {
-            "id": row["id"], "document": row["document"], "chunk": row["chunk"],
-            "extractor": row["extractor"], "model": row["model"], "props": row["props"],
-            "confidence": row["confidence"]})
+        self._write(cypher.UPSERT_ENTITY, row)
 
     def upsert_document(self, graph: DocumentGraph) -> None:
         """Write a document's chunks, entities, mentions and relations, the Document last.
@@ -180,9 +177,11 @@ class GraphStore(ABC):
         entities = []
         for eid, name, etype, key, aliases, confidence in self._read(
                 cypher.ENTITY_CATALOG, {"types": list(types)}):
-            entities.append(Entity(id=eid, name=name, type=etype,
-                                   key=key or normalise(name, etype),
-                                   aliases=list(aliases or []),
+            aliases = list(aliases or [])
+            key = key or normalise(name, etype)
+            entities.append(Entity(id=eid, name=name, type=etype, key=key, aliases=aliases,
+                                   keys=sorted({key, *(normalise(a, etype) for a in aliases)}
+                                               - {""}),
                                    confidence=float(confidence or 0.0)))
         return entities
 
@@ -213,10 +212,10 @@ class GraphStore(ABC):
         for key in sorted(keys):
             rows += [r for r in self._read(cypher.ENTITY_BY_KEY, {"key": key})
                      if r[0] not in {x[0] for x in rows}]
-        if not rows:
-            for key in sorted(keys):
-                rows += [r for r in self._read(cypher.ENTITY_BY_ALIAS_KEY, {"key": key})
-                         if r[0] not in {x[0] for x in rows}]
+        if not rows:  # an alias: normalised here, as the resolver does (a full scan)
+            for eid, etype, aliases in self._read(cypher.ENTITY_ALIASES):
+                if any(normalise(a, etype) in keys for a in aliases or []):
+                    rows += self._read(cypher.ENTITY_BY_ID, {"id": eid})
         return rows
 
     def entity(self, name: str, limit: int = 50) -> list[EntityView]:
@@ -264,11 +263,10 @@ def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
     rows = []
     for e in entities:
         p = e.provenance
-        rows.append({"id": e.id, "confidence": e.confidence,
+        rows.append({"id": e.id, "name": e.name, "type": e.type, "key": e.key,
+                     "aliases": e.aliases, "confidence": e.confidence,
                      "document": p.document if p else "", "chunk": p.chunk if p else "",
-                     "extractor": p.extractor if p else "", "model": p.model if p else "",
-                     "props": {"name": e.name, "type": e.type, "key": e.key,
-                               "aliases": e.aliases, "keys": e.keys}})
+                     "extractor": p.extractor if p else "", "model": p.model if p else ""})
     return rows
 
 
