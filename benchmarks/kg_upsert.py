@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sutazai.config import Settings
+from sutazai.knowledge import cypher
 from sutazai.knowledge.documents import chunk
 from sutazai.knowledge.evaluate import load_gold
 from sutazai.knowledge.extract import SpacyExtractor, load_spacy
@@ -36,7 +37,6 @@ from sutazai.knowledge.stores.falkordb import FalkorDBStore
 
 DATA = Path(__file__).resolve().parent / "data"
 TYPES = ["PERSON", "ORG", "GPE", "PRODUCT"]
-LEAN = "UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name"
 
 
 def make_entities(n: int, prefix: str, seed: int = 7) -> list[Entity]:
@@ -81,7 +81,7 @@ def upserts(store: FalkorDBStore, n: int, single: int) -> dict[str, float]:
     # UNWIND/MERGE, same writers: what ten properties of provenance cost.
     lean = [{"id": f"lean:{i}", "name": f"Lean {i}"} for i in range(n)]
     t = time.perf_counter()
-    store._write_all((LEAN, {"rows": lean[i:i + store.batch_size]})
+    store._write_all((cypher.UPSERT_BARE_ENTITIES, {"rows": lean[i:i + store.batch_size]})
                      for i in range(0, n, store.batch_size))
     lean_create = time.perf_counter() - t
     return {"batched_create_per_s": n / create, "batched_update_per_s": n / update,

@@ -16,7 +16,13 @@ import pytest
 
 from sutazai.config import Settings
 from sutazai.errors import ConfigError, NotFoundError
-from sutazai.knowledge.service import graph_stats, ingest, open_store, remove_document
+from sutazai.knowledge.service import (
+    graph_stats,
+    ingest,
+    open_store,
+    remove_document,
+    store_label,
+)
 from tests.knowledge_helpers import write_corpus
 
 pytestmark = pytest.mark.slow  # spaCy loads once per process (~2 s)
@@ -118,6 +124,8 @@ def test_settings_errors_say_what_to_do(tmp_path: Path, settings: Settings) -> N
     neo = settings.model_copy(update={"kg_store": "neo4j"})
     with pytest.raises(ConfigError, match="SUTAZAI_KG_URI"), open_store(neo):
         pass
+    secret = settings.model_copy(update={"kg_uri": "redis://:hunter2@graph.internal:6379"})
+    assert store_label(secret) == "falkordb redis://graph.internal:6379"  # no password
     bad = settings.model_copy(update={"kg_uri": "http://x"})
     with pytest.raises(ConfigError, match="not a FalkorDB address"), open_store(bad):
         pass

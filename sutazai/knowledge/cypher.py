@@ -90,6 +90,14 @@ SET e.name = $name, e.type = $type, e.key = $key, e.aliases = $aliases,
     e.confidence = $confidence
 """
 
+# Nodes of the shape PLATFORM-FACTS measured (id and name only): the benchmark's yardstick
+# for what the entity properties above cost.
+UPSERT_BARE_ENTITIES = """
+UNWIND $rows AS r
+MERGE (e:Entity {id: r.id})
+SET e.name = r.name
+"""
+
 UPSERT_MENTIONS = """
 UNWIND $rows AS r
 MATCH (c:Chunk {id: r.chunk})

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sutazai.config import Settings
-from sutazai.errors import ConfigError, DocumentError, NotFoundError, SutazAIError
+from sutazai.errors import ConfigError, DocumentError, NotFoundError
 from sutazai.knowledge import documents
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
@@ -77,11 +77,11 @@ def open_store(settings: Settings) -> Iterator[GraphStore]:
 
 
 def store_label(settings: Settings) -> str:
-    if settings.kg_store == "neo4j":
-        return f"neo4j {settings.kg_uri}"
-    if settings.kg_uri:
-        return f"falkordb {urlparse(settings.kg_uri).hostname}:{urlparse(settings.kg_uri).port}"
-    return f"falkordb (embedded, {settings.home / 'graph'})"
+    """Which store, for reports; never the credentials a URI may carry."""
+    if not settings.kg_uri:
+        return f"{settings.kg_store} (embedded, {settings.home / 'graph'})"
+    parsed = urlparse(settings.kg_uri)
+    return f"{settings.kg_store} {parsed.scheme}://{parsed.hostname}:{parsed.port or ''}"
 
 
 def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
@@ -105,12 +105,11 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
             for source in sources:
                 try:
                     pipeline.ingest_one(source, report)
-                except SutazAIError as exc:
-                    if not isinstance(exc, DocumentError):
-                        log.warning("%s: %s", source, exc)
+                except DocumentError as exc:
+                    # this document only; an unreachable store or model endpoint would fail
+                    # every document alike, so those stop the batch (what is written stays,
+                    # and the next run skips it as unchanged)
                     report.documents_failed.append(FailedDocument(path=source, error=str(exc)))
-                    if not isinstance(exc, DocumentError) and pipeline.fatal(exc):
-                        raise
                 bar.advance(_size(source))
         finally:
             bar.close()
@@ -154,12 +153,6 @@ class _Pipeline:
         self.relations = relations
         self._extractors: list[ChunkExtractor] | None = None
         self._resolver: Resolver | None = None
-
-    def fatal(self, exc: SutazAIError) -> bool:
-        """Errors that would fail every document the same way stop the batch."""
-        from sutazai.errors import ExtractionError, GraphStoreError
-
-        return isinstance(exc, ExtractionError | GraphStoreError)
 
     @property
     def extractors(self) -> list[ChunkExtractor]:
