@@ -31,19 +31,20 @@ from sutazai.knowledge.models import Chunk, Extraction, Mention, Provenance, Rel
 log = logging.getLogger(__name__)
 DEFAULT_ENTITY_CONFIDENCE = 0.7
 DEFAULT_RELATION_CONFIDENCE = 0.6
+MAX_ITEMS = 12  # per chunk and list: bounds the grammar, so answers end before max_tokens
 PROMPT = """Extract the named entities and the relations between them from the text.
 Entity types: {entity_types}.
 Relation types: {relation_types}.
-Answer with JSON only: {{"entities": [{{"name": ..., "type": ...}}], "relations": [{{"source": \
-entity name, "target": entity name, "type": ..., "confidence": 0..1}}]}}.
-
-Text:
-\"\"\"
-{text}
-\"\"\"
-
-JSON:
-"""
+Answer with JSON only. "source" and "target" are names from "entities"; "confidence" is
+between 0 and 1.
+{example}
+Text: {text}
+JSON:"""
+# A worked example helps base models (no chat template, no instructions tuning) most;
+# only the parts whose types the user declared are shown.
+EXAMPLE_TEXT = "Ada Lovelace was born in London and worked with Charles Babbage."
+EXAMPLE_ENTITIES = [("Ada Lovelace", "PERSON"), ("London", "GPE"), ("Charles Babbage", "PERSON")]
+EXAMPLE_RELATIONS = [("Ada Lovelace", "BORN_IN", "London", 0.9)]
 
 
 class _Strict(BaseModel):
@@ -62,8 +63,9 @@ def output_model(entity_types: Sequence[str], relation_types: Sequence[str]) -> 
     relation: Any = create_model("LLMRelation", __base__=_Strict, source=(str, ...),
                             target=(str, ...), type=(relation_type, ...),
                             confidence=(float, Field(ge=0.0, le=1.0)))
-    return create_model("LLMExtraction", __base__=_Strict, entities=(list[entity], ...),
-                        relations=(list[relation], ...))
+    return create_model("LLMExtraction", __base__=_Strict,
+                        entities=(list[entity], Field(max_length=MAX_ITEMS)),
+                        relations=(list[relation], Field(max_length=MAX_ITEMS)))
 
 
 class LLMExtractor:
@@ -117,9 +119,22 @@ class LLMExtractor:
                     self.model)
         return Extraction(chunk=chunk, skipped=1, invalid=invalid)
 
+    def _example(self) -> str:
+        entities = [{"name": n, "type": t} for n, t in EXAMPLE_ENTITIES
+                    if t in self.entity_types]
+        names = {e["name"] for e in entities}
+        relations = [{"source": s, "target": o, "type": t, "confidence": c}
+                     for s, t, o, c in EXAMPLE_RELATIONS
+                     if t in self.relation_types and {s, o} <= names]
+        if not entities:
+            return ""
+        answer = json.dumps({"entities": entities, "relations": relations})
+        return f"\nText: {EXAMPLE_TEXT}\nJSON: {answer}\n"
+
     def _complete(self, text: str, attempt: int) -> str:
         prompt = PROMPT.format(entity_types=", ".join(self.entity_types),
-                               relation_types=", ".join(self.relation_types), text=text)
+                               relation_types=", ".join(self.relation_types),
+                               example=self._example(), text=" ".join(text.split()))
         body: dict[str, Any] = {
             "model": self.model, "prompt": prompt, "max_tokens": self.max_tokens,
             "temperature": 0.0 if attempt == 0 else 0.8, "seed": attempt,
