@@ -6,6 +6,16 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from sutazai.knowledge.models import (
+    Chunk,
+    DocumentGraph,
+    Extraction,
+    LoadedDocument,
+    Mention,
+    Provenance,
+    RelationMention,
+)
+from sutazai.knowledge.resolve import Resolver
 from sutazai.knowledge.server import EmbeddedFalkorDB
 from sutazai.knowledge.stores.falkordb import FalkorDBStore
 
@@ -83,3 +93,30 @@ def free_bolt_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port between 20000 and 32767")
+
+
+SMALL_TEXT = "Microsoft acquired GitHub. Satya Nadella leads Microsoft."
+
+
+def small_graph() -> DocumentGraph:
+    doc = LoadedDocument(id="f" * 64, uri="/docs/ms.txt", title="ms.txt",
+                         media_type="text/plain", size=len(SMALL_TEXT), text=SMALL_TEXT)
+    chunk = Chunk(id=f"{doc.id[:32]}:0", document=doc.id, index=0, start=0, end=len(SMALL_TEXT),
+                  text=SMALL_TEXT)
+    prov = Provenance(document=doc.id, chunk=chunk.id, extractor="test", model="test-1")
+
+    def m(text: str, etype: str) -> Mention:
+        start = SMALL_TEXT.index(text) if text != "Microsoft " else SMALL_TEXT.rindex("Microsoft")
+        return Mention(text=text.strip(), type=etype, start=start,
+                       end=start + len(text.strip()), confidence=0.85, provenance=prov)
+
+    ms, gh, sn, ms2 = m("Microsoft", "ORG"), m("GitHub", "ORG"), m("Satya Nadella", "PERSON"), \
+        m("Microsoft ", "ORG")
+    found = Extraction(chunk=chunk, mentions=[ms, gh, sn, ms2], relations=[
+        RelationMention(subject=ms, object=gh, type="ACQUIRED", confidence=0.6,
+                        provenance=prov),
+        RelationMention(subject=sn, object=ms2, type="LEADS", confidence=0.6,
+                        provenance=prov)])
+    entities, mentions, relations = Resolver().resolve([found])
+    return DocumentGraph(document=doc, chunks=[chunk], entities=entities, mentions=mentions,
+                         relations=relations, extractors=["test:test-1"])

@@ -118,6 +118,21 @@ def test_a_changed_document_replaces_its_old_version_and_rm_removes_orphans(
     assert uri.endswith("amazon.md")
 
 
+def test_an_interrupted_write_is_redone(tmp_path: Path, settings: Settings) -> None:
+    """The Document node is written last: without it, the next ingest clears the leftovers
+    of that document and writes it again."""
+    corpus = write_corpus(tmp_path / "docs")
+    ingest(settings, [str(corpus)])
+    complete = snapshot(settings)
+    with open_store(settings) as store:  # as if the process died before the last statement
+        store.query("MATCH (d:Document) WHERE d.uri ENDS WITH 'curie.txt' DETACH DELETE d",
+                    write=True)
+    assert graph_stats(settings).documents == 2
+    report = ingest(settings, [str(corpus)])
+    assert (report.documents_ingested, report.documents_unchanged) == (1, 2)
+    assert snapshot(settings) == complete
+
+
 def test_settings_errors_say_what_to_do(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(ConfigError, match="relations must be one of"):
         ingest(settings, [], relations="magic")

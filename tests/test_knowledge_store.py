@@ -13,7 +13,7 @@ from sutazai.errors import GraphStoreError
 from sutazai.knowledge.models import Entity, Provenance
 from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password
 from sutazai.knowledge.stores.falkordb import FalkorDBStore
-from tests.knowledge_helpers import falkordb
+from tests.knowledge_helpers import falkordb, small_graph
 
 PROVENANCE = Provenance(document="doc-1", chunk="doc-1:0", extractor="test", model="test-1")
 
@@ -63,6 +63,17 @@ def test_batched_upserts_are_idempotent_and_keep_values_literal(tmp_path: Path) 
         assert store.query("MATCH (e:Entity {id: 'person:e7'}) RETURN e.confidence, "
                            "e.document").rows == [[0.8, "doc-1"]]  # first seen stays
         assert counts(store) == first
+
+
+def test_a_document_written_twice_is_written_once(tmp_path: Path) -> None:
+    graph = small_graph()
+    with falkordb(tmp_path / "graph", batch_size=2) as (_, store):
+        store.upsert_document(graph)
+        first = counts(store), store.stats()
+        store.upsert_document(graph)
+        assert (counts(store), store.stats()) == first
+        assert first[1].mentions == 4 and first[1].relations == 2 and first[0] == (5, 7)
+        assert store.delete_document(graph.document.id) == 3 and counts(store) == (0, 0)
 
 
 def test_queries_are_read_only_unless_asked(tmp_path: Path) -> None:
