@@ -1,5 +1,5 @@
 # SutazAI — the two commands a newcomer needs:
-#   make run    set everything up, then run the main job (mirror, verify, register)
+#   make run    set everything up, then run the nightly cycle through Airflow and KFP
 #   make test   set everything up, then run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -27,11 +27,14 @@ STAMP := $(VENV)/.installed-$(INSTALL_HASH)
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: run test setup vllm system-deps lint typecheck check benchmark constraints clean help
+.PHONY: run test setup vllm system-deps up down status lint typecheck check benchmark constraints \
+  clean help
 
 help:
-	@echo "make run        set up and run the main job (mirror + verify + register the catalog)"
+	@echo "make run        set up and run the nightly cycle through Airflow and KFP, print its summary"
 	@echo "make test       set up and run the whole test suite"
+	@echo "make up         start Airflow (UI :8080), MLflow (:5000) and Prometheus (:9090) on 127.0.0.1"
+	@echo "make down       stop them;  make status  show what runs where"
 	@echo "make vllm       set up vLLM's server venv (.venv-vllm; make run/test do it too)"
 	@echo "make check      lint + type-check"
 	@echo "make benchmark  pull throughput vs curl + sha256sum (1 GiB, local nginx)"
@@ -65,7 +68,16 @@ vllm:
 	@scripts/setup-vllm.sh .venv-vllm
 
 run: setup vllm
-	$(BIN)/sutazai run
+	$(BIN)/python -m sutazai_stack nightly
+
+up: setup
+	$(BIN)/python -m sutazai_stack up
+
+down:
+	@test ! -x $(BIN)/python || $(BIN)/python -m sutazai_stack down
+
+status:
+	@test ! -x $(BIN)/python || $(BIN)/python -m sutazai_stack status
 
 test: setup vllm
 	$(BIN)/python -m pytest

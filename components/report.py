@@ -16,6 +16,8 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
 
     Returns the headline: each task's champion, the failures, the champion's answer.
     """
+    from pydantic import TypeAdapter
+
     from sutazai.config import load_settings
     from sutazai.jobs import (
         BenchmarkOutcome,
@@ -29,7 +31,8 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
 
     settings = load_settings()
     result = assemble_report(
-        [MirrorOutcome(**m) for m in mirrored],
+        # KFP hands numbers over as floats; validation turns 1.0 back into 1
+        TypeAdapter(list[MirrorOutcome]).validate_python(mirrored),
         [BenchmarkOutcome.model_validate_json(b) for b in benchmarks],
         plan_benchmarks(settings),
         [SelectionOutcome.model_validate(s) for s in selections],

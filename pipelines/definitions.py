@@ -7,8 +7,9 @@
   self-improvement steps (data gates, training, promotion) join here as they land.
 - ``knowledge_ingest``: documents -> entities and relations in the graph -> statistics.
 
-Resource requests, GPU limits and retries only matter on a Kubeflow cluster; ``kfp.local``
-ignores them. Caching is off for every step: each one reads state that changes outside
+Resource requests and GPU limits only matter on a Kubeflow cluster; ``kfp.local`` ignores
+them. Step retries are quick (5 s, then 10 s...) for blips such as a pod evicted or a
+registry hiccup; Airflow retries the whole run minutes later for real outages. Caching is off for every step: each one reads state that changes outside
 its inputs (the sources, the repository, MLflow), so a cached result would be stale.
 Benchmarks run one at a time so that two never share (and distort) the same node.
 """
@@ -32,8 +33,8 @@ def on_cluster(task: PipelineTask, cpu: str, memory: str, *, gpu: bool = False,
     if gpu:
         task.set_accelerator_type(GPU).set_accelerator_limit(1)
     if retries:
-        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2,
-                       backoff_max_duration="900s")
+        task.set_retry(num_retries=retries, backoff_duration="5s", backoff_factor=2,
+                       backoff_max_duration="60s")
     task.set_display_name(task.name.replace("-", " "))
     return task
 
@@ -42,7 +43,7 @@ def mirror_steps(models: list[str]) -> PipelineTask:
     """Add the mirror steps; returns the register task (collect its outputs after it)."""
     names = on_cluster(list_catalog(names=models), "0.5", "512M", retries=2)
     with dsl.ParallelFor(names.output, parallelism=2) as name:
-        pulled = on_cluster(pull_model(name=name), "1", "2G", retries=3)
+        pulled = on_cluster(pull_model(name=name), "1", "2G", retries=2)
         verified = on_cluster(verify_model(model=pulled.outputs["model"]), "1", "1G")
         registered = on_cluster(register_model(ref=verified.output,
                                                pulled=pulled.outputs["Output"]),

