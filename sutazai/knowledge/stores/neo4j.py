@@ -44,6 +44,8 @@ class Neo4jStore(GraphStore):
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
             raise GraphStoreError(f"invalid Neo4j URI {uri!r} ({exc}); use neo4j://host:7687 "
                                   "or bolt://host:7687") from None
+        # Fail now, not after the driver's 30 s of transaction retries, when nothing answers.
+        self._call(True, None)
 
     def _session(self, read: bool) -> Any:
         import neo4j
@@ -55,6 +57,9 @@ class Neo4jStore(GraphStore):
         import neo4j
 
         try:
+            if work is None:
+                self.driver.verify_connectivity()
+                return None
             with self._session(read) as session:
                 if read and self.read_access_mode:
                     return session.execute_read(work)
