@@ -133,6 +133,22 @@ def test_an_interrupted_write_is_redone(tmp_path: Path, settings: Settings) -> N
     assert snapshot(settings) == complete
 
 
+def test_reads_share_the_embedded_server_another_process_runs(
+        tmp_path: Path, settings: Settings) -> None:
+    """`sutazai kg stats` during a long ingest: the owner holds the lock; readers connect."""
+    from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password, running_server
+
+    ingest(settings, [str(write_corpus(tmp_path / "docs"))])
+    password = graph_password(settings.home, None)
+    with EmbeddedFalkorDB(settings.home / "graph", password) as owner:
+        assert running_server(settings.home / "graph") == (owner.host, owner.port)
+        assert graph_stats(settings).documents == 3  # no wait for the owner's lock
+        with open_store(settings, read_only=True) as store:
+            assert store.query("MATCH (d:Document) RETURN count(d)").rows == [[3]]
+    assert running_server(settings.home / "graph") is None
+    assert graph_stats(settings).documents == 3  # its own server again
+
+
 def test_settings_errors_say_what_to_do(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(ConfigError, match="relations must be one of"):
         ingest(settings, [], relations="magic")

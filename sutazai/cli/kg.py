@@ -85,7 +85,7 @@ def entity_command(name: str = typer.Argument(..., help="A name, alias or entity
     """An entity's neighbours, and its mentions with snippets."""
     from sutazai.knowledge.service import open_store
 
-    with open_store(load_settings()) as store:
+    with open_store(load_settings(), read_only=True) as store:
         views = store.entity(name, limit=limit)
     if as_json:
         emit_json([v.model_dump(mode="json") for v in views])
@@ -130,7 +130,7 @@ def query_command(
             params[name] = json.loads(value)
         except ValueError:
             params[name] = value
-    with open_store(load_settings()) as store:
+    with open_store(load_settings(), read_only=not write) as store:
         result = store.query(statement, params, write=write)
     if as_json:
         emit_json([dict(zip(result.columns, row, strict=False)) for row in result.rows])
@@ -156,7 +156,7 @@ def export_command(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    with open_store(load_settings()) as store:
+    with open_store(load_settings(), read_only=True) as store:
         nodes, edges = store.export()
     if out is None:
         write(nodes, edges, fmt, sys.stdout)

@@ -11,6 +11,7 @@ at a time own the data folder: a second waits, then fails with what to do.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -23,6 +24,7 @@ from sutazai.errors import GraphStoreError
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
 PASSWORD_FILE = "graph.password"
+SERVER_INFO = "server.json"  # host, port and pid while a process owns the server
 
 
 def binaries() -> tuple[Path, Path]:
@@ -67,6 +69,24 @@ def graph_password(home: Path, configured: str | None) -> str:
     return value
 
 
+def running_server(data_dir: Path) -> tuple[str, int] | None:
+    """Host and port of the embedded server another process runs on ``data_dir``, if any.
+
+    Read-only commands (``sutazai kg stats`` during a long ingest) connect to it instead
+    of waiting for the owner's lock; the owner may stop it under them, which they report.
+    """
+    import psutil
+
+    try:
+        info = json.loads((data_dir / SERVER_INFO).read_text())
+        host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not psutil.pid_exists(pid):
+        return None
+    return host, port
+
+
 class EmbeddedFalkorDB:
     """A FalkorDB server owned by this process; use as a context manager."""
 
@@ -90,6 +110,10 @@ class EmbeddedFalkorDB:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "falkordb.log"
+
+    @property
+    def info_path(self) -> Path:
+        return self.data_dir / SERVER_INFO
 
     def start(self) -> EmbeddedFalkorDB:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +154,11 @@ class EmbeddedFalkorDB:
             self._wait_ready()
         finally:
             config.unlink(missing_ok=True)
+        assert self.process is not None and self.process.process is not None
+        fd = os.open(self.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"host": self.host, "port": self.port,
+                       "pid": self.process.process.pid}, handle)
 
     def _wait_ready(self) -> None:
         import redis
@@ -162,6 +191,7 @@ class EmbeddedFalkorDB:
         """SIGTERM: redis-server flushes the append-only file and exits."""
         try:
             if self.process is not None:
+                self.info_path.unlink(missing_ok=True)
                 self.process.stop(grace_s=30)
                 self.process = None
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sutazai.config import Settings
-from sutazai.errors import ConfigError, DocumentError, NotFoundError
+from sutazai.errors import ConfigError, DocumentError, GraphStoreError, NotFoundError
 from sutazai.knowledge import documents
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
@@ -36,9 +36,10 @@ RELATION_MODES = ("svo", "llm", "both", "none")
 
 
 @contextlib.contextmanager
-def open_store(settings: Settings) -> Iterator[GraphStore]:
+def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[GraphStore]:
     """The configured graph store, schema in place; an embedded server lives as long as
-    the ``with`` block."""
+    the ``with`` block. ``read_only`` callers may share an embedded server another process
+    runs instead of waiting for it."""
     password = settings.kg_password.get_secret_value() if settings.kg_password else None
     if settings.kg_store == "neo4j":
         if not settings.kg_uri:
@@ -66,9 +67,19 @@ def open_store(settings: Settings) -> Iterator[GraphStore]:
             store.ensure_schema()
             yield store
         return
-    from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password
+    from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password, running_server
 
     secret = graph_password(settings.home, password)
+    shared = running_server(settings.home / "graph") if read_only else None
+    if shared is not None:
+        try:
+            guest = FalkorDBStore(*shared, settings.kg_graph, secret, settings.kg_batch_size)
+        except GraphStoreError:
+            guest = None  # it stopped meanwhile: start one below
+        if guest is not None:
+            with guest:
+                yield guest
+            return
     with EmbeddedFalkorDB(settings.home / "graph", secret) as server, FalkorDBStore(
             server.host, server.port, settings.kg_graph, secret,
             settings.kg_batch_size) as store:
@@ -119,7 +130,7 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
 
 def graph_stats(settings: Settings) -> GraphStats:
     """Documents, chunks, entities by type and relations by type."""
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         stats = store.stats()
     stats.store = store_label(settings)
     return stats
