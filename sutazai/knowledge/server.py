@@ -6,7 +6,8 @@ command or pipeline step ends. The password comes from the ``kg_password`` setti
 generated once into ``<home>/secrets/graph.password`` (mode 0600); it reaches the server
 through a configuration file that exists, readable by the owner only, just while the
 server starts, so it never shows in a process list or a log. A file lock lets one process
-at a time own the data folder: a second waits, then fails with what to do.
+at a time own the data folder: a second waits, then fails with what to do; read-only
+commands connect to the owner's server instead (``server.json`` says where it listens).
 """
 
 from __future__ import annotations
