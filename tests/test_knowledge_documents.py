@@ -65,6 +65,21 @@ def test_huge_and_missing_documents(tmp_path: Path) -> None:
         load(str(tmp_path / "nope.txt"), max_bytes=MiB)
 
 
+def test_an_encrypted_pdf_says_to_decrypt_it(tmp_path: Path) -> None:
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(tiny_pdf(["Secret plans of ACME Corp."]))))
+    writer.encrypt("owner-and-user", algorithm="RC4-128")
+    path = tmp_path / "locked.pdf"
+    with path.open("wb") as handle:
+        writer.write(handle)
+    with pytest.raises(DocumentError, match="encrypted; decrypt it first"):
+        load(str(path), max_bytes=MiB)
+
+
 def test_utf16_with_a_bom_is_read(tmp_path: Path) -> None:
     path = tmp_path / "utf16.txt"
     path.write_bytes(codecs.BOM_UTF16_LE + "Zoë lives in Zürich.".encode("utf-16-le"))
