@@ -79,7 +79,7 @@ def evaluate(extractor: ChunkExtractor, gold: Sequence[GoldSentence]) -> Quality
         for etype, _ in predicted & expected:
             entity_tp[etype] += 1
         def key(name: str) -> str:
-            return normalise(name, "PERSON")
+            return normalise(name, "OTHER")  # no type-specific stripping at the ends
 
         got = {(key(r.subject.text), r.type, key(r.object.text)) for r in extraction.relations}
         want = {(key(s), t, key(o)) for s, t, o in sentence.relations}
