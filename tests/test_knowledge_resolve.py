@@ -83,6 +83,8 @@ def test_across_documents_exact_and_fuzzy_names_share_one_entity() -> None:
     assert ids["Barak Obama"] == ids["President Barack Obama"] == "person:barack-obama"
     assert ids["Iraq"] == "gpe:iraq" and ids["Obama Foundation"] == "org:obama-foundation"
     obama = next(e for e in second if e.id == "person:barack-obama")
+    assert obama.stored is True  # written with d1: MERGE, not CREATE
+    assert next(e for e in second if e.id == "gpe:iraq").stored is False  # new: CREATE
     assert obama.name == "Barack Obama"  # the first-seen name stays canonical
     assert set(obama.aliases) >= {"Barak Obama", "President Barack Obama"}
     assert obama.provenance is not None and obama.provenance.document == "d1"

@@ -65,6 +65,21 @@ def test_batched_upserts_are_idempotent_and_keep_values_literal(tmp_path: Path) 
         assert counts(store) == first
 
 
+def test_a_create_that_races_another_writer_becomes_a_merge(tmp_path: Path) -> None:
+    """New entities are CREATEd after a read says they are new; if another writer created
+    one in between, the unique constraint fails the batch and it is redone with MERGE."""
+    from sutazai.knowledge import cypher
+    from sutazai.knowledge.stores.base import entity_rows
+
+    with falkordb(tmp_path / "graph", batch_size=10) as (_, store):
+        store.upsert_entities(entities(5))
+        rows = entity_rows(entities(8))  # 5 exist already: as if created since the read
+        store._write_all([(cypher.CREATE_ENTITIES, {"rows": rows})])
+        assert counts(store) == (8, 0)
+        with pytest.raises(GraphStoreError, match="unique constraint"):
+            store._run(cypher.CREATE_ENTITIES, {"rows": rows}, False)  # what it guards
+
+
 def test_a_document_written_twice_is_written_once(tmp_path: Path) -> None:
     graph = small_graph()
     with falkordb(tmp_path / "graph", batch_size=2) as (_, store):

@@ -85,6 +85,9 @@ class Entity(BaseModel):
     keys: list[str] = Field(default_factory=list)  # normalised aliases, for lookups
     confidence: float = Field(default=0.0, ge=0.0, le=1.0)
     provenance: Provenance | None = None  # where it was first seen
+    # Whether the store already holds it, when the resolver knows (it resolves against the
+    # stored entities): lets a store CREATE new ones instead of MERGE. None: unknown.
+    stored: bool | None = Field(default=None, exclude=True)
 
 
 class Relation(BaseModel):

@@ -168,7 +168,10 @@ class Resolver:
                 aliases=sorted(aliases), keys=sorted(keys - {""}),
                 confidence=max(best, previous.confidence if previous else 0.0),
                 provenance=(previous.provenance if previous and previous.provenance
-                            else mentions[0].provenance))
+                            else mentions[0].provenance),
+                # known before: in the store, or written with an earlier document (or in
+                # this one, where a MERGE is what makes a second upsert harmless)
+                stored=previous is not None)
             self._remember(entity)
             touched[eid] = entity
             for g in members:

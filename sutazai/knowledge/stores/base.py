@@ -84,7 +84,11 @@ class GraphStore(ABC):
 
     def upsert_entities(self, entities: Sequence[Entity]) -> None:
         """Upsert entities in UNWIND batches of ``batch_size``."""
-        self._write_all(self._batches(cypher.UPSERT_ENTITIES, entity_rows(entities)))
+        self._write_all(self._entity_statements(entities))
+
+    def _entity_statements(self, entities: Sequence[Entity]) -> list[Statement]:
+        """UNWIND ... MERGE batches; a store may do better (FalkorDB creates new ones)."""
+        return list(self._batches(cypher.UPSERT_ENTITIES, entity_rows(entities)))
 
     def upsert_entity(self, entity: Entity) -> None:
         """One MERGE per entity: the slow way, kept as the benchmark's baseline."""
@@ -119,7 +123,7 @@ class GraphStore(ABC):
             for c in graph.chunks]
         statements: list[Statement] = [
             *self._batches(cypher.UPSERT_CHUNKS, chunk_rows),
-            *self._batches(cypher.UPSERT_ENTITIES, entity_rows(graph.entities)),
+            *self._entity_statements(graph.entities),
             *self._batches(cypher.UPSERT_MENTIONS, mention_rows),
             *self._batches(cypher.UPSERT_RELATIONS, relation_rows),
             (cypher.UPSERT_DOCUMENT, {"id": doc.id, "props": {
@@ -182,7 +186,7 @@ class GraphStore(ABC):
             entities.append(Entity(id=eid, name=name, type=etype, key=key, aliases=aliases,
                                    keys=sorted({key, *(normalise(a, etype) for a in aliases)}
                                                - {""}),
-                                   confidence=float(confidence or 0.0)))
+                                   confidence=float(confidence or 0.0), stored=True))
         return entities
 
     def stats(self) -> GraphStats:

@@ -8,15 +8,15 @@ interrupted write leaves no Document and the next ingest redoes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from typing import Any
 
 from sutazai.errors import GraphStoreError
 from sutazai.knowledge import cypher
-from sutazai.knowledge.models import QueryResult
-from sutazai.knowledge.stores.base import GraphStore, Row, Statement
+from sutazai.knowledge.models import Entity, QueryResult
+from sutazai.knowledge.stores.base import GraphStore, Row, Statement, entity_rows
 
 
 class FalkorDBStore(GraphStore):
@@ -92,8 +92,26 @@ class FalkorDBStore(GraphStore):
     def _read(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:
         return list(self._run(statement, params, True).result_set)
 
+    def _entity_statements(self, entities: Sequence[Entity]) -> list[Statement]:
+        """CREATE batches for entities the resolver knows to be new (see
+        cypher.CREATE_ENTITIES; 40 % faster), MERGE batches for the rest."""
+        new = entity_rows([e for e in entities if e.stored is False])
+        rest = entity_rows([e for e in entities if e.stored is not False])
+        return [*self._batches(cypher.CREATE_ENTITIES, new),
+                *self._batches(cypher.UPSERT_ENTITIES, rest)]
+
     def _write(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:
-        return list(self._run(statement, params, False).result_set)
+        return list(self._run_write(statement, params, None).result_set)
+
+    def _run_write(self, statement: str, params: dict[str, Any] | None, graph: Any) -> Any:
+        try:
+            return self._run(statement, params, False, graph)
+        except GraphStoreError as exc:
+            if statement is cypher.CREATE_ENTITIES and "unique constraint" in str(exc):
+                # another writer created some of them since the read: FalkorDB undid the
+                # whole batch, which MERGE now writes
+                return self._run(cypher.UPSERT_ENTITIES, params, False, graph)
+            raise
 
     def _write_all(self, statements: Iterable[Statement]) -> None:
         """In order, except that batches of one statement overlap on ``writers``
@@ -105,11 +123,12 @@ class FalkorDBStore(GraphStore):
             batches = [params for _, params in group]
             if len(batches) == 1 or self.writers == 1:
                 for params in batches:
-                    self._run(statement, params, False)
+                    self._run_write(statement, params, None)
                 continue
             graphs = self._writer_graphs()
             with ThreadPoolExecutor(len(graphs)) as pool:
-                futures = [pool.submit(self._run, statement, params, False, graphs[i % len(graphs)])
+                futures = [pool.submit(self._run_write, statement, params,
+                                       graphs[i % len(graphs)])
                            for i, params in enumerate(batches)]
                 for future in futures:
                     future.result()
