@@ -54,6 +54,10 @@ def test_ingest_is_idempotent_and_a_bad_file_does_not_stop_the_batch(
     again = ingest(settings, [str(corpus)])
     assert again.documents_ingested == 0 and again.documents_unchanged == 3
     assert snapshot(settings) == first  # identical node and edge counts
+    (tmp_path / "copy.txt").write_bytes((corpus / "curie.txt").read_bytes())
+    twin = ingest(settings, [str(tmp_path / "copy.txt")])  # same bytes, another name
+    assert (twin.documents_ingested, twin.documents_unchanged) == (0, 1)
+    assert snapshot(settings) == first
 
     stats = graph_stats(settings)
     assert (stats.documents, stats.chunks) == (3, 3)

@@ -35,7 +35,7 @@ def expand(paths: list[str]) -> Iterator[str]:
     folders only known suffixes are taken, so a folder of mixed files just works.
     """
     for raw in paths:
-        if _is_url(raw):
+        if is_url(raw):
             yield raw
             continue
         path = Path(raw[7:] if raw.startswith("file://") else raw).expanduser()
@@ -48,13 +48,13 @@ def expand(paths: list[str]) -> Iterator[str]:
             yield str(path.resolve()) if path.exists() else raw
 
 
-def _is_url(value: str) -> bool:
+def is_url(value: str) -> bool:
     return urlparse(value).scheme in ("http", "https")
 
 
 def load(source: str, *, max_bytes: int, timeout_s: float = 60.0) -> LoadedDocument:
     """Read one document as text (raises DocumentError, never a half-read document)."""
-    if _is_url(source):
+    if is_url(source):
         data, media_type = _fetch(source, max_bytes, timeout_s)
         uri = source
         name = Path(unquote(urlparse(source).path)).name or source

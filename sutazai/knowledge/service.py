@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -140,9 +141,7 @@ def remove_document(settings: Settings, ref: str) -> tuple[str, int]:
     """Remove the document with this path, URI or id (prefix); (its uri, entities removed)."""
     with open_store(settings) as store:
         candidates = store.find_documents(ref)
-        if not candidates and not documents._is_url(ref):
-            from pathlib import Path
-
+        if not candidates and not documents.is_url(ref):
             candidates = store.find_documents(str(Path(ref).expanduser().resolve()))
         if not candidates:
             raise NotFoundError(f"no document {ref!r} in the graph; give its path, URI or id "
@@ -193,9 +192,15 @@ class _Pipeline:
         if previous is not None and previous.id == doc.id:
             report.documents_unchanged += 1
             return
-        if previous is None and self.store.document_by_id(doc.id) is not None:
-            report.documents_unchanged += 1  # the same bytes under another name
-            log.info("%s has the content of a stored document; not ingested twice", source)
+        twin = self.store.document_by_id(doc.id)
+        if twin is not None and twin.uri != doc.uri:
+            # the same bytes are stored under another name: not twice (ids are content
+            # hashes); an older version of this name goes
+            report.documents_unchanged += 1
+            log.info("%s has the content of %s; not ingested twice", source, twin.uri)
+            if previous is not None:
+                self.store.delete_document(previous.id)
+                self._resolver = None
             return
         if self.store.has_leftovers(doc.id):
             self.store.delete_document(doc.id)  # an interrupted earlier write
@@ -228,8 +233,6 @@ class _Pipeline:
 
 
 def _size(source: str) -> int:
-    from pathlib import Path
-
     with contextlib.suppress(OSError):
         return Path(source).stat().st_size
     return 0
