@@ -99,6 +99,7 @@ def test_queries_are_read_only_unless_asked(tmp_path: Path) -> None:
         with pytest.raises(GraphStoreError, match="read-only"):
             store._read("CREATE (:Entity {id: 'x'})")
         assert store.query("RETURN 'CREATE (x)' AS text").rows == [["CREATE (x)"]]
+        assert store.query("MATCH (e:Entity) // delete them?\nRETURN e.set").rows == []
         store.query("CREATE (:Entity {id: 'x'})", write=True)
         assert store.query("MATCH (e:Entity) RETURN e").rows == [
             [{"labels": ["Entity"], "properties": {"id": "x"}}]]

@@ -261,9 +261,9 @@ RETURN a.id, type(r), b.id, properties(r)
 # ------------------------------------------------------------- read-only user queries
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`")
 _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
-_WRITE_CLAUSES = re.compile(
-    r"\b(CREATE|MERGE|DELETE|DETACH|SET|REMOVE|DROP|LOAD\s+CSV|FOREACH)\b"
-    r"|\bCALL\s+(db\.idx|dbms|apoc|gds|db\.create|db\.drop)", re.I)
+_WRITE_CLAUSES = re.compile(  # keywords, not properties or parameters named like them
+    r"(?<![.$\w])(CREATE|MERGE|DELETE|DETACH|SET|REMOVE|DROP|LOAD\s+CSV|FOREACH)\b"
+    r"|(?<![.$\w])CALL\s+(db\.idx|dbms|apoc|gds|db\.create|db\.drop)", re.I)
 
 
 def writes(statement: str) -> str | None:
