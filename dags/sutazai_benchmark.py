@@ -54,9 +54,10 @@ def sutazai_benchmark() -> None:
         """Run the benchmark_select pipeline; log each task's champion."""
         result = launch("benchmark_select", arguments)
         for selection in result["output"] or []:
-            champion = selection.get("champion") or {}
-            log.info("%s champion: %s:%s on %s", selection["task"], champion.get("model"),
-                     champion.get("version"), champion.get("engine"))
+            champion = selection.get("champion")
+            log.info("%s champion: %s", selection["task"],
+                     f"{champion['model']}:{int(champion['version'])} on {champion['engine']}"
+                     if champion else "none (no candidate meets the SLOs)")
         return result
 
     benchmark_and_select(check_request())
