@@ -125,16 +125,14 @@ MERGE (a)-[x:RELATED {type: r.type, chunk: r.chunk}]->(b)
 SET x += r.props
 """
 
-# Written last: a Document node exists only once all its chunks, mentions and relations do.
+# Written last, with its HAS_CHUNK edges in the same (atomic) statement: a Document node
+# exists only once all its chunks, mentions, relations and links do.
 UPSERT_DOCUMENT = """
 MERGE (d:Document {id: $id})
 ON CREATE SET d.created = timestamp()
 SET d += $props, d.ingested = timestamp()
-"""
-
-LINK_CHUNKS = """
-UNWIND $rows AS r
-MATCH (d:Document {id: r.document})
+WITH d
+UNWIND $chunks AS r
 MATCH (c:Chunk {id: r.chunk})
 MERGE (d)-[h:HAS_CHUNK]->(c)
 SET h += r.props

@@ -30,6 +30,7 @@ from sutazai.knowledge.models import (
 Row = list[Any]
 Statement = tuple[str, dict[str, Any]]
 SNIPPET_CHARS = 80
+CHUNKER = "sutazai-chunker-1"  # the chunking rules' version, for chunks' provenance
 
 
 def batched(rows: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -105,8 +106,8 @@ class GraphStore(ABC):
         doc = graph.document
         chunk_rows = [{"id": c.id, "props": {
             "document": c.document, "index": c.index, "start": c.start, "end": c.end,
-            "text": c.text, "chunk": c.id, "extractor": "chunker",
-            "model": f"sutazai-chunker-{len(c.text)}"}} for c in graph.chunks]
+            "text": c.text, "chunk": c.id, "extractor": "chunker", "model": CHUNKER}}
+            for c in graph.chunks]
         mention_rows = [{"chunk": m.mention.provenance.chunk, "entity": m.entity,
                          "start": m.mention.start, "props": {
                              "end": m.mention.end, "text": m.mention.text,
@@ -118,20 +119,19 @@ class GraphStore(ABC):
                               "document": r.provenance.document,
                               "extractor": r.provenance.extractor,
                               "model": r.provenance.model}} for r in graph.relations]
-        link_rows = [{"document": doc.id, "chunk": c.id, "props": {
-            "document": doc.id, "chunk": c.id, "extractor": "chunker", "model": "sutazai"}}
+        link_rows = [{"chunk": c.id, "props": {
+            "document": doc.id, "chunk": c.id, "extractor": "chunker", "model": CHUNKER}}
             for c in graph.chunks]
         statements: list[Statement] = [
             *self._batches(cypher.UPSERT_CHUNKS, chunk_rows),
             *self._entity_statements(graph.entities),
             *self._batches(cypher.UPSERT_MENTIONS, mention_rows),
             *self._batches(cypher.UPSERT_RELATIONS, relation_rows),
-            (cypher.UPSERT_DOCUMENT, {"id": doc.id, "props": {
+            (cypher.UPSERT_DOCUMENT, {"id": doc.id, "chunks": link_rows, "props": {
                 "uri": doc.uri, "title": doc.title, "media_type": doc.media_type,
                 "size": doc.size, "chars": len(doc.text), "chunks": len(graph.chunks),
                 "document": doc.id, "chunk": "", "extractor": "loader",
                 "model": ",".join(graph.extractors)}}),
-            *self._batches(cypher.LINK_CHUNKS, link_rows),
         ]
         self._write_all(statements)
 
