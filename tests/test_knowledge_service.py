@@ -137,6 +137,32 @@ def test_an_interrupted_write_is_redone(tmp_path: Path, settings: Settings) -> N
     assert snapshot(settings) == complete
 
 
+def test_a_replacement_cut_short_is_finished_by_the_next_ingest(
+        tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after writing the new version, before removing the old: two versions under
+    one name, until the next ingest removes the stale one."""
+    from sutazai.errors import GraphStoreError
+    from sutazai.knowledge.stores.base import GraphStore
+
+    corpus = write_corpus(tmp_path / "docs")
+    ingest(settings, [str(corpus)])
+    (corpus / "curie.txt").write_text("Pierre Curie worked in Paris.\n")
+
+    def crash(self: GraphStore, document_id: str) -> int:
+        raise GraphStoreError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GraphStore, "delete_document", crash)
+        with pytest.raises(GraphStoreError, match="killed"):
+            ingest(settings, [str(corpus / "curie.txt")])
+    assert graph_stats(settings).documents == 4
+    report = ingest(settings, [str(corpus)])
+    assert report.documents_unchanged == 3 and report.documents_ingested == 0
+    after = snapshot(settings)
+    assert ("Document", 3) in after["nodes"] and "org:github" not in after["entities"]
+    assert "person:pierre-curie" in after["entities"]
+
+
 def test_reads_share_the_embedded_server_another_process_runs(
         tmp_path: Path, settings: Settings) -> None:
     """`sutazai kg stats` during a long ingest: the owner holds the lock; readers connect."""

@@ -22,6 +22,7 @@ from sutazai.knowledge import documents
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
     DocumentGraph,
+    DocumentRecord,
     Extraction,
     FailedDocument,
     GraphStats,
@@ -147,11 +148,12 @@ def remove_document(settings: Settings, ref: str) -> tuple[str, int]:
             raise NotFoundError(f"no document {ref!r} in the graph; give its path, URI or id "
                                 "('sutazai kg query \"MATCH (d:Document) RETURN d.id, d.uri\"' "
                                 "lists them)")
-        if len(candidates) > 1:
+        if len({c.uri for c in candidates}) > 1:
             raise NotFoundError(f"{ref!r} matches {len(candidates)} documents; give more of "
                                 "the id")
-        [doc] = candidates
-        return doc.uri, store.delete_document(doc.id)
+        # every version stored under that name (two only after an interrupted replacement)
+        removed = sum(store.delete_document(c.id) for c in candidates)
+        return candidates[0].uri, removed
 
 
 class _Pipeline:
@@ -188,33 +190,38 @@ class _Pipeline:
     def ingest_one(self, source: str, report: IngestReport) -> None:
         doc = documents.load(source, max_bytes=int(self.settings.kg_max_document_mib * 2**20),
                              timeout_s=self.settings.http_timeout_s)
-        previous = self.store.document(doc.uri)
-        if previous is not None and previous.id == doc.id:
+        versions = self.store.documents_at(doc.uri)
+        stale = [v for v in versions if v.id != doc.id]
+        if len(stale) < len(versions):  # this content is stored under this name
             report.documents_unchanged += 1
+            self._drop(stale)  # left by a replacement that was interrupted
             return
         twin = self.store.document_by_id(doc.id)
-        if twin is not None and twin.uri != doc.uri:
+        if twin is not None:
             # the same bytes are stored under another name: not twice (ids are content
             # hashes); an older version of this name goes
             report.documents_unchanged += 1
             log.info("%s has the content of %s; not ingested twice", source, twin.uri)
-            if previous is not None:
-                self.store.delete_document(previous.id)
-                self._resolver = None
+            self._drop(stale)
             return
         if self.store.has_leftovers(doc.id):
             self.store.delete_document(doc.id)  # an interrupted earlier write
         graph = self.extract(doc, report)
-        self.store.upsert_document(graph)
-        if previous is not None:
-            self.store.delete_document(previous.id)
+        self.store.upsert_document(graph)  # the new version first: never no version
+        if stale:
+            self._drop(stale)
             report.documents_replaced += 1
-            self._resolver = None  # entities may have gone with the old version
         report.documents_ingested += 1
         report.chunks += len(graph.chunks)
         report.entities += len(graph.entities)
         report.mentions += len(graph.mentions)
         report.relations += len(graph.relations)
+
+    def _drop(self, versions: list[DocumentRecord]) -> None:
+        for version in versions:
+            self.store.delete_document(version.id)
+        if versions:
+            self._resolver = None  # entities may have gone with them
 
     def extract(self, doc: LoadedDocument, report: IngestReport) -> DocumentGraph:
         chunks = documents.chunk(doc, self.settings.kg_chunk_chars,

@@ -152,8 +152,13 @@ class GraphStore(ABC):
 
     # ------------------------------------------------------------------------ reading
     def document(self, uri: str) -> DocumentRecord | None:
-        rows = self._read(cypher.DOCUMENT_BY_URI, {"uri": uri})
-        return _document(rows[0]) if rows else None
+        versions = self.documents_at(uri)
+        return versions[0] if versions else None
+
+    def documents_at(self, uri: str) -> list[DocumentRecord]:
+        """Documents stored under this path or URI: one, unless a replacement was cut short
+        between writing the new version and removing the old."""
+        return [_document(row) for row in self._read(cypher.DOCUMENT_BY_URI, {"uri": uri})]
 
     def document_by_id(self, document_id: str) -> DocumentRecord | None:
         rows = self._read(cypher.DOCUMENT_BY_ID, {"id": document_id})
@@ -161,9 +166,9 @@ class GraphStore(ABC):
 
     def find_documents(self, ref: str) -> list[DocumentRecord]:
         """Documents whose uri is ``ref``, or whose id starts with it."""
-        by_uri = self.document(ref)
-        if by_uri is not None:
-            return [by_uri]
+        by_uri = self.documents_at(ref)
+        if by_uri:
+            return by_uri
         if len(ref) < 6:
             return []
         return [_document(row) for row in self._read(cypher.DOCUMENTS_BY_PREFIX,
