@@ -22,7 +22,6 @@ from airflow.sdk import Param, dag, task
 from sutazai_dag_support import (
     DEFAULT_ARGS,
     MODEL_VERSIONS,
-    START,
     TAGS,
     checked_arguments,
     launch,
@@ -33,14 +32,13 @@ from sutazai_dag_support import (
 @dag(
     dag_id="sutazai_benchmark",
     schedule=MODEL_VERSIONS,
-    start_date=START,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     default_args={**DEFAULT_ARGS, "retries": 1},
     tags=[*TAGS, "benchmark", "selection"],
     doc_md=__doc__,
-    params={"profile": Param("", type="string",
+    params={"profile": Param(None, type=["null", "string"],
                              description="Load profile; empty: the benchmark_profile setting.")},
 )
 def sutazai_benchmark() -> None:

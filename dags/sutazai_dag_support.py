@@ -7,15 +7,16 @@ half a second. SutazAI and KFP are imported inside the tasks that use them.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias
 
 log = logging.getLogger("sutazai")
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["sutazai"]
+# No start_date: enabling a DAG waits for its next scheduled time instead of running at once
+# for the slot it "missed" (CronTriggerTimetable's run_immediately=False).
 
 #: Retries with exponential backoff; every SutazAI step is idempotent, so a retry is safe.
 DEFAULT_ARGS: dict[str, Any] = {
@@ -47,8 +48,10 @@ def checked_arguments(pipeline: str, params: dict[str, Any] | None) -> dict[str,
     from pipelines.requests import validate_request
     from sutazai.config import load_settings
 
+    # an empty field in the trigger form arrives as None: the pipeline's default then
+    conf = {key: value for key, value in (params or {}).items() if value is not None}
     try:
-        arguments = validate_request(pipeline, dict(params or {}), load_settings())
+        arguments = validate_request(pipeline, conf, load_settings())
     except ValueError as exc:
         raise AirflowFailException(f"{exc}. Trigger the run again with a corrected conf.") \
             from None

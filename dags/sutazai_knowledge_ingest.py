@@ -19,13 +19,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, START, TAGS, checked_arguments, launch, log
+from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, checked_arguments, launch, log
 
 
 @dag(
     dag_id="sutazai_knowledge_ingest",
     schedule=[DOCUMENTS],
-    start_date=START,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=4),
@@ -33,7 +32,7 @@ from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, START, TAGS, checked_ar
     tags=[*TAGS, "knowledge-graph"],
     doc_md=__doc__,
     params={
-        "paths": Param([], type="array", items={"type": "string"},
+        "paths": Param(None, type=["null", "array"], items={"type": "string"},
                        description="Files, folders or URIs; empty: the documents folder."),
         "relations": Param("svo", enum=["svo", "llm", "none"],
                            description="How relations are extracted."),

@@ -21,7 +21,6 @@ from airflow.sdk import Param, dag, task
 from sutazai_dag_support import (
     DEFAULT_ARGS,
     MODEL_VERSIONS,
-    START,
     TAGS,
     checked_arguments,
     launch,
@@ -33,14 +32,13 @@ from sutazai_dag_support import (
 @dag(
     dag_id="sutazai_model_sync",
     schedule="@daily",
-    start_date=START,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=4),
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "models"],
     doc_md=__doc__,
-    params={"models": Param([], type="array", items={"type": "string"},
+    params={"models": Param(None, type=["null", "array"], items={"type": "string"},
                             description="Catalog names to mirror; empty: all of them.")},
 )
 def sutazai_model_sync() -> None:

@@ -23,13 +23,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from sutazai_dag_support import DEFAULT_ARGS, START, TAGS, checked_arguments, launch, log
+from sutazai_dag_support import DEFAULT_ARGS, TAGS, checked_arguments, launch, log
 
 
 @dag(
     dag_id="sutazai_nightly",
     schedule="0 2 * * *",
-    start_date=START,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=8),
@@ -37,9 +36,9 @@ from sutazai_dag_support import DEFAULT_ARGS, START, TAGS, checked_arguments, la
     tags=[*TAGS, "nightly"],
     doc_md=__doc__,
     params={
-        "models": Param([], type="array", items={"type": "string"},
+        "models": Param(None, type=["null", "array"], items={"type": "string"},
                         description="Catalog names to mirror; empty: all of them."),
-        "profile": Param("", type="string",
+        "profile": Param(None, type=["null", "string"],
                          description="Load profile; empty: the benchmark_profile setting."),
     },
 )
