@@ -9,9 +9,10 @@
 
 Resource requests and GPU limits only matter on a Kubeflow cluster; ``kfp.local`` ignores
 them. Step retries are quick (5 s, then 10 s...) for blips such as a pod evicted or a
-registry hiccup; Airflow retries the whole run minutes later for real outages. Caching is off for every step: each one reads state that changes outside
-its inputs (the sources, the repository, MLflow), so a cached result would be stale.
-Benchmarks run one at a time so that two never share (and distort) the same node.
+registry hiccup; Airflow retries the whole run minutes later for real outages. Caching is
+off for every step: each one reads state that changes outside its inputs (the sources, the
+repository, MLflow), so a cached result would be stale. Benchmarks run one at a time so
+that two never share (and distort) the same node.
 """
 
 from kfp import dsl

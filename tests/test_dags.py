@@ -1,7 +1,7 @@
 """SutazAI's Airflow DAGs: integrity, parse time, and ``dag.test()`` of each on the embedded
 defaults (a real Airflow 3 metadata database, real KFP local runs, real MLflow).
 
-Each Airflow run happens in a process of its own (tests/airflow_probe.py), so Airflow's
+Each Airflow run happens in a process of its own (sutazai_stack.dag_probe), so Airflow's
 logging and settings never leak into the rest of the suite.
 """
 
@@ -23,7 +23,6 @@ from sutazai.registry.task_aliases import TaskAliases
 from sutazai_stack.services import airflow_environment
 from tests.helpers import spacy_entry
 
-PROBE = Path(__file__).with_name("airflow_probe.py")
 DAG_IDS = {"sutazai_model_sync", "sutazai_benchmark", "sutazai_nightly",
            "sutazai_knowledge_ingest"}
 
@@ -39,8 +38,8 @@ class Airflow:
         self.last_log = ""
 
     def probe(self, *args: str) -> dict[str, Any]:
-        done = subprocess.run([sys.executable, str(PROBE), *args], env=self.env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, "-m", "sutazai_stack.dag_probe", *args],
+                              env=self.env, capture_output=True, text=True, timeout=900)
         self.last_log = done.stdout + done.stderr
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         assert done.returncode == 0 and lines, self.last_log[-6000:]

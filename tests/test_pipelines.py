@@ -16,8 +16,8 @@ from pipelines.definitions import PIPELINES
 from pipelines.runner import COMPILED_DIR, PipelineError, compile_pipeline, run_pipeline
 from sutazai.cli.main import app
 from sutazai.config import Settings, load_settings
-from sutazai.registry.task_aliases import TaskAliases
 from sutazai.mirror import open_registry
+from sutazai.registry.task_aliases import TaskAliases
 from tests.conftest import gemma_entry
 from tests.helpers import spacy_entry
 from tests.kfp_endpoint import KfpEndpoint
@@ -97,7 +97,8 @@ def test_model_sync_pipeline_runs_locally(local_settings: Settings) -> None:
 def test_a_failing_step_fails_the_run_and_says_where(
         local_settings: Settings, write_catalog: Callable[..., Path], tmp_path: Path) -> None:
     write_catalog({**spacy_entry(), "source": f"file:{tmp_path / 'missing'}"})
-    with pytest.raises(PipelineError, match="pull-model|pipeline model_sync") as failure:
+    with pytest.raises(PipelineError, match=r"pipeline model_sync run model_sync-\S+ failed"
+                       ) as failure:
         run_pipeline("model_sync", {}, local_settings)
     assert failure.value.run_id.startswith("model_sync-")
     assert Path(failure.value.where).is_dir()

@@ -1,10 +1,11 @@
 """Run Airflow work in a process of its own and print one ``RESULT {json}`` line.
 
-Airflow configures logging and reads its settings when first imported; running it here
-instead of in pytest's process keeps each test's Airflow home and SutazAI settings apart.
+Airflow configures logging and reads its settings when first imported; running it in a
+process of its own keeps each caller's Airflow home and SutazAI settings apart (the tests,
+the orchestration benchmark).
 
-    python tests/airflow_probe.py integrity
-    python tests/airflow_probe.py test DAG_ID '{"conf": ...}'
+    python -m sutazai_stack.dag_probe integrity          (import errors, parse times)
+    python -m sutazai_stack.dag_probe test DAG_ID CONF   (dag.test() with a JSON conf)
 """
 
 from __future__ import annotations
@@ -59,4 +60,4 @@ if __name__ == "__main__":
         result = integrity()
     else:
         result = test(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
-    print("RESULT " + json.dumps(result, default=str))
+    sys.stdout.write("RESULT " + json.dumps(result, default=str) + "\n")
