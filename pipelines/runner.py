@@ -173,7 +173,10 @@ def _run_locally(name: str, arguments: dict[str, Any], settings: Settings
                raise_on_error=True)
     log.info("pipeline %s: local run %s, artifacts in %s", name, run_id, root)
     try:
-        with environment(settings_environment(settings)), warnings.catch_warnings():
+        # transformers' tqdm bars would flood the step logs; the steps log their progress
+        quiet = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        with environment({**settings_environment(settings), **quiet}), \
+                warnings.catch_warnings():
             # requests, limits and display names are for the cluster; locally they are noise
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
             task = pipeline_function(name)(**arguments)

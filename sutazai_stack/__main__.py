@@ -85,7 +85,7 @@ def nightly() -> None:
         for line in process.stdout:
             log.write(line)
             line = ANSI.sub("", line).strip()
-            if PROGRESS.search(line):
+            if PROGRESS.search(line) and "[root]" not in line:  # not KFP's echo of a line
                 console.print(f"  {line[:200]}", markup=False, highlight=False, soft_wrap=True)
         code = process.wait()
     dag_state = _dag_run_state(log_path)
