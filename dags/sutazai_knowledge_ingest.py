@@ -9,8 +9,8 @@ Turns documents (txt, md, html, pdf) into entities and relations in the knowledg
 `POST /api/v2/assets/events`) after dropping documents into SutazAI's documents folder.
 
 **Conf** — `paths`: files, folders or URIs (default: the documents folder);
-`relations`: `svo` (dependency parse), `llm` (the served champion, JSON-schema
-constrained) or `none`.
+`relations`: `svo` (dependency parse), `llm` (the served model at `SUTAZAI_KG_LLM_URL`,
+JSON-schema constrained), `both` or `none`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, checked_arguments
     params={
         "paths": Param(None, type=["null", "array"], items={"type": "string"},
                        description="Files, folders or URIs; empty: the documents folder."),
-        "relations": Param("svo", enum=["svo", "llm", "none"],
+        "relations": Param("svo", enum=["svo", "llm", "both", "none"],
                            description="How relations are extracted."),
     },
 )
@@ -48,7 +48,10 @@ def sutazai_knowledge_ingest() -> None:
     def ingest(arguments: dict[str, Any]) -> dict[str, Any]:
         """Run the knowledge_ingest pipeline; log the graph's size after it."""
         result = launch("knowledge_ingest", arguments)
-        log.info("graph after ingest: %s", result["output"])
+        stats = result["output"] or {}
+        log.info("graph after ingest: %d documents, %d chunks, %d entities, %d relations",
+                 *(int(stats.get(key, 0)) for key in ("documents", "chunks", "entities",
+                                                        "relations")))
         return result
 
     ingest(check_request())

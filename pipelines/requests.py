@@ -63,7 +63,7 @@ class NightlyRequest(ModelSyncRequest):
 
 class KnowledgeRequest(PipelineRequest):
     paths: list[str] = []
-    relations: Literal["svo", "llm", "none"] = "svo"
+    relations: Literal["svo", "llm", "both", "none"] = "svo"
 
     def check(self, settings: Settings) -> None:
         missing = [p for p in self.paths if "://" not in p and not Path(p).exists()]

@@ -126,3 +126,15 @@ def test_nightly_dag_runs_the_whole_cycle(airflow: Airflow, settings: Settings) 
     assert "MLflow run: " in airflow.last_log
     report = json.loads((settings.home / "reports" / "nightly-latest.json").read_text())
     assert report["selections"][0]["champion"]["model"] == "en-core-web-sm"
+
+
+@pytest.mark.slow
+def test_knowledge_dag_ingests_the_documents_folder(airflow: Airflow, settings: Settings
+                                                   ) -> None:
+    settings.documents_root.mkdir(parents=True)
+    (settings.documents_root / "acme.md").write_text(
+        "# Acme\n\nTim Cook leads Apple. Apple acquired Beats in 2014.")
+    result = airflow.test("sutazai_knowledge_ingest")
+    assert result["state"] == "success", airflow.last_log[-4000:]
+    assert "graph after ingest: 1 documents, 1 chunks" in airflow.last_log, [
+        line for line in airflow.last_log.splitlines() if "graph after" in line or "rror" in line]

@@ -18,6 +18,14 @@ from tests.servers import Nginx
 MiB = 2**20
 
 
+def test_a_folder_inside_a_hidden_folder_is_read(tmp_path: Path) -> None:
+    """The default documents folder is .sutazai/documents: only hidden entries *inside*
+    the folder given are skipped."""
+    folder = write_corpus(tmp_path / ".sutazai" / "documents")
+    assert [Path(s).name for s in expand([str(folder)])] == ["amazon.md", "apple.html",
+                                                            "curie.txt"]
+
+
 def test_text_markdown_html_and_pdf_become_text(tmp_path: Path) -> None:
     folder = write_corpus(tmp_path / "docs")
     (folder / "paper.pdf").write_bytes(tiny_pdf(["Ada Lovelace was born in London."]))

@@ -171,3 +171,20 @@ def test_unreachable_kubeflow_is_a_clear_error(local_settings: Settings,
     with pytest.raises(PipelineError, match="cannot reach Kubeflow Pipelines at "
                                             r"http://127.0.0.1:9.*SUTAZAI_KFP_HOST"):
         run_pipeline("model_sync", {}, load_settings())
+
+
+@pytest.mark.slow
+def test_knowledge_ingest_pipeline_runs_locally(local_settings: Settings, tmp_path: Path
+                                                ) -> None:
+    """Real spaCy extraction into the real embedded FalkorDB, through kfp.local."""
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "curie.txt").write_text(
+        "Marie Curie was born in Warsaw. Marie Curie founded the Radium Institute in Paris.")
+    (documents / "broken.txt").write_bytes(b"\x00\xff" * 64)
+    first = run_pipeline("knowledge_ingest", {"paths": [str(documents)]}, local_settings)
+    stats = first.output
+    assert stats["documents"] == 1 and stats["entities"] >= 3
+    assert stats["entities_by_type"]["PERSON"] >= 1
+    again = run_pipeline("knowledge_ingest", {"paths": [str(documents)]}, local_settings)
+    assert again.output == stats  # unchanged documents change nothing

@@ -41,8 +41,10 @@ def expand(paths: list[str]) -> Iterator[str]:
         path = Path(raw[7:] if raw.startswith("file://") else raw).expanduser()
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in SUFFIXES \
-                        and not any(part.startswith(".") for part in child.parts):
+                # hidden files and folders *inside* the folder are skipped; the folder
+                # itself may live under a hidden one (the default .sutazai/documents)
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and child.suffix.lower() in SUFFIXES and not hidden:
                     yield str(child.resolve())
         else:
             yield str(path.resolve()) if path.exists() else raw
