@@ -140,7 +140,7 @@ def show(results: dict[str, Any]) -> None:
         cycle = results["cycle"]
         table.add_row("nightly cycle via Airflow + KFP", f"{cycle['seconds']:.0f} s",
                       "", f"exit {cycle['exit_code']}", f"<= {CYCLE_TARGET_S:g} s")
-    console = Console()
+    console = Console(width=120)
     console.print(table)
     console.print("targets met" if results["passed"] else "[red]a target was missed[/]")
 
