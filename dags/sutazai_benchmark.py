@@ -23,7 +23,7 @@ from sutazai_dag_support import (
     DEFAULT_ARGS,
     MODEL_VERSIONS,
     TAGS,
-    checked_arguments,
+    check_request,
     launch,
     log,
 )
@@ -42,11 +42,6 @@ from sutazai_dag_support import (
                              description="Load profile; empty: the benchmark_profile setting.")},
 )
 def sutazai_benchmark() -> None:
-    @task(retries=0)
-    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fail at once, with the fix, on a conf the pipeline would reject."""
-        return checked_arguments("benchmark_select", params)
-
     @task
     def benchmark_and_select(arguments: dict[str, Any]) -> dict[str, Any]:
         """Run the benchmark_select pipeline; log each task's champion."""
@@ -58,7 +53,7 @@ def sutazai_benchmark() -> None:
                      if champion else "none (no candidate meets the SLOs)")
         return result
 
-    benchmark_and_select(check_request())
+    benchmark_and_select(check_request("benchmark_select"))
 
 
 sutazai_benchmark()

@@ -1,4 +1,4 @@
-"""What SutazAI's DAGs share: defaults, the assets, and the two task bodies.
+"""What SutazAI's DAGs share: defaults, the assets, the conf check and the pipeline launch.
 
 Only light imports here: Airflow parses DAG files often, and each must parse in well under
 half a second. SutazAI and KFP are imported inside the tasks that use them.
@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias
+from airflow.sdk import Asset, AssetAlias, task
 
 log = logging.getLogger("sutazai")
 
@@ -39,6 +39,16 @@ DOCUMENTS = Asset(name="sutazai-documents", uri="x-sutazai://documents", group="
 def model_asset(name: str) -> Asset:
     return Asset(name=f"sutazai-model-{name}", uri=f"x-sutazai://models/{name}",
                  group="sutazai-models")
+
+
+def check_request(pipeline: str) -> Any:
+    """The first task of every DAG: the run's conf, checked; fails at once (no retry),
+    with the fix, on a conf the pipeline would reject."""
+    @task(task_id="check_request", retries=0)
+    def check(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return checked_arguments(pipeline, params)
+
+    return check()
 
 
 def checked_arguments(pipeline: str, params: dict[str, Any] | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, checked_arguments, launch, log
+from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, check_request, launch, log
 
 
 @dag(
@@ -39,11 +39,6 @@ from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, checked_arguments
     },
 )
 def sutazai_knowledge_ingest() -> None:
-    @task(retries=0)
-    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fail at once, with the fix, on a conf the pipeline would reject."""
-        return checked_arguments("knowledge_ingest", params)
-
     @task
     def ingest(arguments: dict[str, Any]) -> dict[str, Any]:
         """Run the knowledge_ingest pipeline; log the graph's size after it."""
@@ -54,7 +49,7 @@ def sutazai_knowledge_ingest() -> None:
                                                         "relations")))
         return result
 
-    ingest(check_request())
+    ingest(check_request("knowledge_ingest"))
 
 
 sutazai_knowledge_ingest()

@@ -22,7 +22,7 @@ from sutazai_dag_support import (
     DEFAULT_ARGS,
     MODEL_VERSIONS,
     TAGS,
-    checked_arguments,
+    check_request,
     launch,
     log,
     model_asset,
@@ -42,11 +42,6 @@ from sutazai_dag_support import (
                             description="Catalog names to mirror; empty: all of them.")},
 )
 def sutazai_model_sync() -> None:
-    @task(retries=0)
-    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fail at once, with the fix, on a conf the pipeline would reject."""
-        return checked_arguments("model_sync", params)
-
     @task(outlets=[MODEL_VERSIONS])
     def mirror(arguments: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
         """Run the model_sync pipeline; one asset event per new model version."""
@@ -59,7 +54,7 @@ def sutazai_model_sync() -> None:
                     "mlflow_version": outcome.get("mlflow_version")})
         return result
 
-    mirror(check_request())
+    mirror(check_request("model_sync"))
 
 
 sutazai_model_sync()

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from sutazai_dag_support import DEFAULT_ARGS, TAGS, checked_arguments, launch, log
+from sutazai_dag_support import DEFAULT_ARGS, TAGS, check_request, launch, log
 
 
 @dag(
@@ -43,11 +43,6 @@ from sutazai_dag_support import DEFAULT_ARGS, TAGS, checked_arguments, launch, l
     },
 )
 def sutazai_nightly() -> None:
-    @task(retries=0)
-    def check_request(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fail at once, with the fix, on a conf the pipeline would reject."""
-        return checked_arguments("nightly", params)
-
     @task
     def nightly_cycle(arguments: dict[str, Any]) -> dict[str, Any]:
         """Run the nightly pipeline end to end."""
@@ -74,7 +69,7 @@ def sutazai_nightly() -> None:
         return {"champions": summary.get("champions"), "seconds": result["seconds"],
                 "mlflow_url": result["mlflow_url"], "run_id": result["run_id"]}
 
-    report(nightly_cycle(check_request()))
+    report(nightly_cycle(check_request("nightly")))
 
 
 sutazai_nightly()

@@ -179,6 +179,7 @@ def _run_locally(name: str, arguments: dict[str, Any], settings: Settings
                 warnings.catch_warnings():
             # requests, limits and display names are for the cluster; locally they are noise
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
+            warnings.filterwarnings("ignore", message=".*non-Python base image")
             task = pipeline_function(name)(**arguments)
     except Exception as exc:  # kfp.local raises RuntimeError for a failed step
         raise PipelineError(f"pipeline {name} run {run_id} failed: {exc}; the steps' outputs are "

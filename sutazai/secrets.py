@@ -18,8 +18,8 @@ from sutazai.errors import ConfigError
 
 
 def secret_path(home: Path, name: str) -> Path:
-    if not name.replace("-", "").isalnum():
-        raise ConfigError(f"secret name {name!r} must be letters, digits and dashes")
+    if not name.replace("-", "").replace(".", "").isalnum() or name.startswith("."):
+        raise ConfigError(f"secret name {name!r} must be letters, digits, dots and dashes")
     return home / "secrets" / name
 
 
@@ -33,7 +33,7 @@ def generated_secret(home: Path, name: str) -> str:
     os.chmod(path.parent, 0o700)
     if not path.exists():
         value = secrets.token_urlsafe(32)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{name}.{secrets.token_hex(8)}.tmp")  # unique per caller
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(value)
@@ -47,7 +47,11 @@ def generated_secret(home: Path, name: str) -> str:
     if mode & 0o077:
         raise ConfigError(f"{path} is readable by others (mode {mode:o}): run "
                           f"'chmod 600 {path}'")
-    return path.read_text().strip()
+    value = path.read_text().strip()
+    if not value:
+        raise ConfigError(f"{path} is empty: delete it to generate a new secret (only where "
+                          "nothing uses the old one yet), or set the matching setting")
+    return value
 
 
 def secret_value(configured: SecretStr | None, home: Path, name: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +21,7 @@ from types import TracebackType
 from filelock import FileLock, Timeout
 
 from sutazai.errors import GraphStoreError
+from sutazai.secrets import generated_secret
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
 PASSWORD_FILE = "graph.password"
@@ -49,25 +49,7 @@ def binaries() -> tuple[Path, Path]:
 
 def graph_password(home: Path, configured: str | None) -> str:
     """The configured password, else the generated one (created on first use, 0600)."""
-    if configured:
-        return configured
-    folder = home / "secrets"
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    path = folder / PASSWORD_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        value = path.read_text().strip()
-        if not value:
-            raise GraphStoreError(f"{path} is empty; delete it to generate a new password "
-                                  "(only if the graph under <home>/graph is new) or set "
-                                  "SUTAZAI_KG_PASSWORD") from None
-        return value
-    value = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value
+    return configured or generated_secret(home, PASSWORD_FILE)
 
 
 def running_server(data_dir: Path) -> tuple[str, int] | None:
