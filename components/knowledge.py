@@ -1,23 +1,44 @@
 """Knowledge steps: documents to entities and relations in the graph store.
 
+Extraction (the model's work) and the upsert (the store's) are separate steps, so that on a
+cluster each gets the resources it needs and a failed write does not redo the extraction.
 No ``from __future__ import annotations`` in component modules: KFP reads the annotations.
 """
 
-from kfp.dsl import Metrics, Output
+from kfp.dsl import Artifact, Input, Metrics, Output
 
 from components.base import component
 
 
 @component
-def ingest_documents(paths: list[str], relations: str, metrics: Output[Metrics]) -> dict:
-    """Extract entities and relations from ``paths`` (default: the documents folder) and
-    upsert them; unchanged documents are skipped, broken ones reported, not fatal."""
-    from sutazai.knowledge.service import ingest
-
+def extract_documents(paths: list[str], relations: str, extracted: Output[Artifact],
+                      metrics: Output[Metrics]) -> int:
+    """Load, chunk and extract ``paths`` (default: the documents folder); no writes.
+    Documents already in the graph are marked unchanged. Returns how many to write."""
     from sutazai.config import load_settings
+    from sutazai.knowledge.service import extract_documents as extract
 
     settings = load_settings()
-    report = ingest(settings, paths or [str(settings.documents_root)], relations=relations)
+    batch = extract(settings, paths or [str(settings.documents_root)], relations=relations)
+    with open(extracted.path, "w") as handle:
+        handle.write(batch.model_dump_json())
+    todo = sum(1 for item in batch.documents if not item.unchanged)
+    metrics.log_metric("documents_to_write", float(todo))
+    metrics.log_metric("documents_failed", float(len(batch.report.documents_failed)))
+    metrics.log_metric("extract_seconds", batch.report.seconds)
+    return todo
+
+
+@component
+def upsert_documents(extracted: Input[Artifact], metrics: Output[Metrics]) -> dict:
+    """Resolve the extractions against the stored entities and write them (idempotent)."""
+    from sutazai.config import load_settings
+    from sutazai.knowledge.models import ExtractionBatch
+    from sutazai.knowledge.service import upsert_documents as upsert
+
+    with open(extracted.path) as handle:
+        batch = ExtractionBatch.model_validate_json(handle.read())
+    report = upsert(load_settings(), batch)
     for name in ("documents_ingested", "documents_unchanged", "chunks", "entities",
                  "relations", "seconds"):
         metrics.log_metric(name, float(getattr(report, name)))
@@ -28,8 +49,7 @@ def ingest_documents(paths: list[str], relations: str, metrics: Output[Metrics])
 @component
 def graph_statistics(ingested: dict) -> dict:
     """Counts of the graph after the ingest (``ingested`` orders this step after it)."""
-    from sutazai.knowledge.service import graph_stats
-
     from sutazai.config import load_settings
+    from sutazai.knowledge.service import graph_stats
 
     return graph_stats(load_settings()).model_dump(mode="json", exclude_none=True)

@@ -5,7 +5,8 @@
   one at a time -> select the champion and challenger of each task.
 - ``nightly``: model_sync -> benchmark_select -> deploy the champion -> report. The
   self-improvement steps (data gates, training, promotion) join here as they land.
-- ``knowledge_ingest``: documents -> entities and relations in the graph -> statistics.
+- ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
+  the graph -> statistics.
 
 Resource requests and GPU limits only matter on a Kubeflow cluster; ``kfp.local`` ignores
 them. Step retries are quick (5 s, then 10 s...) for blips such as a pod evicted or a
@@ -19,7 +20,7 @@ from kfp import dsl
 from kfp.dsl import PipelineTask
 
 from components.benchmark import benchmark_model, convert_models, plan_benchmarks, select_champions
-from components.knowledge import graph_statistics, ingest_documents
+from components.knowledge import extract_documents, graph_statistics, upsert_documents
 from components.model_sync import list_catalog, pull_model, register_model, verify_model
 from components.report import summarize_cycle
 from components.serving import deploy_champion
@@ -102,9 +103,11 @@ def nightly(models: list[str] = [], profile: str = "") -> dict:  # noqa: B006
 @dsl.pipeline(name="sutazai-knowledge-ingest",
               description="Documents to entities and relations in the knowledge graph.")
 def knowledge_ingest(paths: list[str] = [], relations: str = "svo") -> dict:  # noqa: B006
-    ingested = on_cluster(ingest_documents(paths=paths, relations=relations), "2", "4G",
-                          retries=2)
-    return on_cluster(graph_statistics(ingested=ingested.outputs["Output"]), "0.5", "1G").output
+    extracted = on_cluster(extract_documents(paths=paths, relations=relations), "2", "4G",
+                           retries=1)
+    written = on_cluster(upsert_documents(extracted=extracted.outputs["extracted"]), "1", "2G",
+                         retries=2)
+    return on_cluster(graph_statistics(ingested=written.outputs["Output"]), "0.5", "1G").output
 
 
 PIPELINES = {

@@ -17,11 +17,13 @@ import pytest
 from sutazai.config import Settings
 from sutazai.errors import ConfigError, NotFoundError
 from sutazai.knowledge.service import (
+    extract_documents,
     graph_stats,
     ingest,
     open_store,
     remove_document,
     store_label,
+    upsert_documents,
 )
 from tests.knowledge_helpers import write_corpus
 
@@ -86,6 +88,30 @@ def test_ingest_is_idempotent_and_a_bad_file_does_not_stop_the_batch(
         confidences = store.query("MATCH ()-[r:RELATED]->() RETURN min(r.confidence), "
                                   "max(r.confidence)").rows[0]
         assert 0 < confidences[0] <= confidences[1] <= 1
+
+
+def test_extract_then_upsert_equals_one_ingest(tmp_path: Path, settings: Settings) -> None:
+    """The pipeline's two steps: extraction writes nothing; the upsert writes what one
+    ``ingest`` would, and the batch survives JSON (the artifact between the steps)."""
+    corpus = write_corpus(tmp_path / "docs")
+    (corpus / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    batch = extract_documents(settings, [str(corpus)])
+    assert graph_stats(settings).documents == 0  # nothing written yet
+    assert [Path(f.path).name for f in batch.report.documents_failed] == ["binary.txt"]
+    handed_over = type(batch).model_validate_json(batch.model_dump_json())
+    report = upsert_documents(settings, handed_over)
+    assert report.documents_ingested == 3 and len(report.documents_failed) == 1
+    split = snapshot(settings)
+
+    other = settings.model_copy(update={"home": tmp_path / "other"})
+    single = ingest(other, [str(corpus)])
+    assert (single.documents_ingested, single.entities, single.relations) == (
+        report.documents_ingested, report.entities, report.relations)
+    assert snapshot(other) == split
+    again = extract_documents(settings, [str(corpus)])  # stored: not extracted again
+    assert all(item.unchanged and not item.extractions for item in again.documents)
+    assert upsert_documents(settings, again).documents_unchanged == 3
+    assert snapshot(settings) == split
 
 
 def test_a_changed_document_replaces_its_old_version_and_rm_removes_orphans(

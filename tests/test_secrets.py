@@ -34,7 +34,7 @@ def test_a_readable_or_empty_secret_file_is_refused(tmp_path: Path) -> None:
     generated_secret(tmp_path, "key")
     path = tmp_path / "secrets" / "key"
     path.chmod(0o644)
-    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+    with pytest.raises(ConfigError, match=r"readable by others.*chmod 600"):
         generated_secret(tmp_path, "key")
     path.chmod(0o600)
     path.write_text("")

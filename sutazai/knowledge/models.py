@@ -195,3 +195,22 @@ class EntityView(BaseModel):
 class QueryResult(BaseModel):
     columns: list[str]
     rows: list[list[object]]
+
+
+class ExtractedDocument(BaseModel):
+    """One document after the extract half of an ingest, before resolution: what a pipeline's
+    extract step hands its upsert step. ``unchanged``: already stored, nothing extracted."""
+
+    source: str
+    document: LoadedDocument
+    unchanged: bool = False
+    chunks: list[Chunk] = Field(default_factory=list)
+    extractions: list[Extraction] = Field(default_factory=list)
+    extractors: list[str] = Field(default_factory=list)
+
+
+class ExtractionBatch(BaseModel):
+    """The extract step's output: the documents, and a report of what failed so far."""
+
+    documents: list[ExtractedDocument] = Field(default_factory=list)
+    report: IngestReport = Field(default_factory=IngestReport)

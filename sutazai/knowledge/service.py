@@ -2,7 +2,8 @@
 
 ``open_store`` gives the configured store — the embedded FalkorDB (started here, stopped
 on exit), a FalkorDB server (``kg_uri=redis://...``) or Neo4j (``kg_store=neo4j``) — and
-``ingest`` runs documents through loading, chunking, extraction, resolution and upsert.
+``ingest`` runs documents through loading, chunking, extraction, resolution and upsert;
+a pipeline runs the same in two steps, ``extract_documents`` then ``upsert_documents``.
 A document that fails is recorded in the report and the batch goes on.
 """
 
@@ -21,9 +22,12 @@ from sutazai.errors import ConfigError, DocumentError, GraphStoreError, NotFound
 from sutazai.knowledge import documents
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
+    Chunk,
     DocumentGraph,
     DocumentRecord,
+    ExtractedDocument,
     Extraction,
+    ExtractionBatch,
     FailedDocument,
     GraphStats,
     IngestReport,
@@ -105,29 +109,95 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
     the declared types), ``both``, or ``none`` (entities only). Unchanged documents are
     skipped; a changed one (same path or URI) replaces its previous version.
     """
-    if relations not in RELATION_MODES:
-        raise ConfigError(f"relations must be one of {', '.join(RELATION_MODES)}, "
-                          f"not {relations!r}")
+    _check_relations(relations)
     started = time.monotonic()
     report = IngestReport(store=store_label(settings))
     sources = list(documents.expand(paths))
     with open_store(settings) as store:
         pipeline = _Pipeline(settings, store, relations)
-        bar = progress.task("ingesting documents", total=_total_bytes(sources))
-        try:
-            for source in sources:
-                try:
-                    pipeline.ingest_one(source, report)
-                except DocumentError as exc:
-                    # this document only; an unreachable store or model endpoint would fail
-                    # every document alike, so those stop the batch (what is written stays,
-                    # and the next run skips it as unchanged)
-                    report.documents_failed.append(FailedDocument(path=source, error=str(exc)))
-                bar.advance(_size(source))
-        finally:
-            bar.close()
+        for source in _each(sources, progress):
+            try:
+                doc = pipeline.load(source)
+                if not pipeline.skip_stored(doc, report):
+                    chunks, found = pipeline.extract(doc, report)
+                    pipeline.write(doc, chunks, found, pipeline.extractor_names, report)
+            except DocumentError as exc:  # this document only (see _each)
+                report.documents_failed.append(FailedDocument(path=source, error=str(exc)))
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def extract_documents(settings: Settings, paths: list[str], *, relations: str = "svo",
+                      progress: Progress = NULL_PROGRESS) -> ExtractionBatch:
+    """The compute half of an ingest, with no writes: load, chunk, extract.
+
+    A pipeline runs it as a step of its own (the one that needs the model) and hands the
+    batch to :func:`upsert_documents`. Documents the store already holds are marked
+    unchanged rather than extracted again.
+    """
+    _check_relations(relations)
+    started = time.monotonic()
+    batch = ExtractionBatch(report=IngestReport(store=store_label(settings)))
+    with open_store(settings, read_only=True) as store:
+        pipeline = _Pipeline(settings, store, relations)
+        for source in _each(list(documents.expand(paths)), progress):
+            try:
+                doc = pipeline.load(source)
+                if pipeline.is_stored(doc):
+                    batch.documents.append(ExtractedDocument(source=source, document=doc,
+                                                             unchanged=True))
+                    continue
+                chunks, found = pipeline.extract(doc, batch.report)
+            except DocumentError as exc:  # this document only (see _each)
+                batch.report.documents_failed.append(FailedDocument(path=source,
+                                                                    error=str(exc)))
+                continue
+            batch.documents.append(ExtractedDocument(
+                source=source, document=doc, chunks=chunks, extractions=found,
+                extractors=pipeline.extractor_names))
+    batch.report.seconds = round(time.monotonic() - started, 3)
+    return batch
+
+
+def upsert_documents(settings: Settings, batch: ExtractionBatch,
+                     progress: Progress = NULL_PROGRESS) -> IngestReport:
+    """The write half: resolve each extraction against the stored entities and upsert it,
+    with the same unchanged/replacement rules as :func:`ingest`."""
+    started = time.monotonic()
+    report = batch.report.model_copy(deep=True)
+    with open_store(settings) as store:
+        pipeline = _Pipeline(settings, store, "none")
+        bar = progress.task("writing documents", total=len(batch.documents))
+        try:
+            for item in batch.documents:
+                if not pipeline.skip_stored(item.document, report):
+                    pipeline.write(item.document, item.chunks, item.extractions,
+                                   item.extractors, report)
+                bar.advance(1)
+        finally:
+            bar.close()
+    report.seconds = round(report.seconds + time.monotonic() - started, 3)
+    return report
+
+
+def _check_relations(relations: str) -> None:
+    if relations not in RELATION_MODES:
+        raise ConfigError(f"relations must be one of {', '.join(RELATION_MODES)}, "
+                          f"not {relations!r}")
+
+
+def _each(sources: list[str], progress: Progress) -> Iterator[str]:
+    """Each source under a progress bar. Callers record a DocumentError against its
+    document and go on; an unreachable store or model endpoint would fail every document
+    alike, so those stop the batch (what is written stays, and the next run skips it as
+    unchanged)."""
+    bar = progress.task("ingesting documents", total=_total_bytes(sources))
+    try:
+        for source in sources:
+            yield source
+            bar.advance(_size(source))
+    finally:
+        bar.close()
 
 
 def graph_stats(settings: Settings) -> GraphStats:
@@ -187,26 +257,47 @@ class _Pipeline:
                                       self.settings.kg_fuzzy_threshold)
         return self._resolver
 
-    def ingest_one(self, source: str, report: IngestReport) -> None:
-        doc = documents.load(source, max_bytes=int(self.settings.kg_max_document_mib * 2**20),
-                             timeout_s=self.settings.http_timeout_s)
+    @property
+    def extractor_names(self) -> list[str]:
+        return [f"{stage.name}:{stage.model}" for stage in self.extractors]
+
+    def load(self, source: str) -> LoadedDocument:
+        return documents.load(source, max_bytes=int(self.settings.kg_max_document_mib * 2**20),
+                              timeout_s=self.settings.http_timeout_s)
+
+    def is_stored(self, doc: LoadedDocument) -> bool:
+        """Whether these bytes are stored already, under this name or another (reads only)."""
+        return (any(v.id == doc.id for v in self.store.documents_at(doc.uri))
+                or self.store.document_by_id(doc.id) is not None)
+
+    def skip_stored(self, doc: LoadedDocument, report: IngestReport) -> bool:
+        """Count a stored document as unchanged (and tidy what an interrupted replacement
+        left); False when it must be written."""
         versions = self.store.documents_at(doc.uri)
         stale = [v for v in versions if v.id != doc.id]
         if len(stale) < len(versions):  # this content is stored under this name
             report.documents_unchanged += 1
             self._drop(stale)  # left by a replacement that was interrupted
-            return
+            return True
         twin = self.store.document_by_id(doc.id)
         if twin is not None:
             # the same bytes are stored under another name: not twice (ids are content
             # hashes); an older version of this name goes
             report.documents_unchanged += 1
-            log.info("%s has the content of %s; not ingested twice", source, twin.uri)
+            log.info("%s has the content of %s; not ingested twice", doc.uri, twin.uri)
             self._drop(stale)
-            return
+            return True
+        return False
+
+    def write(self, doc: LoadedDocument, chunks: list[Chunk], found: list[Extraction],
+              extractors: list[str], report: IngestReport) -> None:
+        """Resolve against the stored entities, upsert, then retire the old version."""
         if self.store.has_leftovers(doc.id):
             self.store.delete_document(doc.id)  # an interrupted earlier write
-        graph = self.extract(doc, report)
+        stale = [v for v in self.store.documents_at(doc.uri) if v.id != doc.id]
+        entities, mentions, relations = self.resolver.resolve(found)
+        graph = DocumentGraph(document=doc, chunks=chunks, entities=entities, mentions=mentions,
+                              relations=relations, extractors=extractors)
         self.store.upsert_document(graph)  # the new version first: never no version
         if stale:
             self._drop(stale)
@@ -223,7 +314,8 @@ class _Pipeline:
         if versions:
             self._resolver = None  # entities may have gone with them
 
-    def extract(self, doc: LoadedDocument, report: IngestReport) -> DocumentGraph:
+    def extract(self, doc: LoadedDocument, report: IngestReport
+                ) -> tuple[list[Chunk], list[Extraction]]:
         chunks = documents.chunk(doc, self.settings.kg_chunk_chars,
                                  self.settings.kg_chunk_overlap)
         found: list[Extraction] = []
@@ -233,10 +325,7 @@ class _Pipeline:
             report.llm_invalid_outputs += extraction.invalid
             report.llm_chunks_skipped += extraction.skipped
             report.relations_dropped += extraction.dropped
-        entities, mentions, relations = self.resolver.resolve(found)
-        return DocumentGraph(document=doc, chunks=chunks, entities=entities, mentions=mentions,
-                             relations=relations,
-                             extractors=[f"{s.name}:{s.model}" for s in self.extractors])
+        return chunks, found
 
 
 def _size(source: str) -> int:
