@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,8 @@ class Service:
     port: int
     health_path: str
     command: list[str]
-    env: dict[str, str]
+    #: built when the service starts (Airflow's writes its password file), not for status
+    environment: Callable[[], dict[str, str]]
     ready_timeout_s: float = 120.0
 
     @property
@@ -107,14 +109,15 @@ def services(settings: Settings) -> list[Service]:
                 "http") else f"sqlite:///{settings.home / 'mlflow.db'}",
             "--default-artifact-root", str(settings.mlflow_artifacts_dir),
             "--host", "127.0.0.1", "--port", str(settings.mlflow_port), "--workers", "1"],
-            {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+            lambda: {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         Service("prometheus", settings.prometheus_port, "/-/ready", [
             "/usr/bin/prometheus", f"--config.file={prometheus_config}",
             f"--storage.tsdb.path={stack_dir(settings) / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{settings.prometheus_port}"], base_env, 30.0),
+            f"--web.listen-address=127.0.0.1:{settings.prometheus_port}"], lambda: base_env,
+            30.0),
         Service("airflow", settings.airflow_port, "/api/v2/monitor/health",
                 [str(BIN / "airflow"), "standalone"],
-                {**os.environ, **airflow_environment(settings, mlflow_url)}, 240.0),
+                lambda: {**os.environ, **airflow_environment(settings, mlflow_url)}, 240.0),
     ]
 
 
@@ -166,7 +169,7 @@ def start(settings: Settings, service: Service) -> str:
     require_free_port("127.0.0.1", service.port)
     process = ManagedProcess(service.name, service.command, log_file(settings, service.name),
                              url=service.url, health_path=service.health_path,
-                             env=service.env, cwd=stack_dir(settings))
+                             env=service.environment(), cwd=stack_dir(settings))
     process.start()
     assert process.process is not None
     pid_file(settings, service.name).write_text(str(process.process.pid))
