@@ -99,6 +99,8 @@ def test_airflow_and_mlflow_uis_show_the_nightly_cycle(running_stack: Settings) 
         page.fill("input[name=username]", stack.ADMIN)
         page.fill("input[name=password]", password)
         page.get_by_role("button", name="Sign in").click()
+        # the login page redirects once signed in; a goto during that redirect is aborted
+        page.wait_for_url(lambda url: "/auth/" not in url)
         page.goto(f"{airflow}/dags")
         for dag_id in DAG_IDS:
             expect(page.get_by_text(dag_id, exact=True)).to_be_visible()
