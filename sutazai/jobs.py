@@ -140,9 +140,10 @@ def run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | N
     name, version = parse_ref(item.ref)
     try:
         manifest = open_repository(settings).get(name, version)
-        for known in latest_summaries(settings, profile=profile.name):
-            if known.digest == manifest.digest and known.engine == item.engine:
-                return BenchmarkOutcome(item=item, summary=known, reused=True)
+        known = latest_summaries(settings, profile=profile.name, digest=manifest.digest,
+                                 engine=item.engine)
+        if known:
+            return BenchmarkOutcome(item=item, summary=known[0], reused=True)
         summary, _ = benchmark(settings, manifest, item.engine, profile, settings.selection_slo,
                                progress=progress)
     except SutazAIError as exc:

@@ -19,17 +19,19 @@ from sutazai.serving.engines import GENERATION_TASKS
 
 
 def latest_summaries(settings: Settings, task: str | None = None,
-                     profile: str | None = None) -> list[BenchmarkSummary]:
-    """The newest complete benchmark of each (model digest, engine, profile)."""
+                     profile: str | None = None, *, digest: str | None = None,
+                     engine: str | None = None) -> list[BenchmarkSummary]:
+    """The newest complete benchmark of each (model digest, engine, profile), optionally
+    of one digest and engine only (one search, one download: the reuse check)."""
     registry = open_registry(settings)
     experiment = registry.client.get_experiment_by_name(settings.benchmark_experiment)
     if experiment is None:
         return []
     query = ["tags.`sutazai.step` = 'benchmark'", "tags.`sutazai.incomplete` = 'false'"]
-    if task:
-        query.append(f"tags.`sutazai.task` = '{task}'")
-    if profile:
-        query.append(f"tags.`sutazai.profile` = '{profile}'")
+    for tag, value in (("task", task), ("profile", profile), ("digest", digest),
+                       ("engine", engine)):
+        if value:
+            query.append(f"tags.`sutazai.{tag}` = '{value}'")
     runs = registry.client.search_runs(
         [experiment.experiment_id], " and ".join(query), order_by=["attributes.start_time DESC"],
         max_results=500,

@@ -129,9 +129,15 @@ def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
     report = json.loads(shown.output)
     assert {b["engine"] for b in report["benchmarks"]} == {"llamacpp", "spacy"}
     assert any("ollama" in s for s in report["skipped"])
-    # benchmark_select on its own reuses the nightly's measurements
+    # benchmark_select on its own reuses the nightly's measurements: no new benchmark run
+    client = MlflowClient(local_settings.tracking_uri)
+    experiment = client.get_experiment_by_name(local_settings.benchmark_experiment)
+    assert experiment is not None
+    measured = "tags.`sutazai.step` = 'benchmark'"
+    before = len(client.search_runs([experiment.experiment_id], measured))
     selected = run_pipeline("benchmark_select", {"profile": "smoke"}, local_settings)
     assert {s["task"] for s in selected.output} == {"ner", "text-generation"}
+    assert len(client.search_runs([experiment.experiment_id], measured)) == before == 2
 
 
 def test_submission_to_kubeflow(local_settings: Settings, monkeypatch: pytest.MonkeyPatch
