@@ -210,8 +210,47 @@ class Settings(BaseSettings):
     kg_llm_max_tokens: int = Field(default=512, ge=16)
     kg_llm_timeout_s: float = Field(default=120.0, gt=0)
 
+
+    # self-improvement: training data, gates, architecture search, fine-tuning, promotion
+    learning_db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the feedback and training-data store; "
+        "default SQLite at <home>/learning.db (a PostgreSQL URL in production).",
+    )
+    learning_inbox: Path | None = Field(
+        default=None, description="Files (jsonl, csv, parquet) the nightly cycle imports into "
+        "the store; default <home>/datasets/inbox.",
+    )
+    learning_experiment: str = Field(
+        default="sutazai-learning", description="MLflow experiment of gates, NAS, fine-tuning "
+        "and promotions.",
+    )
+    request_logging: bool = Field(
+        default=False, description="Keep each served prompt and response in the store (opt-in: "
+        "prompts may hold personal data).",
+    )
+    finetune_method: Literal["lora", "full"] = Field(
+        default="lora", description="How the nightly cycle fine-tunes the champion.")
+    finetune_steps: int = Field(default=12, ge=1, description="Optimizer steps per fine-tune.")
+    finetune_seed: int = Field(default=0, ge=0, description="Seed of data order and init.")
+    nas_storage_url: str | None = Field(
+        default=None, description="Optuna RDB storage shared by parallel NAS trials; default "
+        "SQLite at <home>/nas.db.",
+    )
+    promotion_margin: float = Field(
+        default=0.01, ge=0, description="Relative quality gain a challenger needs over the "
+        "champion to be promoted (0.01 = 1%).",
+    )
+    optimize_tolerance: float = Field(
+        default=0.05, ge=0, description="Largest relative quality drop a quantised variant may "
+        "show and still be accepted.",
+    )
+    regression_tolerance: float = Field(
+        default=0.10, ge=0, description="A champion metric this much worse than the median of "
+        "earlier nights is flagged as a regression.",
+    )
+
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
-                     "pipeline_root", "documents_dir", mode="after")
+                     "pipeline_root", "documents_dir", "learning_inbox", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -254,6 +293,18 @@ class Settings(BaseSettings):
     @property
     def documents_root(self) -> Path:
         return self.documents_dir or self.home / "documents"
+
+    @property
+    def learning_url(self) -> str:
+        return self.learning_db_url or f"sqlite:///{self.home / 'learning.db'}"
+
+    @property
+    def learning_inbox_dir(self) -> Path:
+        return self.learning_inbox or self.home / "datasets" / "inbox"
+
+    @property
+    def nas_storage(self) -> str:
+        return self.nas_storage_url or f"sqlite:///{self.home / 'nas.db'}"
 
     @property
     def mlflow_ui(self) -> str | None:
