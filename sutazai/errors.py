@@ -74,3 +74,15 @@ class DocumentError(SutazAIError):
 
 class ExtractionError(SutazAIError):
     """Entity or relation extraction is misconfigured or its model endpoint is unreachable."""
+
+
+class DataGateError(SutazAIError):
+    """A dataset failed its quality gate; nothing was trained on it."""
+
+
+class TrainingError(SutazAIError):
+    """Architecture search or fine-tuning cannot run as asked (bad space, data or model)."""
+
+
+class OptimizationError(SutazAIError):
+    """A model version cannot be optimised (quantised) the way asked."""

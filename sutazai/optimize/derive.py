@@ -11,6 +11,7 @@ does nothing.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from sutazai.config import Settings
 from sutazai.errors import ConversionError
@@ -40,24 +41,46 @@ def convert_to_safetensors(settings: Settings, manifest: Manifest, *, register: 
     existing = find_derived(repo, name, manifest)
     if existing is not None:
         return existing, False
-    started = time.monotonic()
     gguf = single_file(repo.ensure_snapshot(manifest), ".gguf", manifest)
-    with repo.writing(), repo.staging_dir("convert") as stage:
+    with repo.staging_dir("convert") as stage:
         out = stage / "model"
         task = progress.task(f"convert {manifest.ref} to safetensors")
-        written = convert_gguf_to_hf(gguf, out)
+        convert_gguf_to_hf(gguf, out)
         task.close()
-        files = []
-        for path in written:
-            digest, size, _ = repo.ingest_file(path, progress=progress)
-            files.append(FileEntry(path=path.relative_to(out).as_posix(), size=size,
-                                   digest=digest))
-        derived, created = repo.publish(
-            name=name, files=files, source=f"derived:{manifest.ref}", revision=manifest.digest,
-            format="safetensors", tasks=manifest.tasks, license=manifest.license,
-            parent=manifest.ref,
+        return publish_derived(
+            settings, out, name=name, parent=manifest, source=f"derived:{manifest.ref}",
+            revision=manifest.digest, format="safetensors",
             description=f"{manifest.description or manifest.name}, converted from GGUF "
                         f"{manifest.ref} to Hugging Face safetensors for vLLM",
+            register=register, progress=progress)
+
+
+def publish_derived(settings: Settings, folder: Path, *, name: str, parent: Manifest | None,
+                    source: str, revision: str, format: str, description: str,
+                    tasks: list[str] | None = None, register: bool = True,
+                    progress: Progress = NULL_PROGRESS) -> tuple[Manifest, bool]:
+    """Store every file under ``folder`` as a version of ``name`` and register it in MLflow.
+
+    The one way conversions, quantisations, fine-tunes and searched architectures enter
+    the repository: content-addressed like a pull, idempotent by digest, and ``parent``
+    (the version it came from) recorded as lineage. ``tasks`` and the license default to
+    the parent's.
+    """
+    if parent is None and tasks is None:
+        raise ValueError("a version without a parent needs its tasks")
+    started = time.monotonic()
+    repo = open_repository(settings)
+    with repo.writing():
+        files = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest, size, _ = repo.ingest_file(path, progress=progress)
+            files.append(FileEntry(path=path.relative_to(folder).as_posix(), size=size,
+                                   digest=digest))
+        derived, created = repo.publish(
+            name=name, files=files, source=source, revision=revision, format=format,
+            tasks=tasks if tasks is not None else parent.tasks,  # type: ignore[union-attr]
+            license=parent.license if parent is not None else "",
+            parent=parent.ref if parent is not None else None, description=description,
         )
     if register:
         with repo.model_lock(name):
