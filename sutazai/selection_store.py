@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sutazai.benchmark.metrics import SLO
 from sutazai.benchmark.runner import SUMMARY, BenchmarkSummary
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError
+from sutazai.learning.promotion import hold_or_replace
 from sutazai.mirror import open_registry, open_repository
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases
 from sutazai.selection import Candidate, Selection, Weights, select
@@ -90,7 +92,14 @@ def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
     decision = select(task, pool, slo, weights)
     repo = open_repository(settings)
     aliases = TaskAliases(open_registry(settings))
-    for alias, chosen in ((CHAMPION, decision.winner), (CHALLENGER, decision.challenger)):
+    current = aliases.get(task, CHAMPION)
+    champion, challenger, note = hold_or_replace(decision, None if current is None else Candidate(
+        model=current.model, version=current.repository_version, engine=current.engine,
+        concurrency=current.concurrency), settings.promotion_margin)
+    if note:
+        decision = replace(decision, winner=champion, challenger=challenger,
+                           explanation=f"{decision.explanation}\n**Promotion:** {note}\n")
+    for alias, chosen in ((CHAMPION, champion), (CHALLENGER, challenger)):
         if chosen is None:
             if alias == CHALLENGER:
                 aliases.clear(task, alias)
