@@ -92,6 +92,16 @@ def test_missing_columns_small_data_and_bad_ratings(seed: pd.DataFrame) -> None:
     assert ("no_email", "response") in checks and ("no_email", "prompt") not in checks
 
 
+def test_empty_snapshot_fails_on_row_count_only(settings: Settings) -> None:
+    from sutazai.learning.datastore import load_snapshot
+
+    with FeedbackStore.open(settings) as store:
+        snap = snapshot(store, settings)
+    report = validate(load_snapshot(snap), snap)
+    assert failing(report) == {("row_count", None): None}
+    assert report.failed[0].note == "0 row(s); at least 20 needed"
+
+
 def test_redaction_masks_every_default_kind() -> None:
     secrets = {
         "AKIAIOSFODNN7EXAMPLE": "AKIA***",
@@ -149,7 +159,7 @@ def test_gate_run_is_logged_in_mlflow(settings: Settings, tmp_path: Path) -> Non
     markdown = Path(client.download_artifacts(report.run_id, "gate-report.md",
                                               str(tmp_path))).read_text()
     assert "FAILED" in markdown and "## no_email on `prompt` failed" in markdown
-    assert "Row ids: 300" in markdown
+    assert "- row ids: 300" in markdown
     assert EMAIL not in markdown and KEY not in markdown
     assert Path(report.report_path).read_text() == markdown
     data = json.loads(Path(client.download_artifacts(report.run_id, "gate-report.json",

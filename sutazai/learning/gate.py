@@ -143,23 +143,23 @@ class GateReport(BaseModel):
                          f"| {count} |")
         for c in self.failed:
             where = f" on `{c.column}`" if c.column else ""
-            lines += ["", f"## {c.name}{where} failed ({c.expectation})"]
+            lines += ["", f"## {c.name}{where} failed ({c.expectation})", ""]
             if c.note:
-                lines.append(f"{c.note}")
+                lines.append(f"- {c.note}")
             if c.unexpected_count is not None:
-                lines.append(f"{c.unexpected_count} row(s) "
-                             f"({(c.unexpected_percent or 0):.1f}%) do not meet it.")
+                lines.append(f"- {c.unexpected_count} row(s) "
+                             f"({(c.unexpected_percent or 0):.1f}%) do not meet it")
             if c.row_ids:
-                lines.append(f"Row ids: {', '.join(str(i) for i in c.row_ids)}")
+                lines.append(f"- row ids: {', '.join(str(i) for i in c.row_ids)}")
             if c.examples:
                 lines += ["", "Examples (secrets masked):", ""]
                 lines += [f"- `{_md_code(e)}`" for e in c.examples]
         if not self.success:
             lines += ["", "## What to do", "",
-                      "Fix or remove the rows named above: remove stored rows with "
-                      "`sutazai data remove ID...`, correct the source file and import it "
-                      "again (`sutazai data import FILE`), then run `sutazai data validate`. "
-                      "Never train around a failed gate."]
+                      "Remove the rows named above with `sutazai data remove ID...`; if they "
+                      "came from a file, import a corrected copy (`sutazai data import FILE`). "
+                      "Then run `sutazai data validate` again. Never train around a failed "
+                      "gate."]
         return "\n".join(lines) + "\n"
 
 
@@ -287,7 +287,7 @@ def _run_expectations(df: pd.DataFrame, expectations: list[Any], suite_name: str
         gx_suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{suite_name}-run", data=batch, suite=gx_suite))
-    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
     if index_column is not None:
         result_format["unexpected_index_column_names"] = [index_column]
     outcome = definition.run(batch_parameters={"dataframe": df}, result_format=result_format)
@@ -334,16 +334,18 @@ def _check(item: _Planned, result: Any, suite: GateSuite, index_column: str | No
         count = len(missing)
         if missing:
             note = f"missing column(s): {', '.join(missing)}"
-    elif item.name == "row_count":
+    elif item.name == "label_allowed" and not result.success:
+        note = f"allowed labels: {', '.join(suite.allowed_labels or [])}"
+    if item.name == "row_count":
         observed = data.get("observed_value")
         note = f"{observed} row(s); at least {suite.min_rows} needed"
-    else:
+    if item.name not in ("columns", "row_count"):
         for entry in data.get("partial_unexpected_index_list") or []:
             if index_column is not None and index_column in entry:
                 ids.append(int(entry[index_column]))
         for value in (data.get("partial_unexpected_list") or [])[:5]:
             examples.append(_example(value, suite.secret_patterns))
-    percent = data.get("unexpected_percent")
+    percent = data.get("unexpected_percent_total", data.get("unexpected_percent"))
     return CheckResult(name=item.name, column=item.column, expectation=kind,
                        success=bool(result.success),
                        unexpected_count=None if count is None else int(count),
@@ -418,9 +420,9 @@ def require_pass(report: GateReport) -> None:
     run = (f", MLflow run {report.run_id} in {report.experiment}" if report.run_id else "")
     raise DataGateError(
         f"dataset {report.dataset} {report.digest[:12]} failed its data gate, so nothing was "
-        f"trained: {'; '.join(parts)}. Report: {where}{run}. Fix or remove those rows "
-        "(`sutazai data remove ID...`, or correct the source file and `sutazai data import` "
-        "it again), then run `sutazai data validate`.")
+        f"trained: {'; '.join(parts)}. Report: {where}{run}. Remove those rows with "
+        "`sutazai data remove ID...` (if they came from a file, import a corrected copy with "
+        "`sutazai data import FILE`), then run `sutazai data validate` again.")
 
 
 def gate_summary(report: GateReport) -> dict[str, Any]:
