@@ -11,13 +11,15 @@ llama.cpp would otherwise answer with a wrong template) instead of returning non
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -28,7 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sutazai.errors import NotFoundError, SutazAIError
 from sutazai.serving.engines import RunningEngine
+
+LOG = logging.getLogger(__name__)
+INTERACTION_HEADER = "x-sutazai-interaction-id"
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
@@ -61,10 +67,20 @@ class GatewayMetrics:
             labels, buckets=RATE_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("sutazai_requests_in_flight", "Requests being answered",
                                registry=self.registry)
-        info = Gauge("sutazai_model_info", "The model version and engine being served",
-                     ["model", "version", "engine", "digest"], registry=self.registry)
+        self.info = Gauge("sutazai_model_info", "The model version and engine being served",
+                          ["model", "version", "engine", "digest"], registry=self.registry)
+        self.swaps = Counter("sutazai_model_swaps", "Times a new champion replaced the served "
+                             "model without a restart", registry=self.registry)
+        self.show_model(engine)
+
+    def show_model(self, engine: RunningEngine, previous: RunningEngine | None = None) -> None:
+        if previous is not None:
+            old = previous.manifest
+            self.info.remove(old.name, str(old.version), previous.engine, old.digest)
+            self.swaps.inc()
         manifest = engine.manifest
-        info.labels(manifest.name, str(manifest.version), engine.engine, manifest.digest).set(1)
+        self.info.labels(manifest.name, str(manifest.version), engine.engine,
+                         manifest.digest).set(1)
 
 
 @dataclass
@@ -77,6 +93,7 @@ class _Tally:
     usage_tokens: int | None = None
     buffer: bytes = b""
     broken: bool = False
+    text: list[str] = field(default_factory=list)
 
     def feed(self, chunk: bytes) -> None:
         self.buffer += chunk
@@ -96,7 +113,10 @@ class _Tally:
             self.usage_tokens = int(usage["completion_tokens"])
         for choice in payload.get("choices") or ():
             delta = choice.get("delta") or {}
-            if choice.get("text") or delta.get("content") or delta.get("reasoning_content"):
+            piece = choice.get("text") or delta.get("content")
+            if piece:
+                self.text.append(str(piece))
+            if piece or delta.get("reasoning_content"):
                 self.chunks_with_text += 1
                 if self.first_token is None:
                     self.first_token = time.perf_counter()
@@ -112,41 +132,126 @@ def openai_error(status: int, message: str, code: str, kind: str = "invalid_requ
                                    "code": code}}, status_code=status)
 
 
-def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette:
-    """The ASGI app that fronts ``engine``.
+class FeedbackSink(Protocol):
+    """Where served requests and their ratings go (the learning data store)."""
 
-    With ``owns_engine`` the app stops the engine when it shuts down: uvicorn re-raises
-    SIGTERM/SIGINT after its shutdown, so code after ``uvicorn.run`` never runs then, and
-    the engine, in a process group of its own, would outlive ``sutazai serve``.
+    def log_interaction(self, prompt: str, response: str, *, model: str | None = None,
+                        source: str = "serving") -> int: ...
+
+    def rate(self, interaction_id: int, rating: float, label: str | None = None) -> None: ...
+
+
+@dataclass
+class Upstream:
+    """One engine behind the gateway, the client that talks to it and its open requests."""
+
+    engine: RunningEngine
+    client: httpx.AsyncClient
+    in_flight: int = 0
+
+
+class Gateway:
+    """The engine behind the API can change while it serves: :meth:`swap` sends new requests
+    to the new engine at once, lets the old one finish what it has, then stops it. That is
+    how a running ``sutazai serve`` picks up a new champion with no refused request."""
+
+    def __init__(self, engine: RunningEngine, *, owns_engine: bool,
+                 feedback: FeedbackSink | None) -> None:
+        self.metrics = GatewayMetrics(engine)
+        self.owns_engine = owns_engine
+        self.feedback = feedback
+        self.upstream: Upstream | None = None
+        self.first_engine = engine
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _client(engine: RunningEngine) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        return httpx.AsyncClient(base_url=engine.base_url, timeout=timeout, limits=limits)
+
+    @property
+    def engine(self) -> RunningEngine:
+        return self.upstream.engine if self.upstream else self.first_engine
+
+    async def swap(self, engine: RunningEngine, drain_timeout_s: float = 300.0) -> None:
+        """Route new requests to ``engine``; stop the old one once its requests are done."""
+        old = self.upstream
+        self.upstream = Upstream(engine, self._client(engine))
+        self.metrics.show_model(engine, previous=old.engine if old else None)
+        if old is None:
+            return
+        deadline = time.monotonic() + drain_timeout_s
+        while old.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await old.client.aclose()
+        await asyncio.to_thread(old.engine.stop)
+
+    def swap_threadsafe(self, engine: RunningEngine, timeout_s: float = 600.0) -> None:
+        """:meth:`swap` from another thread (the champion watcher); returns when done."""
+        if self.loop is None:
+            raise RuntimeError("the gateway is not running")
+        asyncio.run_coroutine_threadsafe(self.swap(engine), self.loop).result(timeout_s)
+
+
+def create_app(engine: RunningEngine, *, owns_engine: bool = False,
+               feedback: FeedbackSink | None = None) -> Starlette:
+    """The ASGI app that fronts ``engine``; ``app.state.gateway`` can swap it later.
+
+    With ``owns_engine`` the app stops the engine (whichever serves by then) when it shuts
+    down: uvicorn re-raises SIGTERM/SIGINT after its shutdown, so code after ``uvicorn.run``
+    never runs then, and the engine, in a process group of its own, would outlive
+    ``sutazai serve``. With ``feedback``, every completion is logged to it (its id comes
+    back in the ``x-sutazai-interaction-id`` header) and ``POST /v1/feedback`` rates one.
     """
-    metrics = GatewayMetrics(engine)
-    state: dict[str, httpx.AsyncClient] = {}
+    gateway = Gateway(engine, owns_engine=owns_engine, feedback=feedback)
+    metrics = gateway.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        gateway.loop = asyncio.get_running_loop()
+        gateway.upstream = Upstream(engine, gateway._client(engine))
         try:
-            async with httpx.AsyncClient(base_url=engine.base_url, timeout=timeout,
-                                         limits=limits) as client:
-                state["client"] = client
-                yield
+            yield
         finally:
+            current = gateway.upstream
+            await current.client.aclose()
             if owns_engine:
-                engine.stop()
+                current.engine.stop()
 
     async def health(request: Request) -> Response:
+        upstream = gateway.upstream
+        assert upstream is not None
         try:
-            answer = await state["client"].get(engine.health_path, timeout=5.0)
-            ok = engine.alive() and answer.status_code == 200
+            answer = await upstream.client.get(upstream.engine.health_path, timeout=5.0)
+            ok = upstream.engine.alive() and answer.status_code == 200
         except httpx.HTTPError:
             ok = False
-        body = {"status": "ok" if ok else "unavailable", "engine": engine.engine,
-                "model": engine.model, "version": engine.manifest.ref}
+        body = {"status": "ok" if ok else "unavailable", "engine": upstream.engine.engine,
+                "model": upstream.engine.model, "version": upstream.engine.manifest.ref}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def rate(request: Request) -> Response:
+        if gateway.feedback is None:
+            return openai_error(404, "ratings are kept only with request logging on: set "
+                                "SUTAZAI_REQUEST_LOGGING=true and restart sutazai serve",
+                                "feedback_disabled")
+        try:
+            body = json.loads(await request.body())
+            interaction, rating = int(body["id"]), float(body["rating"])
+            label = body.get("label")
+        except (ValueError, KeyError, TypeError):
+            return openai_error(400, 'send {"id": <x-sutazai-interaction-id>, "rating": '
+                                '<number>, "label": <optional text>}', "invalid_feedback")
+        try:
+            await asyncio.to_thread(gateway.feedback.rate, interaction, rating, label)
+        except SutazAIError as exc:
+            return openai_error(404 if isinstance(exc, NotFoundError) else 400, str(exc),
+                                "feedback_refused")
+        return JSONResponse({"id": interaction, "rating": rating, "label": label})
 
     async def proxy(request: Request) -> Response:
         path = request.path_params["path"]
@@ -157,16 +262,19 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
                 payload = json.loads(body)
             except ValueError:
                 return openai_error(400, "the request body is not valid JSON", "invalid_json")
+        upstream = gateway.upstream
+        assert upstream is not None
         needed = ENDPOINT_CAPABILITY.get(path)
         if needed is not None:
-            refusal = _refusal(engine, needed, payload)
+            refusal = _refusal(upstream.engine, needed, payload)
             if refusal is not None:
                 metrics.requests.labels(path, str(refusal.status_code)).inc()
                 return refusal
-        return await _forward(request, path, body, bool(payload.get("stream")))
+        return await _forward(request, upstream, path, body, payload)
 
-    async def _forward(request: Request, path: str, body: bytes, stream: bool) -> Response:
-        client = state["client"]
+    async def _forward(request: Request, upstream: Upstream, path: str, body: bytes,
+                       payload: dict[str, Any]) -> Response:
+        client = upstream.client
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         upstream_request = client.build_request(
             request.method, f"/v1/{path}", content=body, headers=headers,
@@ -174,19 +282,23 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
         )
         tally = _Tally(started=time.perf_counter())
         metrics.in_flight.inc()
+        upstream.in_flight += 1
         try:
-            upstream = await client.send(upstream_request, stream=True)
+            answer = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             metrics.in_flight.dec()
+            upstream.in_flight -= 1
             metrics.requests.labels(path, "502").inc()
-            return openai_error(502, f"engine {engine.engine} did not answer: {exc}",
+            return openai_error(502, f"engine {upstream.engine.engine} did not answer: {exc}",
                                 "engine_unavailable", "server_error")
-        response_headers = {k: v for k, v in upstream.headers.items()
+        response_headers = {k: v for k, v in answer.headers.items()
                             if k.lower() not in HOP_BY_HOP}
+        logged = gateway.feedback is not None and path in ("completions", "chat/completions")
 
         def finish() -> None:
             metrics.in_flight.dec()
-            status = "stream_cut" if tally.broken else str(upstream.status_code)
+            upstream.in_flight -= 1
+            status = "stream_cut" if tally.broken else str(answer.status_code)
             metrics.requests.labels(path, status).inc()
             if status != "200" or path not in ENDPOINT_CAPABILITY:
                 return
@@ -200,10 +312,15 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
                     metrics.tokens_per_second.labels(path).observe(
                         (tally.tokens - 1) / (done - tally.first_token))
 
-        if stream:
+        if payload.get("stream"):
+            def finish_stream() -> None:
+                finish()
+                if logged and not tally.broken and answer.status_code == 200:
+                    _record(gateway, upstream.engine, payload, "".join(tally.text))
+
             async def relay() -> AsyncIterator[bytes]:
                 try:
-                    async for chunk in upstream.aiter_raw():
+                    async for chunk in answer.aiter_raw():
                         tally.feed(chunk)
                         yield chunk
                 except httpx.HTTPError:
@@ -211,25 +328,62 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False) -> Starlette
                     # sees a stream without [DONE]; the metrics count it apart.
                     tally.broken = True
                 finally:
-                    await upstream.aclose()
+                    await answer.aclose()
 
-            return StreamingResponse(relay(), status_code=upstream.status_code,
-                                     headers=response_headers, background=BackgroundTask(finish))
-        content = await upstream.aread()
-        await upstream.aclose()
+            return StreamingResponse(relay(), status_code=answer.status_code,
+                                     headers=response_headers,
+                                     background=BackgroundTask(finish_stream))
+        content = await answer.aread()
+        await answer.aclose()
+        reply: dict[str, Any] = {}
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            tally.usage_tokens = int(json.loads(content)["usage"]["completion_tokens"])
-        return Response(content, status_code=upstream.status_code, headers=response_headers,
+            reply = json.loads(content)
+            tally.usage_tokens = int(reply["usage"]["completion_tokens"])
+        if logged and answer.status_code == 200 and reply:
+            interaction = await asyncio.to_thread(_record, gateway, upstream.engine, payload,
+                                                  _reply_text(reply))
+            if interaction is not None:
+                response_headers[INTERACTION_HEADER] = str(interaction)
+        return Response(content, status_code=answer.status_code, headers=response_headers,
                         background=BackgroundTask(finish))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health),
             Route("/metrics", prometheus),
+            Route("/v1/feedback", rate, methods=["POST"]),
             Route("/v1/{path:path}", proxy, methods=["GET", "POST"]),
         ],
         lifespan=lifespan,
     )
+    app.state.gateway = gateway
+    return app
+
+
+def _prompt_text(payload: dict[str, Any]) -> str:
+    """The prompt of a completion, or a chat's messages as ``role: content`` lines."""
+    if "messages" in payload:
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in payload["messages"]
+                         if isinstance(m, dict))
+    prompt = payload.get("prompt", "")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
+def _reply_text(reply: dict[str, Any]) -> str:
+    choice = (reply.get("choices") or [{}])[0]
+    return str(choice.get("text") or (choice.get("message") or {}).get("content") or "")
+
+
+def _record(gateway: Gateway, engine: RunningEngine, payload: dict[str, Any],
+            text: str) -> int | None:
+    """Log one served completion; a store problem costs the log line, never the answer."""
+    assert gateway.feedback is not None
+    try:
+        return gateway.feedback.log_interaction(_prompt_text(payload), text,
+                                                model=engine.manifest.ref, source="serving")
+    except Exception:  # serving must not fail because logging did
+        LOG.exception("could not log a served request to the feedback store")
+        return None
 
 
 def _refusal(engine: RunningEngine, needed: str, payload: dict[str, Any]) -> Response | None:

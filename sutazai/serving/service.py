@@ -19,7 +19,7 @@ from sutazai.mirror import open_registry, open_repository
 from sutazai.registry.task_aliases import TaskAliases
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.serving.engines import RunningEngine, engine_for
-from sutazai.serving.gateway import GatewayThread, create_app
+from sutazai.serving.gateway import FeedbackSink, GatewayThread, create_app
 from sutazai.serving.process import free_port, require_free_port
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -32,6 +32,7 @@ class Target:
     manifest: Manifest
     engine: str | None = None
     concurrency: int | None = None
+    task: str | None = None  # set when serving a task's champion: follow it when it changes
 
 
 def resolve_target(settings: Settings, spec: str | None) -> Target:
@@ -39,7 +40,7 @@ def resolve_target(settings: Settings, spec: str | None) -> Target:
     if spec is None:
         choice = TaskAliases(open_registry(settings)).require(settings.default_task)
         return Target(repo.get(choice.model, choice.repository_version), choice.engine,
-                      choice.concurrency)
+                      choice.concurrency, settings.default_task)
     name, at, alias = spec.partition("@")
     if at:
         if not _ALIAS.match(alias):
@@ -83,16 +84,41 @@ def serving(settings: Settings, manifest: Manifest, engine_name: str | None = No
         running.stop()
 
 
+def feedback_sink(settings: Settings) -> FeedbackSink | None:
+    """The learning data store when request logging is on (it is opt-in), else None."""
+    if not settings.request_logging:
+        return None
+    from sutazai.learning.datastore import FeedbackStore
+
+    return FeedbackStore.open(settings)
+
+
 def serve_forever(settings: Settings, target: Target, engine_name: str | None, host: str,
                   port: int, announce: Callable[[RunningEngine, str], None]) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM, then stop the engine."""
+    """Serve in the foreground until SIGINT/SIGTERM, then stop the engine.
+
+    Serving a task's champion, a watcher follows the champion alias and switches to a new
+    one without downtime (:mod:`sutazai.serving.rollout`).
+    """
     import uvicorn
+
+    from sutazai.serving.rollout import ChampionWatcher
 
     require_free_port(host, port)
     running = start_engine(settings, target.manifest, engine_name or target.engine)
+    watcher, app = None, None
     try:
+        app = create_app(running, owns_engine=True, feedback=feedback_sink(settings))
+        if target.task and not engine_name and settings.serve_watch_interval_s > 0:
+            watcher = ChampionWatcher(
+                settings, app.state.gateway, target.task,
+                (target.manifest.name, target.manifest.version, running.engine),
+                settings.serve_watch_interval_s).start()
         announce(running, f"http://{host}:{port}")
-        uvicorn.run(create_app(running, owns_engine=True), host=host, port=port,
-                    log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
+        if watcher is not None:
+            watcher.stop()
+        if app is not None:  # after a swap, the engine serving is no longer `running`
+            app.state.gateway.engine.stop()
         running.stop()
