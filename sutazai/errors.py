@@ -86,3 +86,7 @@ class TrainingError(SutazAIError):
 
 class OptimizationError(SutazAIError):
     """A model version cannot be optimised (quantised) the way asked."""
+
+
+class DataError(SutazAIError):
+    """A data file, row or rating cannot go into the store (the message says which and why)."""

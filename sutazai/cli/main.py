@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from sutazai.cli import bench, kg, models, registry
+from sutazai.cli import bench, data, kg, models, registry
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
@@ -29,6 +29,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(registry.app, name="registry")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kg.app, name="kg")
+app.add_typer(data.app, name="data")
 app.command("serve")(serve_command)
 
 

@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sutazai.errors import NotFoundError, SutazAIError
+from sutazai.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,13 +64,6 @@ _DIGEST_FORMAT = b"sutazai-feedback-snapshot-v1\n"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RESERVED_NAMES = ("inbox",)  # <home>/datasets/inbox is where files wait to be imported
 _IN_BATCH = 500
-
-
-class DataError(SutazAIError):
-    """A data file, row or rating cannot go into the store (the message says which and why).
-
-    Lives here until sutazai/errors.py gains it; it is a SutazAIError, so the CLI prints it
-    in one line."""
 
 
 # --------------------------------------------------------------------------- tables
