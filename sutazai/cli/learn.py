@@ -81,9 +81,13 @@ def finetune_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Fine-tune a model version on a data file and publish it as NAME-ft (resumable)."""
+    from transformers.utils import logging as hf_logging
+
     from sutazai.learning.finetune import finetune
     from sutazai.serving.service import resolve_target
 
+    hf_logging.disable_progress_bar()  # its load/save bars would tear the step bar
+    hf_logging.set_verbosity_error()
     settings = load_settings()
     texts = read_texts(data)
     if len(texts) < 3:

@@ -277,7 +277,8 @@ def _finished(settings: Settings, workdir: Path) -> FinetuneResult | None:
     except NotFoundError:
         current = None
     if current is None or current.digest != result.manifest.digest:
-        path.unlink()  # the version was removed: train again
+        path.unlink()  # the version was removed: train again, in a new MLflow run
+        (workdir / RUN_FILE).unlink(missing_ok=True)
         return None
     return result.model_copy(update={"created": False, "resumed_from_step": None})
 
