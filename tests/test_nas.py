@@ -169,6 +169,7 @@ def test_heads_are_resolved_to_even_divisors() -> None:
 
 
 # ------------------------------------------------------------------------------ studies
+@pytest.mark.slow
 def test_study_runs_records_trials_and_registers_best(nas_settings: Settings,
                                                       tmp_path: Path) -> None:
     space = load_space(write_space(tmp_path / "space.yaml"))
