@@ -133,8 +133,7 @@ def finetune(
     ``eval_texts`` are held out: their mean per-token loss is measured on the base and on
     the result. A GGUF base is first converted to its safetensors version (the Gemma GGUF
     champion). ``save_every`` is the checkpoint interval in steps (default: a quarter of
-    the run); it is part of the key because it changes nothing else but where a resume
-    can start.
+    the run); it is left out of the key since it decides only where a resume can start.
     """
     from filelock import FileLock
 
@@ -231,7 +230,8 @@ def run_key(base_digest: str, dataset_digest: str, recipe: Recipe, train: list[s
     """
     texts = hashlib.sha256(json.dumps([train, held_out]).encode()).hexdigest()
     payload = json.dumps({"schema": KEY_SCHEMA, "base": base_digest, "dataset": dataset_digest,
-                          "texts": texts, "recipe": recipe.model_dump()}, sort_keys=True)
+                          "texts": texts, "recipe": recipe.model_dump(exclude={"save_every"})},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
