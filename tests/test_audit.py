@@ -1,0 +1,173 @@
+"""The audit log: a hash chain that names the first tampered line, safe for many writers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from sutazai.audit import GENESIS, AuditError, AuditLog, audit, record_hash
+from sutazai.cli.audit import app
+from sutazai.config import Settings
+
+
+def filled(path: Path, n: int = 5) -> AuditLog:
+    log = AuditLog(path)
+    for i in range(n):
+        log.record("model.pull", f"gemma-3-270m:{i + 1}", actor="user:alice",
+                   after={"version": i + 1}, details={"bytes": 1000 * i})
+    return log
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_records_chain_and_verify(tmp_path: Path) -> None:
+    log = filled(tmp_path / "audit.jsonl")
+    records = log.records()
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert records[0].prev_hash == GENESIS
+    for previous, record in itertools.pairwise(records):
+        assert record.prev_hash == previous.hash
+        assert record.hash == record_hash(record.model_dump())
+    assert records[0].time.endswith("+00:00")  # UTC
+    result = log.verify()
+    assert result.ok and result.records == 5 and result.last_hash == records[-1].hash
+    assert [r.seq for r in log.tail(2)] == [4, 5]
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("tamper", "line", "why"), [
+    ("edit", 3, "the record was edited"),
+    ("delete", 3, "deleted, inserted or moved"),
+    ("insert", 3, "deleted, inserted or moved"),
+    ("swap", 2, "deleted, inserted or moved"),
+    ("truncate", 5, "cut off the end"),
+    ("garbage", 4, "not a valid audit record"),
+])
+def test_verify_names_the_first_tampered_line(tmp_path: Path, tamper: str, line: int,
+                                              why: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = filled(path)
+    content = lines(path)
+    if tamper == "edit":  # a consistent-looking edit: valid JSON, same fields
+        record = json.loads(content[2])
+        record["actor"] = "user:mallory"
+        content[2] = json.dumps(record) + "\n"
+    elif tamper == "delete":
+        del content[2]
+    elif tamper == "insert":  # a forged record copied from another chain position
+        content.insert(2, content[1])
+    elif tamper == "swap":
+        content[1], content[2] = content[2], content[1]
+    elif tamper == "truncate":
+        del content[4]
+    else:
+        content[3] = content[3][:40] + "\n"
+    path.write_text("".join(content))
+    result = log.verify()
+    assert not result.ok and result.bad_line == line, result
+    assert why in (result.reason or "")
+    assert f"line {line}" in result.summary()
+
+
+def test_a_recomputed_chain_is_caught_by_the_head(tmp_path: Path) -> None:
+    """Rewriting a record *and* recomputing every hash after it still disagrees with the
+    head file (an attacker must rewrite both; the sink copy catches even that)."""
+    path = tmp_path / "audit.jsonl"
+    log = filled(path, 3)
+    records = [json.loads(line) for line in lines(path)]
+    records[2]["target"] = "forged"
+    records[2]["hash"] = record_hash(records[2])
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = log.verify()
+    assert not result.ok and result.bad_line == 3 and "rewritten" in (result.reason or "")
+
+
+def test_a_damaged_last_line_stops_new_records(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = filled(path, 2)
+    with path.open("a") as handle:
+        handle.write('{"seq": 3, "ti')
+    with pytest.raises(AuditError, match=r"damaged.*sutazai audit verify"):
+        log.record("model.delete", "x")
+    assert log.verify().bad_line == 3
+
+
+def test_an_unwritable_log_fails_loudly(tmp_path: Path) -> None:
+    blocker = tmp_path / "audit"
+    blocker.write_text("a file where the log's folder should be")  # fails even for root
+    with pytest.raises(AuditError, match=r"cannot write the audit log.*not recorded"):
+        AuditLog(blocker / "audit.jsonl").record("model.delete", "gemma:1")
+
+
+def test_secrets_are_masked_and_sink_gets_each_record(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    value = "hunter2-" + "x" * 12
+    sink = tmp_path / "pipeline.jsonl"
+    log = AuditLog(tmp_path / "audit.jsonl", sink=str(sink))
+    log.record("serve.start", "gateway", before={"token": SecretStr(value)})
+    AuditLog(tmp_path / "audit.jsonl", sink="stdout").record("serve.stop", "gateway")
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert value not in text and "**********" in text
+    assert json.loads(sink.read_text())["action"] == "serve.start"
+    assert json.loads(capsys.readouterr().out)["action"] == "serve.stop"
+    assert log.verify().ok
+
+
+def _append(path: str, writer: int, count: int) -> None:
+    log = AuditLog(Path(path))
+    for i in range(count):
+        log.record("model.register", f"m{writer}:{i}", actor=f"proc:{writer}")
+
+
+def test_concurrent_writers_keep_one_valid_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("fork")  # spawn would re-import the test module
+    workers = [context.Process(target=_append, args=(str(path), w, 25)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    log = AuditLog(path)
+    result = log.verify()
+    assert result.ok and result.records == 100, result
+    targets = {r.target for r in log.records()}
+    assert targets == {f"m{w}:{i}" for w in range(4) for i in range(25)}
+
+
+def test_audit_helper_uses_the_home_log(settings: Settings,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTAZAI_ACTOR", "apikey:ci-bot")
+    record = audit(settings, "promotion", "text-generation", before={"champion": "a:1"},
+                   after={"champion": "b:2"})
+    assert record.actor == "apikey:ci-bot" and record.seq == 1
+    assert (settings.home / "audit" / "audit.jsonl").exists()
+
+
+def test_cli_verify_and_tail(settings: Settings) -> None:
+    path = settings.home / "audit" / "audit.jsonl"
+    filled(path, 3)
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify"])
+    assert result.exit_code == 0 and "intact: 3 record(s)" in result.output
+    result = runner.invoke(app, ["tail", "-n", "2", "--json"])
+    assert result.exit_code == 0
+    assert [r["seq"] for r in json.loads(result.output)] == [2, 3]
+    result = runner.invoke(app, ["tail"])
+    assert result.exit_code == 0 and "gemma-3-270m:3" in result.output
+    content = lines(path)
+    content[0], content[1] = content[1], content[0]
+    path.write_text("".join(content))
+    result = runner.invoke(app, ["verify", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["bad_line"] == 1
+    result = runner.invoke(app, ["verify", "--path", str(path)])
+    assert result.exit_code == 1 and "broken at line 1" in result.output
