@@ -10,7 +10,8 @@ from components.base import component
 
 @component
 def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
-                    benchmarks: list[str], selections: list[dict], answer: dict,
+                    benchmarks: list[str], selections: list[dict], answer: dict, data: dict,
+                    improvement: dict, search: dict, regressions: list[dict],
                     report: Output[Artifact]) -> dict:
     """Assemble the cycle report, keep it under ``<home>/reports`` and as an artifact.
 
@@ -27,6 +28,8 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
         plan_benchmarks,
         save_report,
     )
+    from sutazai.learning.monitoring import Regression
+    from sutazai.learning.nightly import DataOutcome, ImprovementOutcome, SearchOutcome
     from sutazai.mirror import MirrorOutcome, open_repository
 
     settings = load_settings()
@@ -39,6 +42,10 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
         ServedAnswer.model_validate(answer) if answer else None,
         versions=len(open_repository(settings).all_versions()),
         failures=conversion_failures,
+        data=DataOutcome.model_validate(data),
+        improvement=ImprovementOutcome.model_validate(improvement),
+        search=SearchOutcome.model_validate(search) if search else None,
+        regressions=[Regression.model_validate(r) for r in regressions],
     )
     saved = save_report(settings, result)
     with open(report.path, "w") as handle:
@@ -49,6 +56,10 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
                      for o in result.outcomes},
         "failures": result.failures,
         "answer": result.answer.model_dump() if result.answer else {},
+        "improvement": (result.improvement.decision.reason if result.improvement
+                        and result.improvement.decision else
+                        result.improvement.note if result.improvement else ""),
+        "regressions": [r.sentence for r in result.regressions],
         "report": str(saved),
     }
     report.metadata.update({k: v for k, v in headline.items() if k != "answer"})

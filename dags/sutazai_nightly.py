@@ -8,11 +8,13 @@ in production. The Kubeflow pipeline `nightly` runs, in order:
 2. **convert** GGUF generation models to safetensors for vLLM (derived, registered versions);
 3. **benchmark** every (model version, engine) pair, reusing identical earlier runs;
 4. **select** the champion and challenger of each task under the SLOs (MLflow aliases);
-5. **deploy**: serve the text-generation champion and prove it answers;
-6. **report**: one summary, kept under `.sutazai/reports/` and in MLflow.
-
-Self-improvement steps (data gates, architecture search, fine-tuning, promotion) join the
-pipeline as they land.
+5. **gate** tonight's training data with Great Expectations (a failure stops here);
+6. **fine-tune** the text-generation champion (LoRA), quantise it to GGUF, and **challenge**
+   the champion with it on held-out data: promoted only by the margin within the SLOs;
+   beside it, an Optuna **architecture search** by two workers registers its best model;
+7. **deploy**: serve tonight's text-generation champion and prove it answers;
+8. **monitor** each champion against earlier nights, and **report**: one summary with a
+   before/after table, kept under `.sutazai/reports/` and in MLflow.
 
 **Conf** — `models`: catalog names (default: all); `profile`: the load profile.
 """
@@ -62,6 +64,10 @@ def sutazai_nightly() -> None:
         if answer:
             log.info("champion %s answered %r in %.0f ms", answer["ref"], answer["text"],
                      answer["seconds"] * 1000)
+        if summary.get("improvement"):
+            log.info("self-improvement: %s", summary["improvement"])
+        for regression in summary.get("regressions") or []:
+            log.warning("regression: %s", regression)
         log.info("full report: %s", summary.get("report"))
         failures = summary.get("failures") or []
         if failures:

@@ -3,8 +3,9 @@
 - ``model_sync``: list the catalog -> for each model (2 at a time): pull -> verify -> register.
 - ``benchmark_select``: derive engine formats -> plan -> benchmark each (model, engine) pair,
   one at a time -> select the champion and challenger of each task.
-- ``nightly``: model_sync -> benchmark_select -> deploy the champion -> report. The
-  self-improvement steps (data gates, training, promotion) join here as they land.
+- ``nightly``: model_sync -> benchmark_select -> gate tonight's data -> fine-tune the
+  champion, quantise, challenge it (promote only by the margin) and, beside it, an
+  architecture search shared by two workers -> deploy the champion -> monitor -> report.
 - ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
   the graph -> statistics.
 
@@ -21,6 +22,13 @@ from kfp.dsl import PipelineTask
 
 from components.benchmark import benchmark_model, convert_models, plan_benchmarks, select_champions
 from components.knowledge import extract_documents, graph_statistics, upsert_documents
+from components.learning import (
+    finetune_and_challenge,
+    monitor_champions,
+    register_architecture,
+    search_architectures,
+    validate_training_data,
+)
 from components.model_sync import list_catalog, pull_model, register_model, verify_model
 from components.report import summarize_cycle
 from components.serving import deploy_champion
@@ -85,18 +93,40 @@ def benchmark_select(profile: str = "") -> list[dict]:
     return selected.outputs["Output"]
 
 
+def improvement_steps(selected: PipelineTask
+                      ) -> tuple[PipelineTask, PipelineTask, PipelineTask]:
+    """Gate -> (fine-tune + challenge) and (search by 2 workers -> register); returns the
+    data, improvement and registration tasks."""
+    data = on_cluster(validate_training_data(selections=selected.outputs["Output"]), "1", "2G")
+    gated = data.outputs["Output"]
+    improved = on_cluster(finetune_and_challenge(data=gated), "8", "32G", gpu=True, retries=1)
+    with dsl.ParallelFor([0, 1], parallelism=2) as worker:
+        searched = on_cluster(search_architectures(data=gated, worker=worker), "4", "8G",
+                              gpu=True, retries=1)
+    registered = on_cluster(register_architecture(
+        data=gated, searches=dsl.Collected(searched.output)), "4", "8G", gpu=True)
+    return data, improved, registered
+
+
 @dsl.pipeline(name="sutazai-nightly",
-              description="The nightly cycle: mirror, benchmark, select, deploy, report.")
+              description="The nightly cycle: mirror, benchmark, select, improve, deploy, "
+                          "monitor, report.")
 def nightly(models: list[str] = [], profile: str = "") -> dict:  # noqa: B006
     mirrored = mirror_steps(models)
     converted, selected, measured = benchmark_steps(mirrored, profile)
+    data, improved, registered = improvement_steps(selected)
     deployed = on_cluster(deploy_champion(selections=selected.outputs["Output"]), "4", "16G",
-                          gpu=True, retries=1)
+                          gpu=True, retries=1).after(improved)
+    improvement = improved.outputs["Output"]
+    monitored = on_cluster(monitor_champions(selections=selected.outputs["Output"],
+                                             improvement=improvement), "0.5", "1G")
     report = on_cluster(summarize_cycle(
         mirrored=dsl.Collected(mirrored.output),
         conversion_failures=converted.output,
         benchmarks=dsl.Collected(measured.outputs["Output"]),
-        selections=selected.outputs["Output"], answer=deployed.output), "0.5", "1G")
+        selections=selected.outputs["Output"], answer=deployed.output,
+        data=data.outputs["Output"], improvement=improvement, search=registered.output,
+        regressions=monitored.output), "0.5", "1G")
     return report.outputs["Output"]
 
 

@@ -240,6 +240,18 @@ class Settings(BaseSettings):
         default=None, description="Optuna RDB storage shared by parallel NAS trials; default "
         "SQLite at <home>/nas.db.",
     )
+    nightly_learning: bool = Field(
+        default=True, description="Whether the nightly cycle gates data, fine-tunes, searches "
+        "architectures and challenges the champion (off: mirror, benchmark, select only).",
+    )
+    nightly_quantization: str = Field(
+        default="gguf:q8_0", description="How a fine-tuned model is brought back to GGUF when "
+        "the champion is served by llama.cpp (see sutazai optimize --help).",
+    )
+    nas_trials: int = Field(default=6, ge=1, description="Finished trials of the nightly "
+                            "architecture search.")
+    nas_space: Path = Field(default=Path("models/nas-space.yaml"),
+                            description="The nightly architecture search space.")
     promotion_margin: float = Field(
         default=0.01, ge=0, description="Relative quality gain a challenger needs over the "
         "champion to be promoted (0.01 = 1%).",
@@ -254,7 +266,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
-                     "pipeline_root", "documents_dir", "learning_inbox", mode="after")
+                     "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
+                     mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None

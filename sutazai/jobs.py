@@ -6,7 +6,10 @@
    serve it here (load and quality for text generation, quality for embeddings and spaCy
    NER); a benchmark of the same bytes, engine and profile is reused.
 4. Select the champion and challenger of each task under the SLOs; set the aliases.
-5. Serve the text-generation champion briefly and ask it one question, to prove it answers.
+5. Improve (:mod:`sutazai.learning.nightly`): gate tonight's data, fine-tune the champion,
+   quantise it back to the champion's format, challenge the champion with it; search small
+   architectures on the same data; compare each champion with earlier nights.
+6. Serve the text-generation champion briefly and ask it one question, to prove it answers.
 
 Each step takes the settings and plain values and returns pydantic models, so the KFP
 components that wrap them stay one call long and their outputs serialise as JSON.
@@ -25,7 +28,9 @@ from pydantic import BaseModel, Field
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
-from sutazai.errors import NotFoundError, SutazAIError
+from sutazai.errors import DataGateError, NotFoundError, SutazAIError
+from sutazai.learning.monitoring import Regression
+from sutazai.learning.nightly import DataOutcome, ImprovementOutcome, SearchOutcome
 from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest, parse_ref
@@ -34,6 +39,13 @@ from sutazai.selection import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
 
 BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
+# Versions SutazAI made itself: the promotion judges them on held-out data, so the nightly
+# selection (and vLLM's derived copies) leave them alone.
+LEARNED_SOURCES = ("finetune:", "quantize:", "nas:")
+
+
+def made_by_learning(manifest: Manifest) -> bool:
+    return manifest.source.startswith(LEARNED_SOURCES)
 REPORT_NAME = "nightly-latest.json"
 
 
@@ -84,6 +96,10 @@ class CycleReport(BaseModel):
     skipped: list[str] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     selections: list[SelectionOutcome] = Field(default_factory=list)
+    data: DataOutcome | None = None
+    improvement: ImprovementOutcome | None = None
+    search: SearchOutcome | None = None
+    regressions: list[Regression] = Field(default_factory=list)
     answer: ServedAnswer | None = None
     seconds: float = 0.0
 
@@ -123,7 +139,8 @@ def plan_benchmarks(settings: Settings) -> BenchmarkPlan:
     repo = open_repository(settings)
     for name in repo.names():
         manifest = repo.latest(name)
-        if manifest is None or not BENCHMARKED_TASKS & set(manifest.tasks):
+        if (manifest is None or not BENCHMARKED_TASKS & set(manifest.tasks)
+                or made_by_learning(manifest)):
             continue
         usable, reasons = engines_available(settings, manifest)
         plan.skipped += reasons
@@ -166,7 +183,7 @@ def derive_for_vllm(settings: Settings, progress: Progress = NULL_PROGRESS) -> l
     for name in repo.names():
         manifest = repo.latest(name)
         if (manifest is None or manifest.format != "gguf" or name.endswith(HF_SUFFIX)
-                or not GENERATION_TASKS & set(manifest.tasks)):
+                or not GENERATION_TASKS & set(manifest.tasks) or made_by_learning(manifest)):
             continue
         try:
             convert_to_safetensors(settings, manifest, progress=progress)
@@ -214,13 +231,18 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
                     plan: BenchmarkPlan, selections: list[SelectionOutcome],
                     answer: ServedAnswer | None, *, versions: int,
                     problems: list[FileProblem] | None = None,
-                    failures: list[str] | None = None, seconds: float = 0.0) -> CycleReport:
+                    failures: list[str] | None = None, seconds: float = 0.0,
+                    data: DataOutcome | None = None,
+                    improvement: ImprovementOutcome | None = None,
+                    search: SearchOutcome | None = None,
+                    regressions: list[Regression] | None = None) -> CycleReport:
     return CycleReport(
         outcomes=outcomes, versions=versions, problems=problems or [],
         benchmarks=[b.summary for b in benchmarks if b.summary is not None],
         skipped=plan.skipped,
         failures=(failures or []) + [b.error for b in benchmarks if b.error],
-        selections=selections, answer=answer, seconds=seconds,
+        selections=selections, answer=answer, seconds=seconds, data=data,
+        improvement=improvement, search=search, regressions=regressions or [],
     )
 
 
@@ -246,6 +268,29 @@ def load_report(settings: Settings) -> CycleReport:
     return CycleReport.model_validate_json(path.read_text())
 
 
+def improve(settings: Settings, selections: list[SelectionOutcome], failures: list[str],
+            progress: Progress = NULL_PROGRESS
+            ) -> tuple[DataOutcome | None, ImprovementOutcome | None, SearchOutcome | None,
+                       list[Regression]]:
+    """The self-improvement half of the cycle, in this process; problems go to ``failures``."""
+    from sutazai.learning import nightly
+
+    data = improvement = search = None
+    try:
+        data = nightly.prepare_data(settings)
+        improvement = nightly.improve_champion(settings, data, progress=progress)
+        if data.snapshot is not None:
+            nightly.search_architectures(settings, data, progress=progress)
+            search = nightly.register_searched(settings, data)
+    except DataGateError as exc:
+        failures.append(f"the data gate stopped training: {exc}")
+    except SutazAIError as exc:
+        failures.append(f"self-improvement failed: {exc}")
+    champions = nightly.champion_measurements([(s.task, s.champion) for s in selections],
+                                              improvement)
+    return data, improvement, search, nightly.monitor_champions(settings, champions)
+
+
 def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleReport:
     """Mirror, verify, benchmark, select and smoke-serve, in this process."""
     started = time.monotonic()
@@ -258,11 +303,13 @@ def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleRe
     plan = plan_benchmarks(settings)
     benchmarks = [run_benchmark(settings, item, progress=progress) for item in plan.items]
     selections = select_tasks(settings, [b.summary.task for b in benchmarks if b.summary])
+    data, improvement, search, regressions = improve(settings, selections, failures, progress)
     answer = None
     if any(s.task == settings.default_task and s.champion for s in selections):
         answer = ask_champion(settings)
     report = assemble_report(outcomes, benchmarks, plan, selections, answer,
                              versions=len(manifests), failures=failures,
-                             seconds=time.monotonic() - started)
+                             seconds=time.monotonic() - started, data=data,
+                             improvement=improvement, search=search, regressions=regressions)
     save_report(settings, report)
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sutazai.config import load_settings
+from sutazai.config import Settings, load_settings
 from sutazai.errors import SutazAIError
 from sutazai_stack import services as stack
 
@@ -24,6 +25,8 @@ console = Console(stderr=True)
 PROGRESS = re.compile(r"(Task '[\w-]+' finished with status|pipeline run id|MLflow run:|"
                       r"champion: |DagRun Finished|invalid conf|Traceback)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Demo training data for a first `make run`: short factual prompt/response pairs.
+SEED = Path(__file__).resolve().parent.parent / "examples" / "feedback-seed.jsonl"
 
 
 @app.command("up")
@@ -72,6 +75,7 @@ def nightly() -> None:
     env = {**os.environ, **stack.airflow_environment(settings, uri)}
     log_path = settings.home / "airflow" / "nightly-dags-test.log"
     airflow = str(stack.BIN / "airflow")
+    seed_demo_data(settings)
     console.print("preparing Airflow's database (first time: ~30 s)")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode != 0:
@@ -94,6 +98,19 @@ def nightly() -> None:
         raise SutazAIError(f"the sutazai_nightly run ended {dag_state or f'with exit {code}'}; "
                            f"see {log_path}")
     raise typer.Exit(report.returncode)
+
+
+def seed_demo_data(settings: Settings) -> None:
+    """Give a first run on embedded defaults something to learn from: the seed set goes to
+    the inbox when there is no store yet. A production store (a database URL) never is."""
+    inbox = settings.learning_inbox_dir
+    if settings.learning_db_url or (settings.home / "learning.db").exists() or (
+            inbox.is_dir() and any(inbox.iterdir())):
+        return
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SEED, inbox / SEED.name)
+    console.print(f"first run: demo training data {SEED.name} put in {inbox} (your own jsonl, "
+                  "csv or parquet files go there too)")
 
 
 def _dag_run_state(log_path: os.PathLike[str]) -> str:

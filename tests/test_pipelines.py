@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,15 @@ from pipelines.definitions import PIPELINES
 from pipelines.runner import COMPILED_DIR, PipelineError, compile_pipeline, run_pipeline
 from sutazai.cli.main import app
 from sutazai.config import Settings, load_settings
-from sutazai.mirror import open_registry
+from sutazai.jobs import load_report
+from sutazai.mirror import open_registry, open_repository
 from sutazai.registry.task_aliases import TaskAliases
+from sutazai.repository.manifest import parse_ref
 from tests.conftest import gemma_entry
 from tests.helpers import spacy_entry
 from tests.kfp_endpoint import KfpEndpoint
+
+SEED = Path(__file__).parent.parent / "examples" / "feedback-seed.jsonl"
 
 
 @pytest.fixture
@@ -55,12 +60,14 @@ def test_compiled_pipelines_are_current(name: str, tmp_path: Path) -> None:
 
 
 def test_compiled_nightly_carries_the_cluster_settings() -> None:
-    """GPU limits on benchmark and deploy, requests, retries, no caching, bounded loops."""
+    """GPU limits on the steps that serve or train, requests, retries, no caching, bounded
+    loops."""
     spec = yaml.safe_load((COMPILED_DIR / "nightly.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, e in executors.items()
            if e["container"].get("resources", {}).get("accelerator")}
-    assert gpu == {"exec-benchmark-model", "exec-deploy-champion"}
+    assert gpu == {"exec-benchmark-model", "exec-deploy-champion", "exec-finetune-and-challenge",
+                   "exec-search-architectures", "exec-register-architecture"}
     assert all(e["container"]["resources"].get("cpuRequest") for e in executors.values())
     assert all(e["container"]["image"] == "sutazai/platform:0.1.0" for e in executors.values())
     tasks = dict(spec["root"]["dag"]["tasks"])
@@ -68,12 +75,13 @@ def test_compiled_nightly_carries_the_cluster_settings() -> None:
         tasks.update(component.get("dag", {}).get("tasks", {}))
     steps = {n: t for n, t in tasks.items()
              if not t["componentRef"]["name"].startswith("comp-for-loop")}
-    assert len(steps) == 10
+    assert len(steps) == 15
     assert all(t["cachingOptions"] == {} for t in steps.values())  # enableCache false
     assert tasks["pull-model"]["retryPolicy"]["maxRetryCount"] == 2
     loops = {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in tasks.items()
              if "iteratorPolicy" in t}
-    assert sorted(loops.values()) == [1, 2]  # benchmarks one at a time, pulls two
+    # benchmarks one at a time, pulls two, two architecture-search workers
+    assert sorted(loops.values()) == [1, 2, 2]
 
 
 @pytest.mark.slow
@@ -112,18 +120,52 @@ def test_unknown_pipeline_is_refused(local_settings: Settings) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # fine-tuning Gemma 3 270M on 2 CPU cores: minutes
 def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
-                                     write_catalog: Callable[..., Path]) -> None:
-    """Real Gemma 3 270M on llama.cpp and spaCy NER: mirror, benchmark, select, deploy."""
+                                     write_catalog: Callable[..., Path],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real Gemma 3 270M on llama.cpp and spaCy NER: mirror, benchmark, select, then the
+    self-improvement on the seed data (gate, LoRA fine-tune, Q8_0, challenge, search,
+    monitor), deploy and report."""
     write_catalog(gemma_entry(gemma_gguf), spacy_entry())
+    monkeypatch.setenv("SUTAZAI_FINETUNE_STEPS", "3")
+    monkeypatch.setenv("SUTAZAI_NAS_TRIALS", "2")
+    inbox = local_settings.learning_inbox_dir
+    inbox.mkdir(parents=True)
+    shutil.copy(SEED, inbox / SEED.name)
     run = run_pipeline("nightly", {"models": [], "profile": "smoke"}, local_settings)
     headline = run.output
     assert headline["failures"] == []
     assert headline["champions"] == {"ner": "en-core-web-sm:1@spacyx1",
                                      "text-generation": "gemma3-270m:1@llamacppx1"}
     assert headline["answer"]["engine"] == "llamacpp" and headline["answer"]["text"].strip()
+    assert headline["improvement"], headline
+
+    report = load_report(local_settings)
+    assert report.data is not None and report.data.snapshot is not None
+    assert report.data.snapshot.rows == report.data.imported > 200
+    improvement = report.improvement
+    assert improvement is not None and improvement.decision is not None, improvement
+    assert improvement.champion_before == "gemma3-270m:1@llamacpp"
+    repo = open_repository(local_settings)
+    tuned = repo.get(*parse_ref(improvement.finetuned or ""))
+    assert tuned.parent == "gemma3-270m-hf:1" and tuned.source == "finetune:gemma3-270m-hf:1"
+    assert tuned.revision == report.data.snapshot.digest
+    quantised = repo.get(*parse_ref(improvement.optimized or ""))
+    assert quantised.parent == tuned.ref and quantised.format == "gguf"
+    assert len(improvement.decision.evaluations) == 2
     aliases = TaskAliases(open_registry(local_settings))
-    assert aliases.require("text-generation").ref == "gemma3-270m:1"
+    champion = aliases.require("text-generation")
+    assert f"{champion.ref}@{champion.engine}" == improvement.champion_after
+    assert headline["answer"]["ref"] == champion.ref  # the deployed champion is tonight's
+    assert report.search is not None and report.search.trials >= 2
+    assert repo.get(*parse_ref(report.search.registered or "")).source.startswith("nas:")
+    client = MlflowClient(local_settings.tracking_uri)
+    learning = client.get_experiment_by_name(local_settings.learning_experiment)
+    assert learning is not None
+    steps = {r.data.tags.get("sutazai.step") for r in client.search_runs(
+        [learning.experiment_id], max_results=200)}
+    assert {"promotion", "monitor"} <= steps, steps
     shown = CliRunner().invoke(app, ["report", "--json"])
     assert shown.exit_code == 0, shown.output
     report = json.loads(shown.output)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from sutazai.cli import bench, data, kg, models, registry
+from sutazai.cli import bench, data, kg, learn, models, nas, registry
+from sutazai.cli.optimize import optimize_command
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
@@ -30,6 +31,9 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kg.app, name="kg")
 app.add_typer(data.app, name="data")
+app.add_typer(learn.app, name="learn")
+app.add_typer(nas.app, name="nas")
+app.command("optimize")(optimize_command)
 app.command("serve")(serve_command)
 
 
@@ -75,6 +79,7 @@ def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
             console.print(f"[dim]skipped {escape(reason)}[/]")
         for decision in report.selections:
             console.print(decision.explanation, markup=False, highlight=False)
+        show_improvement(report)
         if report.answer is not None:
             a = report.answer
             console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
@@ -89,6 +94,43 @@ def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
     if report.problems:
         raise SutazAIError(f"{len(report.problems)} stored file(s) failed verification; run "
                            "'sutazai models verify' for details")
+
+
+def show_improvement(report: CycleReport) -> None:
+    """Tonight's data, what was tried against each champion, what was decided, regressions."""
+    from rich.table import Table
+
+    data, improvement, search = report.data, report.improvement, report.search
+    if data is not None and data.snapshot is not None:
+        console.print(f"training data: snapshot {data.snapshot.digest[:12]}, {data.snapshot.rows} "
+                      f"rows ({data.train_rows} train, {data.heldout_rows} held out, "
+                      f"{data.imported} new), data gate [green]passed[/]", highlight=False)
+    if improvement is not None:
+        table = Table(title="SutazAI self-improvement (before / after)")
+        for column in ("task", "champion before", "candidates", "decision", "champion after"):
+            table.add_column(column, overflow="fold")
+        tried = []
+        if improvement.finetuned:
+            before, after = improvement.eval_loss_before, improvement.eval_loss_after
+            tried.append(f"{improvement.finetuned} (fine-tuned; held-out loss {before:.3f} -> "
+                         f"{after:.3f})")
+        if improvement.optimized:
+            tried.append(f"{improvement.optimized} (quantised)")
+        if search is not None and search.registered:
+            tried.append(f"{search.registered} (architecture search, best of {search.trials} "
+                         f"trials, {search.pruned} pruned; registered only)")
+        decision = improvement.decision
+        verdict = (decision.reason if decision else improvement.note) or "-"
+        if decision is not None:
+            verdict = f"{'[green]promoted[/]' if decision.promoted else 'kept'}: {escape(verdict)}"
+        else:
+            verdict = escape(verdict)
+        table.add_row(improvement.task, improvement.champion_before or "-",
+                      escape("\n".join(tried)) or "-", verdict,
+                      improvement.champion_after or "-")
+        console.print(table)
+    for regression in report.regressions:
+        console.print(f"[yellow]regression[/] {escape(regression.sentence)}", highlight=False)
 
 
 def _quiet_libraries() -> None:
