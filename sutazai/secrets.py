@@ -130,7 +130,7 @@ def read_private_file(path: Path, what: str) -> str:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)  # follows links: Kubernetes' ..data
     except FileNotFoundError:
-        raise
+        raise  # the caller knows whether a missing file is "not found" or misconfigured
     except OSError as exc:
         raise SecretError(f"{what}: cannot read {path} ({exc.strerror})") from exc
     if mode & 0o077:

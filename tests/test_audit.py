@@ -50,6 +50,7 @@ def test_records_chain_and_verify(tmp_path: Path) -> None:
     ("swap", 2, "deleted, inserted or moved"),
     ("truncate", 5, "cut off the end"),
     ("garbage", 4, "not a valid audit record"),
+    ("remove", 1, "cut off the end"),
 ])
 def test_verify_names_the_first_tampered_line(tmp_path: Path, tamper: str, line: int,
                                               why: str) -> None:
@@ -68,9 +69,13 @@ def test_verify_names_the_first_tampered_line(tmp_path: Path, tamper: str, line:
         content[1], content[2] = content[2], content[1]
     elif tamper == "truncate":
         del content[4]
-    else:
+    elif tamper == "garbage":
         content[3] = content[3][:40] + "\n"
+    else:
+        content = []
     path.write_text("".join(content))
+    if tamper == "remove":
+        path.unlink()
     result = log.verify()
     assert not result.ok and result.bad_line == line, result
     assert why in (result.reason or "")
