@@ -337,8 +337,9 @@ def secrets_config(source: SecretsConfig | Settings | None = None) -> SecretsCon
         return source
     overrides: dict[str, Any] = {}
     if source is not None:
-        for field in SecretsConfig.model_fields:
-            if field not in CREDENTIALS and hasattr(source, f"secrets_{field}"):
+        given = source.model_fields_set  # set explicitly or from env/YAML: not defaults,
+        for field in SecretsConfig.model_fields:  # which would hide VAULT_ADDR and friends
+            if field not in CREDENTIALS and f"secrets_{field}" in given:
                 overrides[field] = getattr(source, f"secrets_{field}")
     return SecretsConfig(**overrides)
 

@@ -29,6 +29,7 @@ from sutazai.secrets import (
     generated_secret,
     provider_from,
     secret_value,
+    secrets_config,
 )
 
 
@@ -165,3 +166,21 @@ def test_config_reads_credentials_from_the_environment_only(
         credential(None, None, "the role_id", "SUTAZAI_SECRETS_VAULT_ROLE_ID")()
     with pytest.raises(ConfigError, match="needs a folder"):
         provider_from(SecretsConfig(provider="file"), audit_log=None)
+
+
+def test_settings_fields_named_secrets_star_configure_the_provider(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What provider_from does once Settings grows ``secrets_*`` fields."""
+
+    class WithSecrets(Settings):
+        secrets_provider: str = "env"
+        secrets_file_dir: Path | None = None
+        secrets_vault_addr: str = "http://127.0.0.1:8200"
+
+    monkeypatch.setenv("VAULT_ADDR", "http://vault.internal:8200")
+    settings = WithSecrets(home=tmp_path, secrets_provider="file", secrets_file_dir=tmp_path)
+    config = secrets_config(settings)
+    assert config.provider == "file" and config.file_dir == tmp_path
+    assert config.vault_addr == "http://vault.internal:8200"  # a default does not override
+    provider = provider_from(settings)
+    assert provider.label == f"env,file:{tmp_path}"

@@ -300,15 +300,18 @@ def test_wrong_and_expired_tokens_are_explained(bao: OpenBao) -> None:
 
 def test_a_renewable_token_is_renewed_near_expiry(bao: OpenBao) -> None:
     put(bao, "sutazai/mlflow", password=value())
-    created = bao.root().auth.token.create(policies=["sutazai-read"], ttl="60s",
+    created = bao.root().auth.token.create(policies=["sutazai-read"], ttl="3s",
                                            renewable=True)["auth"]
-    provider = with_token(bao, created["client_token"], cache_ttl_s=0, renew_before_s=3600)
-    provider.get("mlflow/password")  # login (lookup-self)
-    provider.get("mlflow/password")  # 59 s left < 3600: renew-self
-    assert provider.renewals == 1 and provider.logins == 1
+    provider = with_token(bao, created["client_token"], cache_ttl_s=0, renew_before_s=2)
+    provider.get("mlflow/password")  # login (lookup-self): 2-3 s left
+    time.sleep(1.5)
+    provider.get("mlflow/password")  # under 2 s left: renew-self, back to 3 s
+    assert (provider.renewals, provider.logins) == (1, 1)
     looked_up = bao.root().auth.token.lookup_accessor(created["accessor"])["data"]
-    assert looked_up["last_renewal_time"]
-    far = with_token(bao, created["client_token"], cache_ttl_s=0, renew_before_s=5)
+    assert looked_up["last_renewal_time"] and looked_up["ttl"] >= 2
+    long = bao.root().auth.token.create(policies=["sutazai-read"], ttl="60s",
+                                        renewable=True)["auth"]["client_token"]
+    far = with_token(bao, long, cache_ttl_s=0, renew_before_s=5)
     far.get("mlflow/password")
     far.get("mlflow/password")
     assert far.renewals == 0  # not near expiry: no renewal traffic
