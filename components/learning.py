@@ -56,8 +56,9 @@ def search_architectures(data: dict, worker: int) -> dict:
 
 
 @component
-def register_architecture(data: dict, searches: list[dict]) -> dict:
-    """Register the finished study's best architecture (``searches`` orders it after them)."""
+def register_architecture(data: dict) -> dict:
+    """Register the finished study's best architecture (the pipeline runs it after the
+    search workers)."""
     from sutazai.config import load_settings
     from sutazai.learning.nightly import DataOutcome, register_searched
 

@@ -5,7 +5,7 @@
   one at a time -> select the champion and challenger of each task.
 - ``nightly``: model_sync -> benchmark_select -> gate tonight's data -> fine-tune the
   champion, quantise, challenge it (promote only by the margin) and, beside it, an
-  architecture search shared by two workers -> deploy the champion -> monitor -> report.
+  architecture search shared by two worker steps -> deploy the champion -> monitor -> report.
 - ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
   the graph -> statistics.
 
@@ -93,18 +93,24 @@ def benchmark_select(profile: str = "") -> list[dict]:
     return selected.outputs["Output"]
 
 
+NAS_WORKERS = 2
+
+
 def improvement_steps(selected: PipelineTask
                       ) -> tuple[PipelineTask, PipelineTask, PipelineTask]:
-    """Gate -> (fine-tune + challenge) and (search by 2 workers -> register); returns the
-    data, improvement and registration tasks."""
+    """Gate -> (fine-tune + challenge) and (search by NAS_WORKERS workers -> register);
+    returns the data, improvement and registration tasks.
+
+    The workers are separate tasks, not a ParallelFor over constants: kfp.local 2.17 binds a
+    constant loop's item to the wrong parameter.
+    """
     data = on_cluster(validate_training_data(selections=selected.outputs["Output"]), "1", "2G")
     gated = data.outputs["Output"]
     improved = on_cluster(finetune_and_challenge(data=gated), "8", "32G", gpu=True, retries=1)
-    with dsl.ParallelFor([0, 1], parallelism=2) as worker:
-        searched = on_cluster(search_architectures(data=gated, worker=worker), "4", "8G",
-                              gpu=True, retries=1)
-    registered = on_cluster(register_architecture(
-        data=gated, searches=dsl.Collected(searched.output)), "4", "8G", gpu=True)
+    searches = [on_cluster(search_architectures(data=gated, worker=worker), "4", "8G",
+                           gpu=True, retries=1) for worker in range(NAS_WORKERS)]
+    registered = on_cluster(register_architecture(data=gated), "4", "8G", gpu=True)
+    registered.after(*searches)
     return data, improved, registered
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sutazai.audit import audit
 from sutazai.config import Settings
 from sutazai.errors import InUseError, SutazAIError
 from sutazai.progress import NULL_PROGRESS, Progress
@@ -81,9 +82,15 @@ def mirror_catalog(
             outcome.downloaded_bytes = result.downloaded_bytes
             outcome.written_bytes = result.written_bytes
             outcome.resumed_bytes = result.resumed_bytes
+            if result.created:
+                audit(settings, "model.pull", manifest.ref, after=manifest.digest,
+                      details={"source": manifest.source, "bytes": manifest.size})
             if registry is not None:
-                outcome.mlflow_version = register_version(repo, registry, manifest,
-                                                          result.seconds).version
+                registered = register_version(repo, registry, manifest, result.seconds)
+                outcome.mlflow_version = registered.version
+                if registered.created:
+                    audit(settings, "model.register", manifest.ref,
+                          after=f"mlflow {registered.name} v{registered.version}")
         except SutazAIError as exc:
             log.error("mirroring %s failed: %s", entry.name, exc)
             outcome.error = str(exc)
@@ -139,6 +146,8 @@ def remove_version(settings: Settings, ref: str, *, force: bool = False) -> Mani
         )
     registry.delete(manifest)
     repo.remove(manifest)
+    audit(settings, "model.delete", manifest.ref, before=manifest.digest,
+          details={"forced": force, "aliases": aliases})
     return manifest
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sutazai.audit import audit
 from sutazai.benchmark import plots
 from sutazai.benchmark.metrics import SLO
 from sutazai.benchmark.runner import SUMMARY, BenchmarkSummary
@@ -99,6 +100,13 @@ def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
     if note:
         decision = replace(decision, winner=champion, challenger=challenger,
                            explanation=f"{decision.explanation}\n**Promotion:** {note}\n")
+    if champion is not None and (current is None or (
+            champion.model, champion.version, champion.engine) != (
+            current.model, current.repository_version, current.engine)):
+        audit(settings, "promotion", f"task {task}",
+              before=f"{current.ref}@{current.engine}" if current else None,
+              after=f"{champion.model}:{champion.version}@{champion.engine}",
+              details={"by": "selection", "profile": profile, "note": note})
     for alias, chosen in ((CHAMPION, champion), (CHALLENGER, challenger)):
         if chosen is None:
             if alias == CHALLENGER:

@@ -67,7 +67,8 @@ def test_compiled_nightly_carries_the_cluster_settings() -> None:
     gpu = {name for name, e in executors.items()
            if e["container"].get("resources", {}).get("accelerator")}
     assert gpu == {"exec-benchmark-model", "exec-deploy-champion", "exec-finetune-and-challenge",
-                   "exec-search-architectures", "exec-register-architecture"}
+                   "exec-search-architectures", "exec-search-architectures-2",
+                   "exec-register-architecture"}
     assert all(e["container"]["resources"].get("cpuRequest") for e in executors.values())
     assert all(e["container"]["image"] == "sutazai/platform:0.1.0" for e in executors.values())
     tasks = dict(spec["root"]["dag"]["tasks"])
@@ -75,13 +76,12 @@ def test_compiled_nightly_carries_the_cluster_settings() -> None:
         tasks.update(component.get("dag", {}).get("tasks", {}))
     steps = {n: t for n, t in tasks.items()
              if not t["componentRef"]["name"].startswith("comp-for-loop")}
-    assert len(steps) == 15
+    assert len(steps) == 16
     assert all(t["cachingOptions"] == {} for t in steps.values())  # enableCache false
     assert tasks["pull-model"]["retryPolicy"]["maxRetryCount"] == 2
     loops = {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in tasks.items()
              if "iteratorPolicy" in t}
-    # benchmarks one at a time, pulls two, two architecture-search workers
-    assert sorted(loops.values()) == [1, 2, 2]
+    assert sorted(loops.values()) == [1, 2]  # benchmarks one at a time, pulls two
 
 
 @pytest.mark.slow

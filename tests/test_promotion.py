@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sutazai.audit import open_audit_log
 from sutazai.benchmark.metrics import SLO
 from sutazai.config import Settings
 from sutazai.learning.challenge import evaluate_and_promote, heldout_data_dir
@@ -129,3 +130,12 @@ def test_challenge_on_real_models_records_decisions_and_rollback_restores(
     restored, demoted = aliases.rollback(TASK)
     assert (restored.model, demoted.model) == ("gemma3-270m", "gemma3-270m-twin")
     assert aliases.require(TASK, CHAMPION).model == "gemma3-270m"
+
+    log = open_audit_log(settings)
+    assert log.verify().ok
+    actions = [(r.action, r.target, r.result) for r in log.records()]
+    assert ("model.pull", "gemma3-270m:1", "ok") in actions
+    decisions = [r for r in log.records() if r.action == "promotion"]
+    assert [r.result for r in decisions] == ["denied", "ok"]
+    assert decisions[1].before == "gemma3-270m:1@llamacpp"
+    assert decisions[1].after == "gemma3-270m-twin:1@llamacpp"

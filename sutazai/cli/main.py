@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from sutazai.cli import bench, data, kg, learn, models, nas, registry
+from sutazai.cli import audit, bench, data, kg, learn, models, nas, registry
 from sutazai.cli.optimize import optimize_command
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.serve import serve_command
@@ -33,6 +33,7 @@ app.add_typer(kg.app, name="kg")
 app.add_typer(data.app, name="data")
 app.add_typer(learn.app, name="learn")
 app.add_typer(nas.app, name="nas")
+app.add_typer(audit.app, name="audit")
 app.command("optimize")(optimize_command)
 app.command("serve")(serve_command)
 

@@ -189,10 +189,14 @@ def import_command(
 def rollback_command(task: str = typer.Argument(..., help="The task, e.g. text-generation."),
                      as_json: bool = JSON) -> None:
     """Make the task's previous champion champion again (the current one is remembered)."""
+    from sutazai.audit import audit
     from sutazai.mirror import open_registry
     from sutazai.registry.task_aliases import TaskAliases
 
-    restored, demoted = TaskAliases(open_registry(load_settings())).rollback(task)
+    settings = load_settings()
+    restored, demoted = TaskAliases(open_registry(settings)).rollback(task)
+    audit(settings, "rollback", f"task {task}", before=f"{demoted.ref}@{demoted.engine}",
+          after=f"{restored.ref}@{restored.engine}")
     if as_json:
         emit_json({"task": task, "champion": restored.__dict__, "previous": demoted.__dict__})
         return

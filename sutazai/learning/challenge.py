@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sutazai.audit import audit
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import benchmark
 from sutazai.config import Settings
@@ -101,6 +102,10 @@ def evaluate_and_promote(settings: Settings, task: str, candidate: Manifest,
         aliases.clear(task, CHALLENGER)
     decision.run_id = record_decision(settings, decision, dataset_digest,
                                       challenger_choice.registry_version)
+    audit(settings, "promotion", f"task {task}", before=decision.champion_before,
+          after=decision.champion_after, result="ok" if decision.promoted else "denied",
+          details={"challenger": decision.challenger, "reason": decision.reason,
+                   "mlflow_run": decision.run_id})
     return decision
 
 

@@ -100,7 +100,11 @@ class ChampionWatcher:
             engine.stop()
             self.skipped = choice_key(choice)
             return False
+        from sutazai.audit import audit
+
         self.gateway.swap_threadsafe(engine)
+        audit(self.settings, "serve.swap", choice.ref,
+              before=":".join(map(str, self.current)), after=":".join(map(str, choice_key(choice))))
         self.current = choice_key(choice)
         LOG.warning("now serving %s on %s", choice.ref, choice.engine)
         return True

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sutazai.audit import audit
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError
 from sutazai.mirror import open_registry, open_repository
@@ -115,6 +116,8 @@ def serve_forever(settings: Settings, target: Target, engine_name: str | None, h
                 (target.manifest.name, target.manifest.version, running.engine),
                 settings.serve_watch_interval_s).start()
         announce(running, f"http://{host}:{port}")
+        audit(settings, "serve.start", running.manifest.ref,
+              details={"engine": running.engine, "address": f"{host}:{port}"})
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         if watcher is not None:
@@ -122,3 +125,4 @@ def serve_forever(settings: Settings, target: Target, engine_name: str | None, h
         if app is not None:  # after a swap, the engine serving is no longer `running`
             app.state.gateway.engine.stop()
         running.stop()
+        audit(settings, "serve.stop", target.manifest.ref, details={"address": f"{host}:{port}"})
