@@ -520,6 +520,12 @@ def _fit(base_dir: Path, recipe: Recipe, workdir: Path, train: list[str],
     return trainer.model, time.monotonic() - clock
 
 
+def finetuned_name(base: Manifest) -> str:
+    """``<base>-ft``; a fine-tune of a fine-tune is a new version of the same name, so that
+    nightly fine-tuning from the champion does not grow ``-ft-ft-ft...``."""
+    return base.name if base.name.endswith(FT_SUFFIX) else base.name + FT_SUFFIX
+
+
 def _saved_dtype(config: dict[str, Any]) -> str:
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return name if name in _DTYPES else "float32"
@@ -553,7 +559,7 @@ def _publish(settings: Settings, base: Manifest, config: dict[str, Any], model: 
         eval_after = evaluate_loss(out, held_out, recipe.max_length)
         losses = _history(client, run_id, "train_loss")
         manifest, created = publish_derived(
-            settings, out, name=base.name + FT_SUFFIX, parent=base,
+            settings, out, name=finetuned_name(base), parent=base,
             source=f"finetune:{base.ref}", revision=dataset_digest, format="safetensors",
             description=f"{base.description or base.name}, {recipe.method} fine-tuned for "
                         f"{recipe.steps} steps on dataset {dataset_digest[:12]} (held-out "

@@ -135,6 +135,10 @@ def improve_champion(settings: Settings, data: DataOutcome, task: str | None = N
     champion = open_repository(settings).get(choice.model, choice.repository_version)
     base = finetune_base(settings, champion)
     outcome.base = base.ref
+    if base.source.startswith("finetune:") and base.revision == data.snapshot.digest:
+        outcome.note = (f"{outcome.champion_before} was fine-tuned on this very snapshot "
+                        f"({data.snapshot.digest[:12]}); no new data to learn from tonight")
+        return outcome
     train, heldout = split_texts(data)
     tuned = finetune(settings, base, train, heldout, dataset_digest=data.snapshot.digest,
                      progress=progress)
