@@ -16,7 +16,7 @@ How it fits together, and why:
   than needed when two see the last free slot at the same moment (at most workers - 1).
 - **Objectives.** Optuna cannot prune multi-objective studies (``Trial.report`` raises
   NotImplementedError in Optuna 5.0, checked). Mode ``pruned`` (default) minimises the
-  validation loss alone with a Hyperband or median pruner fed by the per-epoch validation
+  validation loss alone with a Hyperband, ASHA or median pruner fed by the per-epoch validation
   loss, records the parameter count (and a measured forward latency) on each trial, and
   computes the Pareto front of loss against the second objective itself. Mode ``pareto``
   is a true two-objective study (TPE or NSGA-II), without pruning.
@@ -204,6 +204,9 @@ def _pruner(space: SearchSpace, mode: Mode) -> optuna.pruners.BasePruner:
     if space.search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=max(1, space.search.startup_trials),
                                            n_warmup_steps=0)
+    if space.search.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3,
+                                                      min_early_stopping_rate=0)
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.training.epochs,
                                           reduction_factor=3)
 
@@ -284,7 +287,8 @@ class _Context:
                 model, self.train_blocks, self.eval_blocks,
                 learning_rate=float(params["learning_rate"]), epochs=training.epochs,
                 batch_size=training.batch_size, seed=training.seed,
-                max_batches_per_epoch=training.max_batches_per_epoch, on_epoch=on_epoch)
+                max_batches_per_epoch=training.max_batches_per_epoch,
+                schedule=training.lr_schedule, on_epoch=on_epoch)
         except optuna.TrialPruned:
             self.registry.client.set_terminated(child, "KILLED")
             raise
@@ -710,7 +714,7 @@ def register_best(settings: Settings, study_name: str, space: SearchSpace,
         tinylm.token_blocks(tokenizer, eval_texts, training.seq_len, "held-out"),
         learning_rate=float(params["learning_rate"]), epochs=training.epochs,
         batch_size=training.batch_size, seed=training.seed,
-        max_batches_per_epoch=training.max_batches_per_epoch)
+        max_batches_per_epoch=training.max_batches_per_epoch, schedule=training.lr_schedule)
     retrained = results[-1].val_loss
     recorded = float(report.best_value or 0.0)
     if abs(retrained - recorded) > 1e-3 * max(1.0, abs(recorded)):

@@ -104,13 +104,19 @@ class TrainingConfig(_Strict):
     vocab_size: int = Field(default=512, ge=300, description="BPE vocabulary (bytes + merges).")
     seed: int = Field(default=0, ge=0, description="Weights init and data order of every trial.")
     max_batches_per_epoch: int | None = Field(default=None, ge=1)
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        default="cosine", description="cosine: best final loss; constant (after a short "
+        "warmup): early losses predict final ones, so pruning decides better on long trials.")
 
 
 class SearchConfig(_Strict):
     """How the study searches."""
 
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
-    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    pruner: Literal["hyperband", "median", "none", "asha"] = Field(
+        default="hyperband", description="asha: successive halving alone (rungs at 1, 3, 9... "
+        "epochs, the best third goes on) — cheapest when early losses predict final ones "
+        "(lr_schedule constant); hyperband also runs brackets that prune late or never.")
     startup_trials: int = Field(default=4, ge=0,
                                 description="Random trials before TPE models the space.")
     second_objective: Literal["params", "latency_ms"] = Field(
@@ -181,7 +187,12 @@ class SearchSpace(_Strict):
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """sha256 of the space; a field added later is left out while at its default, so
+        a study started before it existed still resumes with the same file."""
+        exclude: dict[str, Any] = {}
+        if self.training.lr_schedule == "cosine":
+            exclude["training"] = {"lr_schedule"}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
     def distributions(self) -> dict[str, Distribution]:
         return {k: v for k, v in self.params.items()

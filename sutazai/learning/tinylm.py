@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BOS, EOS = "<s>", "</s>"
+SCHEDULES = ("cosine", "constant")
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads",
                      "intermediate_size")
 
@@ -166,19 +167,31 @@ def evaluate(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int) -> f
 
 def train(model: torch.nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tensor, *,
           learning_rate: float, epochs: int, batch_size: int, seed: int,
-          max_batches_per_epoch: int | None = None,
+          max_batches_per_epoch: int | None = None, schedule: str = "cosine",
           on_epoch: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
-    """AdamW with a cosine schedule; ``on_epoch`` sees each epoch's validation loss and may
-    raise to stop (a pruned trial). Deterministic for a given seed (one torch thread)."""
+    """AdamW with a learning-rate ``schedule``; ``on_epoch`` sees each epoch's validation
+    loss and may raise to stop (a pruned trial). Deterministic for a given seed (one torch
+    thread).
+
+    ``cosine``: warmup over the first 10% of all steps, then cosine decay to zero — the
+    best final loss for a fixed budget, but a trial's loss after its first epochs says
+    little about its last (still warming up, then the decay changes the ranking).
+    ``constant``: warmup over at most half the first epoch, then flat — the early loss
+    predicts the final one, which is what early stopping (Hyperband, median) decides on.
+    """
+    if schedule not in SCHEDULES:
+        raise TrainingError(f"learning-rate schedule {schedule!r} is not known: use "
+                            f"{' or '.join(SCHEDULES)}")
     with one_thread():
         return _train(model, train_blocks, eval_blocks, learning_rate=learning_rate,
                       epochs=epochs, batch_size=batch_size, seed=seed,
-                      max_batches_per_epoch=max_batches_per_epoch, on_epoch=on_epoch)
+                      max_batches_per_epoch=max_batches_per_epoch, schedule=schedule,
+                      on_epoch=on_epoch)
 
 
 def _train(model: torch.nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tensor, *,
            learning_rate: float, epochs: int, batch_size: int, seed: int,
-           max_batches_per_epoch: int | None,
+           max_batches_per_epoch: int | None, schedule: str,
            on_epoch: Callable[[EpochResult], None] | None) -> list[EpochResult]:
     import torch
 
@@ -190,13 +203,17 @@ def _train(model: torch.nn.Module, train_blocks: torch.Tensor, eval_blocks: torc
     total_steps = max(1, per_epoch * epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     warmup = max(1, total_steps // 10)
+    if schedule == "constant":
+        warmup = max(1, min(warmup, per_epoch // 2))
 
-    def schedule(step: int) -> float:
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     model.train()
     results: list[EpochResult] = []
     for epoch in range(1, epochs + 1):
