@@ -7,6 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from sutazai.config import Settings
 from sutazai.learning.monitoring import find_regressions, monitor_champion
+from sutazai.learning.nightly import champion_measurements
+from sutazai.selection import Candidate
 
 NIGHT = {"ttft_p95_ms": 80.0, "e2el_p95_ms": 500.0, "output_throughput": 40.0, "quality": 0.5}
 
@@ -41,3 +43,13 @@ def test_nights_are_recorded_in_mlflow_and_a_regression_is_tagged(settings: Sett
     assert "quality" in runs[0].data.tags["sutazai.regressions"]
     assert runs[0].data.metrics["quality"] == 0.3
     assert any(a.path == "champion_trend.png" for a in client.list_artifacts(runs[0].info.run_id))
+
+
+def test_a_champion_kept_without_measurements_is_not_a_regression() -> None:
+    """The selection keeps a champion promoted on held-out data without measuring it; its
+    empty candidate must not read as zero throughput."""
+    kept = Candidate(model="gemma-ft", version=1, engine="llamacpp", concurrency=1)
+    measured = Candidate(model="spacy", version=1, engine="spacy", concurrency=1, quality=0.9,
+                         memory_mib=280.0)
+    found = champion_measurements([("text-generation", kept), ("ner", measured)], None)
+    assert found == {"ner": ("spacy:1@spacy", {"quality": 0.9, "memory_mib": 280.0})}

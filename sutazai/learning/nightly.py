@@ -220,9 +220,14 @@ def champion_measurements(selections: list[tuple[str, Candidate | None]],
     found: dict[str, tuple[str, dict[str, float]]] = {}
     for task, champion in selections:
         if champion is not None:
+            # A champion kept from an earlier night but absent from tonight's pool carries no
+            # measurements: its throughput reads 0.0, which means "not measured", not "slow".
             metrics = {name: float(value) for name in WATCHED
-                       if (value := getattr(champion, name, None)) is not None}
-            found[task] = (f"{champion.model}:{champion.version}@{champion.engine}", metrics)
+                       if (value := getattr(champion, name, None)) is not None
+                       and not (name == "output_throughput" and not value)}
+            if metrics:
+                found[task] = (f"{champion.model}:{champion.version}@{champion.engine}",
+                               metrics)
     decision = improvement.decision if improvement else None
     if decision is not None and decision.champion_after:
         fresh = next((e for e in decision.evaluations
