@@ -53,24 +53,16 @@ def make_tiny_llama(target: Path, seed: int = 0) -> Path:
     no network; about a second on one CPU core. The global torch RNG state is left unchanged.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from sutazai.learning.tinylm import train_tokenizer_json
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=[BOS, EOS], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
+    bpe = Tokenizer.from_str(train_tokenizer_json(_corpus(seed), VOCAB_SIZE))
     bos_id, eos_id = bpe.token_to_id(BOS), bpe.token_to_id(EOS)
-    bpe.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)],
-    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=EOS,
         model_max_length=1024,
