@@ -3,10 +3,11 @@
 #   nginx            the HTTP mirror (Range requests) and a local PyPI index in tests
 #   docker-registry  a real OCI distribution registry (Ollama-layout models)
 #   prometheus       scrapes the serving gateway's /metrics in tests and the local stack
+#   prometheus-pushgateway  receives pipeline, repository and graph metrics from batch jobs
 #   chromium         headless browser tests of the Airflow and MLflow UIs (Playwright drives it)
 # Installs only what is missing; never starts the packages' system services.
 set -euo pipefail
-packages=(nginx docker-registry prometheus chromium)
+packages=(nginx docker-registry prometheus prometheus-pushgateway chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

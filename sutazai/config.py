@@ -265,8 +265,62 @@ class Settings(BaseSettings):
         "earlier nights is flagged as a regression.",
     )
 
+    # access control (sutazai.access): API keys held in the secret provider, mapped to roles
+    auth_required: bool = Field(
+        default=True, description="Every SutazAI HTTP endpoint but /health asks for an API "
+        "key (Authorization: Bearer, or X-API-Key). Off only for a private loopback test.",
+    )
+    api_keys_secret: str = Field(
+        default="serving/api-keys", description="The secret (JSON) that maps API keys to "
+        "roles; `sutazai keys create` writes it where the provider can be written.",
+    )
+    cli_role: Literal["viewer", "operator", "admin"] = Field(
+        default="admin", description="Role of a CLI caller without SUTAZAI_API_KEY: the owner "
+        "of an embedded home is its admin; a shared deployment sets viewer, so that changing "
+        "state needs a key.",
+    )
+    rate_limit_rps: float = Field(default=50.0, gt=0, description="Requests a second one API "
+                                  "key may make (token bucket), unless its entry says more.")
+    rate_limit_burst: int = Field(default=100, ge=1, description="Bucket size: requests a "
+                                  "key may make at once after a quiet spell.")
+    tls: Literal["off", "files", "secrets"] = Field(
+        default="off", description="HTTPS for SutazAI's servers: certificates from the "
+        "tls_*_file settings, or from the secrets tls/cert, tls/key (and tls/ca).",
+    )
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key (mode 0600).")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle: with it, servers require client certificates "
+        "signed by it (mutual TLS) and SutazAI's clients verify servers against it.",
+    )
+    tls_client_cert_file: Path | None = Field(
+        default=None, description="Client certificate SutazAI presents to a mutual-TLS peer.")
+    tls_client_key_file: Path | None = Field(default=None, description="Its private key.")
+
+    # encryption at rest (sutazai.repository.crypto)
+    repository_encryption: bool = Field(
+        default=False, description="Encrypt new repository blobs with AES-256-GCM; the key "
+        "is the secret repository/key (base64 of 32 bytes) from the secret provider.",
+    )
+
+    # observability (sutazai.telemetry, sutazai.pipeline_metrics)
+    otel_exporter: Literal["none", "otlp", "console"] = Field(
+        default="none", description="Where OpenTelemetry traces go: an OTLP/HTTP collector "
+        "(Jaeger, Tempo; endpoint from otel_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT), the "
+        "console, or nowhere.",
+    )
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL, e.g. "
+                                      "http://jaeger-collector:4318.")
+    otel_service_name: str = Field(default="sutazai", description="service.name of spans.")
+    pushgateway_url: str | None = Field(
+        default=None, description="Prometheus Pushgateway for pipeline, repository, champion "
+        "and graph metrics (batch jobs have no /metrics to scrape); unset, none are pushed.",
+    )
+
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
                      "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
+                     "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_cert_file",
+                     "tls_client_key_file",
                      mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
