@@ -12,15 +12,19 @@
 6. Serve the text-generation champion briefly and ask it one question, to prove it answers.
 
 Each step takes the settings and plain values and returns pydantic models, so the KFP
-components that wrap them stay one call long and their outputs serialise as JSON.
+components that wrap them stay one call long and their outputs serialise as JSON. Each is
+a span ``step <name>`` when tracing is on (:mod:`sutazai.telemetry`); the cycle, the
+monitor, the report and the graph statistics push their metrics to the Pushgateway when
+one is configured (:mod:`sutazai.pipeline_metrics`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
@@ -32,12 +36,26 @@ from sutazai.errors import DataGateError, NotFoundError, SutazAIError
 from sutazai.learning.monitoring import Regression
 from sutazai.learning.nightly import DataOutcome, ImprovementOutcome, SearchOutcome
 from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
+from sutazai.pipeline_metrics import (
+    NIGHTLY_PIPELINE,
+    champion_changes,
+    champion_figures,
+    pipeline_run,
+    push_champion_metrics,
+    push_graph_metrics,
+    push_repository_metrics,
+)
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
+from sutazai.telemetry import span, traced
 
+if TYPE_CHECKING:
+    from sutazai.knowledge.models import GraphStats
+
+log = logging.getLogger(__name__)
 BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
 # Versions SutazAI made itself: the promotion judges them on held-out data, so the nightly
 # selection (and vLLM's derived copies) leave them alone.
@@ -133,6 +151,7 @@ def engines_available(settings: Settings, manifest: Manifest) -> tuple[list[str]
     return usable, skipped
 
 
+@traced("plan_benchmarks")
 def plan_benchmarks(settings: Settings) -> BenchmarkPlan:
     """Every (latest version, usable engine) pair of the benchmarked tasks, in name order."""
     plan = BenchmarkPlan()
@@ -148,9 +167,20 @@ def plan_benchmarks(settings: Settings) -> BenchmarkPlan:
     return plan
 
 
+@traced("run_benchmark")
 def run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | None = None,
                   progress: Progress = NULL_PROGRESS) -> BenchmarkOutcome:
     """Benchmark one pair, reusing the latest complete run of the same bytes and engine."""
+    with span("benchmark", **{"sutazai.model": item.ref, "sutazai.engine": item.engine}) as s:
+        outcome = _run_benchmark(settings, item, profile_name, progress)
+        s.set_attribute("sutazai.reused", outcome.reused)
+        if outcome.error:
+            s.set_attribute("sutazai.error", outcome.error)
+        return outcome
+
+
+def _run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | None,
+                   progress: Progress) -> BenchmarkOutcome:
     from sutazai.selection_store import latest_summaries
 
     profile = get_profile(profile_name or settings.benchmark_profile)
@@ -169,6 +199,7 @@ def run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | N
     return BenchmarkOutcome(item=item, summary=summary)
 
 
+@traced("derive_for_vllm")
 def derive_for_vllm(settings: Settings, progress: Progress = NULL_PROGRESS) -> list[str]:
     """Give vLLM a safetensors version of every GGUF generation model (idempotent).
 
@@ -192,6 +223,7 @@ def derive_for_vllm(settings: Settings, progress: Progress = NULL_PROGRESS) -> l
     return failures
 
 
+@traced("select_tasks")
 def select_tasks(settings: Settings, tasks: list[str], profile_name: str | None = None
                  ) -> list[SelectionOutcome]:
     """Select and set the aliases of every task in ``tasks`` (sorted, each once)."""
@@ -208,6 +240,7 @@ def select_tasks(settings: Settings, tasks: list[str], profile_name: str | None 
     return outcomes
 
 
+@traced("ask_champion")
 def ask_champion(settings: Settings, prompt: str = "The capital of France is"
                  ) -> ServedAnswer | None:
     """Serve the default task's champion, ask it one question; None when it has none."""
@@ -246,8 +279,14 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
     )
 
 
+@traced("save_report")
 def save_report(settings: Settings, report: CycleReport) -> Path:
-    """Keep the cycle's report under ``<home>/reports`` (one per run, and the latest)."""
+    """Keep the cycle's report under ``<home>/reports`` (one per run, and the latest).
+
+    The report ends the nightly cycle (both ``run_cycle`` and the pipeline's last step),
+    so this is where the repository's size and versions are pushed.
+    """
+    push_repository_metrics(settings)
     folder = settings.home / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report.model_dump(mode="json"), indent=2)
@@ -268,6 +307,7 @@ def load_report(settings: Settings) -> CycleReport:
     return CycleReport.model_validate_json(path.read_text())
 
 
+@traced("improve")
 def improve(settings: Settings, selections: list[SelectionOutcome], failures: list[str],
             progress: Progress = NULL_PROGRESS
             ) -> tuple[DataOutcome | None, ImprovementOutcome | None, SearchOutcome | None,
@@ -286,16 +326,65 @@ def improve(settings: Settings, selections: list[SelectionOutcome], failures: li
         failures.append(f"the data gate stopped training: {exc}")
     except SutazAIError as exc:
         failures.append(f"self-improvement failed: {exc}")
+    return data, improvement, search, monitor_champions(settings, selections, improvement)
+
+
+@traced("monitor_champions")
+def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
+                      improvement: ImprovementOutcome | None) -> list[Regression]:
+    """Compare each champion with earlier nights (MLflow) and push, per task, the
+    regression flag and change of every watched metric and the champion itself."""
+    from sutazai.learning import nightly
+
     champions = nightly.champion_measurements([(s.task, s.champion) for s in selections],
                                               improvement)
-    return data, improvement, search, nightly.monitor_champions(settings, champions)
+    changes: dict[str, dict[str, float]] = {}
+    if settings.pushgateway_url:  # the history is read before tonight's run joins it
+        for task, (label, tonight) in champions.items():
+            try:
+                changes[task] = champion_changes(settings, task, label, tonight)
+            except Exception as exc:  # metrics must not stop the monitor
+                log.warning("could not read the earlier nights of %s for metrics: %s", task, exc)
+    regressions = nightly.monitor_champions(settings, champions)
+    for task, (label, tonight) in champions.items():
+        push_champion_metrics(settings, champion_figures(task, label, tonight,
+                                                         changes.get(task, {}), regressions))
+    return regressions
+
+
+@traced("graph_statistics")
+def graph_statistics(settings: Settings, ingested: dict[str, Any] | None = None
+                     ) -> GraphStats:
+    """The graph's counts after an ingest, pushed with what the ingest wrote (``ingested``:
+    the upsert step's :class:`~sutazai.knowledge.models.IngestReport` as a dict)."""
+    from sutazai.knowledge.models import IngestReport
+    from sutazai.knowledge.service import graph_stats
+
+    stats = graph_stats(settings)
+    report = IngestReport.model_validate(ingested) if ingested else None
+    push_graph_metrics(settings, stats, report)
+    return stats
 
 
 def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleReport:
-    """Mirror, verify, benchmark, select and smoke-serve, in this process."""
+    """Mirror, verify, benchmark, select and smoke-serve, in this process.
+
+    One run of the nightly pipeline for the metrics (``sutazai-nightly``): it fails when it
+    raises or when the repository fails verification.
+    """
+    with pipeline_run(settings, NIGHTLY_PIPELINE, **{"sutazai.mode": "in-process"}) as run:
+        report = _cycle(settings, progress)
+        if report.problems:
+            run.fail(f"{len(report.problems)} repository files failed verification")
+        return report
+
+
+def _cycle(settings: Settings, progress: Progress) -> CycleReport:
     started = time.monotonic()
-    outcomes = mirror_catalog(settings, progress=progress)
-    manifests, problems = verify_repository(settings, progress=progress)
+    with span("step mirror_catalog", **{"sutazai.step": "mirror_catalog"}):
+        outcomes = mirror_catalog(settings, progress=progress)
+    with span("step verify_repository", **{"sutazai.step": "verify_repository"}):
+        manifests, problems = verify_repository(settings, progress=progress)
     if problems:
         return CycleReport(outcomes=outcomes, versions=len(manifests), problems=problems,
                            seconds=time.monotonic() - started)
