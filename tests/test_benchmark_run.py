@@ -4,6 +4,7 @@ champion answering the openai client."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,6 +175,10 @@ def test_sutazai_serve_serves_the_champion_until_sigterm(
     port = free_port()
     env = {**os.environ, "SUTAZAI_HOME": str(settings.home),
            "SUTAZAI_CATALOG": str(settings.catalog)}
+    created = subprocess.run([sys.executable, "-m", "sutazai.cli.main", "keys", "create",
+                              "test-client", "--role", "operator", "--json"], env=env,
+                             capture_output=True, text=True, check=True)
+    key = json.loads(created.stdout)["key"]
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen([sys.executable, "-m", "sutazai.cli.main", "serve", "--port",
                                str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -185,9 +190,12 @@ def test_sutazai_serve_serves_the_champion_until_sigterm(
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
         answer = client.completions.create(model="gemma3-270m", prompt="Hello", max_tokens=4)
         assert answer.choices[0].text
+        stranger = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-guess")
+        with pytest.raises(openai.AuthenticationError):
+            stranger.completions.create(model="gemma3-270m", prompt="Hello", max_tokens=4)
         engines = [c for c in psutil.Process(server.pid).children(recursive=True)
                    if "llama_cpp.server" in " ".join(c.cmdline())]
         assert len(engines) == 1

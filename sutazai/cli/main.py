@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from sutazai.cli import audit, bench, data, kg, learn, models, nas, registry
+from sutazai.cli import audit, bench, data, keys, kg, learn, models, nas, registry
 from sutazai.cli.optimize import optimize_command
 from sutazai.cli.output import console, emit_json, errors
+from sutazai.cli.permissions import GuardedGroup
 from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
 
@@ -25,15 +26,12 @@ app = typer.Typer(
     help="SutazAI: mirror, benchmark, improve and serve LLMs on your own hardware.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=GuardedGroup,
 )
-app.add_typer(models.app, name="models")
-app.add_typer(registry.app, name="registry")
-app.add_typer(bench.app, name="bench")
-app.add_typer(kg.app, name="kg")
-app.add_typer(data.app, name="data")
-app.add_typer(learn.app, name="learn")
-app.add_typer(nas.app, name="nas")
-app.add_typer(audit.app, name="audit")
+for group, name in ((models, "models"), (registry, "registry"), (bench, "bench"), (kg, "kg"),
+                    (data, "data"), (learn, "learn"), (nas, "nas"), (audit, "audit"),
+                    (keys, "keys")):
+    app.add_typer(group.app, name=name, cls=GuardedGroup)
 app.command("optimize")(optimize_command)
 app.command("serve")(serve_command)
 

@@ -19,24 +19,29 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sutazai.access import AccessGuard, AccessMiddleware
 from sutazai.errors import NotFoundError, SutazAIError
 from sutazai.serving.engines import RunningEngine
+
+if TYPE_CHECKING:
+    from sutazai.tls import ServerTLS
 
 LOG = logging.getLogger(__name__)
 INTERACTION_HEADER = "x-sutazai-interaction-id"
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
 RATE_BUCKETS = (1, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
 ENDPOINT_CAPABILITY = {
@@ -195,7 +200,8 @@ class Gateway:
 
 
 def create_app(engine: RunningEngine, *, owns_engine: bool = False,
-               feedback: FeedbackSink | None = None) -> Starlette:
+               feedback: FeedbackSink | None = None, guard: AccessGuard | None = None
+               ) -> Starlette:
     """The ASGI app that fronts ``engine``; ``app.state.gateway`` can swap it later.
 
     With ``owns_engine`` the app stops the engine (whichever serves by then) when it shuts
@@ -203,6 +209,9 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
     never runs then, and the engine, in a process group of its own, would outlive
     ``sutazai serve``. With ``feedback``, every completion is logged to it (its id comes
     back in the ``x-sutazai-interaction-id`` header) and ``POST /v1/feedback`` rates one.
+    With ``guard`` every route but ``/health`` needs an API key whose role allows it
+    (:mod:`sutazai.access`); without, the app is open (a loopback server of SutazAI's own,
+    such as the benchmark harness's).
     """
     gateway = Gateway(engine, owns_engine=owns_engine, feedback=feedback)
     metrics = gateway.metrics
@@ -233,6 +242,11 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def spec(request: Request) -> Response:
+        from sutazai.serving.openapi import openapi_spec
+
+        return JSONResponse(openapi_spec(auth=guard is not None))
 
     async def rate(request: Request) -> Response:
         if gateway.feedback is None:
@@ -351,10 +365,12 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         routes=[
             Route("/health", health),
             Route("/metrics", prometheus),
+            Route("/openapi.json", spec),
             Route("/v1/feedback", rate, methods=["POST"]),
             Route("/v1/{path:path}", proxy, methods=["GET", "POST"]),
         ],
         lifespan=lifespan,
+        middleware=[] if guard is None else [Middleware(AccessMiddleware, guard=guard)],
     )
     app.state.gateway = gateway
     return app
@@ -408,12 +424,14 @@ def _refusal(engine: RunningEngine, needed: str, payload: dict[str, Any]) -> Res
 class GatewayThread:
     """Run a gateway with uvicorn in a background thread (tests, benchmarks, `make run`)."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, tls: ServerTLS | None = None
+                 ) -> None:
         import uvicorn
 
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+            **(tls.uvicorn_options() if tls else {}),
         ))
         self.thread = threading.Thread(target=self.server.run, name="sutazai-gateway",
                                        daemon=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sutazai.access import AccessGuard
 from sutazai.audit import audit
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError
@@ -22,6 +23,7 @@ from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.serving.engines import RunningEngine, engine_for
 from sutazai.serving.gateway import FeedbackSink, GatewayThread, create_app
 from sutazai.serving.process import free_port, require_free_port
+from sutazai.tls import ServerTLS
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -99,30 +101,46 @@ def serve_forever(settings: Settings, target: Target, engine_name: str | None, h
     """Serve in the foreground until SIGINT/SIGTERM, then stop the engine.
 
     Serving a task's champion, a watcher follows the champion alias and switches to a new
-    one without downtime (:mod:`sutazai.serving.rollout`).
+    one without downtime (:mod:`sutazai.serving.rollout`). API keys (unless
+    ``auth_required`` is off) and TLS are checked before the engine starts, so a missing key
+    table or a bad certificate fails in a second, not after a model load.
     """
+    from sutazai.tls import server_tls
+
+    require_free_port(host, port)
+    guard = AccessGuard(settings).require_keys() if settings.auth_required else None
+    with server_tls(settings) as tls:
+        running = start_engine(settings, target.manifest, engine_name or target.engine)
+        _serve(settings, target, running, engine_name, host, port, announce, guard, tls)
+
+
+def _serve(settings: Settings, target: Target, running: RunningEngine, engine_name: str | None,
+           host: str, port: int, announce: Callable[[RunningEngine, str], None],
+           guard: AccessGuard | None, tls: ServerTLS | None) -> None:
     import uvicorn
 
     from sutazai.serving.rollout import ChampionWatcher
 
-    require_free_port(host, port)
-    running = start_engine(settings, target.manifest, engine_name or target.engine)
     watcher, app = None, None
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
     try:
-        app = create_app(running, owns_engine=True, feedback=feedback_sink(settings))
+        app = create_app(running, owns_engine=True, feedback=feedback_sink(settings),
+                         guard=guard)
         if target.task and not engine_name and settings.serve_watch_interval_s > 0:
             watcher = ChampionWatcher(
                 settings, app.state.gateway, target.task,
                 (target.manifest.name, target.manifest.version, running.engine),
                 settings.serve_watch_interval_s).start()
-        announce(running, f"http://{host}:{port}")
+        announce(running, url)
         audit(settings, "serve.start", running.manifest.ref,
-              details={"engine": running.engine, "address": f"{host}:{port}"})
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+              details={"engine": running.engine, "address": url, "auth": guard is not None,
+                       "mutual_tls": bool(tls and tls.mutual)})
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    **(tls.uvicorn_options() if tls else {}))
     finally:
         if watcher is not None:
             watcher.stop()
         if app is not None:  # after a swap, the engine serving is no longer `running`
             app.state.gateway.engine.stop()
         running.stop()
-        audit(settings, "serve.stop", target.manifest.ref, details={"address": f"{host}:{port}"})
+        audit(settings, "serve.stop", target.manifest.ref, details={"address": url})

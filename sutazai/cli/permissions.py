@@ -1,0 +1,62 @@
+"""Which CLI commands change state, and the permission each needs (:mod:`sutazai.access`).
+
+One table rather than a check inside each command, so a test can walk every command and
+fail when a new one is neither here nor declared read-only (:data:`READ_ONLY`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.core import TyperGroup
+
+from sutazai.access import Permission
+
+COMMAND_PERMISSIONS: dict[str, Permission] = {
+    "run": "promote",  # the nightly cycle selects and promotes champions
+    "serve": "serve",
+    "optimize": "ingest",
+    "models pull": "ingest",
+    "models import": "ingest",
+    "models convert": "ingest",
+    "models rm": "delete",
+    "models gc": "delete",
+    "models rollback": "promote",
+    "registry sync": "ingest",
+    "bench run": "ingest",
+    "bench select": "promote",
+    "data import": "ingest",
+    "data snapshot": "ingest",
+    "data rate": "ingest",
+    "data remove": "delete",
+    "kg ingest": "ingest",
+    "kg rm": "delete",
+    "learn finetune": "ingest",
+    "nas run": "ingest",
+    "nas register": "ingest",
+    "keys create": "admin",
+    "keys list": "admin",
+    "keys revoke": "admin",
+}
+READ_ONLY = frozenset({
+    "report", "models list", "models show", "models verify", "models export", "bench leaderboard",
+    "data validate", "data stats", "kg stats", "kg entity", "kg query", "kg export", "nas show",
+    "audit verify", "audit tail",
+})
+
+
+class GuardedGroup(TyperGroup):
+    """A command group that checks the caller's permission for the sub-command it is about
+    to run, after the command line is parsed (so ``--help`` stays open to everyone) and
+    before anything runs."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        full = f"{ctx.info_name} {name}" if ctx.parent is not None else str(name)
+        permission = COMMAND_PERMISSIONS.get(full)
+        if permission is not None and not ctx.resilient_parsing and "--help" not in rest:
+            from sutazai.access import require
+            from sutazai.config import load_settings
+
+            require(load_settings(), permission, f"sutazai {full}")
+        return name, command, rest
