@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import urllib3
@@ -239,23 +240,24 @@ def test_prometheus_alerts_on_a_failed_nightly_and_a_regression(
     monitor_champions(pushed, [champion(0.5, 80.0)], None)
     monitor_champions(pushed, [champion(0.2, 80.0)], None)
     prometheus = RulesPrometheus(tmp_path / "prometheus",
-                                 pushgateway.url.removeprefix("http://")).start()
+                                 pushgateway.url.removeprefix("http://"))
+    prometheus.start()
     try:
         deadline = time.monotonic() + 60
         while True:
-            failed = prometheus.query(alert_expression("SutazAINightlyFailed"))
-            firing = prometheus.query('ALERTS{alertname="SutazAIChampionRegression",'
+            failed: list[Any] = prometheus.query(alert_expression("SutazAINightlyFailed"))
+            firing: list[Any] = prometheus.query('ALERTS{alertname="SutazAIChampionRegression",'
                                       'alertstate="firing"}')
-            pending = prometheus.query('ALERTS{alertname="SutazAINightlyFailed"}')
+            pending: list[Any] = prometheus.query('ALERTS{alertname="SutazAINightlyFailed"}')
             if (failed and firing and pending) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert [r["metric"]["pipeline"] for r in failed] == [NIGHTLY]  # type: ignore[index]
-        assert [r["metric"]["metric"] for r in firing] == ["quality"]  # type: ignore[index]
-        assert pending and pending[0]["metric"]["alertstate"] == "pending"  # type: ignore[index]
+        assert [r["metric"]["pipeline"] for r in failed] == [NIGHTLY]
+        assert [r["metric"]["metric"] for r in firing] == ["quality"]
+        assert pending and pending[0]["metric"]["alertstate"] == "pending"
         assert prometheus.query(alert_expression("SutazAIPipelineFailed")) == []
-        stale = prometheus.query(alert_expression("SutazAINightlyStale"))
-        assert [r["metric"]["pipeline"] for r in stale] == [NIGHTLY]  # type: ignore[index]
+        stale: list[Any] = prometheus.query(alert_expression("SutazAINightlyStale"))
+        assert [r["metric"]["pipeline"] for r in stale] == [NIGHTLY]
         assert prometheus.query(alert_expression("SutazAINightlyNeverSucceeded")) == []
         up = urllib3.request("GET", f"{prometheus.url}/api/v1/targets").json()
         assert up["data"]["activeTargets"][0]["labels"]["job"] == "sutazai-pushgateway"
