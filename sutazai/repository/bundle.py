@@ -54,6 +54,22 @@ def export_bundle(
     sums: list[str] = []
     digests = sorted({f.digest: f.size for m in manifests for f in m.files}.items())
     task = progress.task(f"export {out.name}", total=sum(size for _, size in digests))
+    try:
+        _write_bundle(repo, manifests, partial, digests, sums, task)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    task.close()
+    os.replace(partial, out)
+    return out.stat().st_size
+
+
+def _write_bundle(repo: Repository, manifests: list[Manifest], partial: Path,
+                  digests: list[tuple[str, int]], sums: list[str], task: object) -> None:
+    """The tar itself. Blobs go in as plaintext (decrypted and authenticated on the way
+    when the repository encrypts them), so a bundle loads into any repository, whatever
+    its key; an importing repository with encryption on seals them again. Carry bundles
+    of encrypted models on encrypted media."""
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         index = json.dumps({
             "format": BUNDLE_FORMAT, "version": 1, "created": datetime.now(UTC).isoformat(),
@@ -63,20 +79,21 @@ def export_bundle(
         for manifest in manifests:
             _add_bytes(tar, f"manifests/{manifest.name}/{manifest.version}.json",
                        manifest.to_json().encode(), sums)
-        for digest, _size in digests:
+        for digest, size in digests:
             blob = repo.blob_path(digest)
             if not blob.is_file():
                 raise BundleError(f"blob {digest[:12]} is missing from the repository; run "
                                   "'sutazai models verify' and pull the damaged models again")
             info = tar.gettarinfo(str(blob), arcname=f"blobs/sha256/{digest}")
+            info.size = repo.blob_size(digest)
+            if info.size != size:
+                raise BundleError(f"blob {digest[:12]} holds {info.size} bytes, its manifest "
+                                  f"says {size}; run 'sutazai models verify'")
             info.mode, info.uid, info.gid, info.uname, info.gname = 0o444, 0, 0, "", ""
-            with blob.open("rb") as handle:
+            with repo.open_blob(digest) as handle:
                 tar.addfile(info, _Counting(handle, task))
             sums.append(f"{digest}  blobs/sha256/{digest}")
         _add_bytes(tar, SUMS, ("\n".join(sums) + "\n").encode(), None)
-    task.close()
-    os.replace(partial, out)
-    return out.stat().st_size
 
 
 class _Counting(io.RawIOBase):

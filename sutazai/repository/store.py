@@ -8,6 +8,7 @@ On-disk layout (``<root>`` is ``.sutazai/repository`` by default)::
                                       symlinks into blobs/ (what engines load)
     tmp/                              staging and resumable partial downloads
     locks/                            per-model pull locks and the repository lock
+    plaintext/                        decrypted copies of encrypted blobs (see below)
 
 A version is visible exactly when its manifest exists. Everything a manifest references
 is written, verified and linked before the manifest is atomically renamed into place,
@@ -16,26 +17,56 @@ so a crash at any point leaves either no version or a complete one.
 Concurrency: pulls of one model serialise on ``locks/<name>.lock``; every writer holds a
 shared lock on ``locks/repository.lock`` and ``gc`` an exclusive one, so garbage
 collection never deletes a blob that a running pull has stored but not yet published.
+
+Encryption at rest (``encrypt=True``, :mod:`sutazai.repository.crypto`): new blobs are
+sealed with AES-256-GCM under the repository key, still named by the sha256 of their
+plaintext, so manifests and digests do not change and plain and encrypted blobs can sit
+side by side (each blob's header says which it is). Readers do not notice:
+:meth:`Repository.open_blob` streams plaintext, ``verify`` decrypts and re-hashes, bundles
+carry plaintext (and are re-sealed on import into an encrypted repository), and
+:meth:`Repository.ensure_snapshot` links a version's encrypted files to decrypted copies
+(:mod:`sutazai.repository.plaintext`: tmpfs when it fits, else ``plaintext/``), made on
+demand and never at publish time, so versions that are not served stay encrypted.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from filelock import FileLock
 from pydantic import ValidationError
 
-from sutazai.errors import IntegrityError, NotFoundError
-from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.errors import ConfigError, IntegrityError, NotFoundError
+from sutazai.progress import NULL_PROGRESS, Progress, ProgressTask
+from sutazai.repository.crypto import (
+    CHUNK_BYTES,
+    BlobAuthenticationError,
+    BlobHeader,
+    BlobReader,
+    RepositoryKey,
+    encrypt_stream,
+    encrypted_size,
+    load_repository_key,
+    read_header,
+)
 from sutazai.repository.fsutil import atomic_write_text, hash_file, hash_stream
 from sutazai.repository.manifest import FileEntry, Manifest, content_digest
+from sutazai.repository.plaintext import PlaintextCache
+
+if TYPE_CHECKING:
+    from sutazai.config import Settings
+
+KeySource = Callable[[], RepositoryKey]
 
 
 @dataclass
@@ -44,7 +75,8 @@ class FileProblem:
 
     ref: str
     path: str
-    problem: str  # "missing" | "size" | "digest" | "snapshot"
+    problem: str  # "missing" | "size" | "digest" | "corrupt" | "snapshot"
+    # ("corrupt": an encrypted blob failed authentication: modified, truncated, reordered)
     expected: str
     actual: str
 
@@ -54,13 +86,44 @@ class GcReport:
     removed_blobs: int = 0
     freed_bytes: int = 0
     removed_paths: list[str] = field(default_factory=list)
+    removed_plaintext: int = 0  # decrypted copies of blobs no version references
+
+
+@dataclass
+class EncryptReport:
+    """What :meth:`Repository.encrypt_blobs` did."""
+
+    encrypted: int = 0
+    encrypted_bytes: int = 0
+    already_encrypted: int = 0
+    failed: list[str] = field(default_factory=list)  # digests left plain: corrupt blobs
+    snapshots_reset: int = 0
 
 
 class Repository:
     """A content-addressed model store rooted at one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        encrypt: bool = False,
+        key: KeySource | RepositoryKey | None = None,
+        plaintext_dir: Path | None = None,
+    ) -> None:
+        """``encrypt`` seals new blobs with the key that ``key`` gives (read on first
+        need, then kept). Encrypted blobs are read whenever a key is given, whatever
+        ``encrypt`` says. ``plaintext_dir`` pins where decrypted copies go (default: tmpfs
+        when it fits, else ``<root>/plaintext``; see :mod:`sutazai.repository.plaintext`).
+        """
+        if encrypt and key is None:
+            raise ConfigError("an encrypting repository needs a key: open it with "
+                              "Repository.from_settings(settings)")
         self.root = root
+        self.encrypt = encrypt
+        self._key_source = key
+        self._key: RepositoryKey | None = key if isinstance(key, RepositoryKey) else None
+        self.plaintext = PlaintextCache(root, plaintext_dir)
         self.blobs_dir = root / "blobs" / "sha256"
         self.manifests_dir = root / "manifests"
         self.snapshots_dir = root / "snapshots"
@@ -71,6 +134,29 @@ class Repository:
         ):
             folder.mkdir(parents=True, exist_ok=True)
         self._model_locks: dict[str, FileLock] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Repository:
+        """The repository of ``settings``: encrypting when ``repository_encryption`` is on,
+        and able to read encrypted blobs either way (the key is read, audited, only when
+        an encrypted blob is read or a blob is written with encryption on)."""
+        return cls(
+            settings.repository_root,
+            encrypt=settings.repository_encryption,
+            key=lambda: load_repository_key(settings),
+            plaintext_dir=getattr(settings, "repository_plaintext_dir", None),
+        )
+
+    def key(self) -> RepositoryKey:
+        """The repository key; raises a ConfigError/SecretError that says how to set it."""
+        if self._key is None:
+            if self._key_source is None or isinstance(self._key_source, RepositoryKey):
+                raise ConfigError(
+                    f"{self.root} holds encrypted blobs, and this repository was opened "
+                    "without a key: open it with Repository.from_settings(settings), which "
+                    "reads the secret 'repository/key'")
+            self._key = self._key_source()
+        return self._key
 
     # ------------------------------------------------------------------ locking
     def model_lock(self, name: str) -> FileLock:
@@ -90,7 +176,12 @@ class Repository:
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Shared lock held while storing blobs and publishing (excludes ``gc``)."""
+        """Shared lock held while storing blobs and publishing (excludes ``gc``).
+
+        With encryption on, the key is fetched first: a missing key fails a pull before
+        anything is downloaded."""
+        if self.encrypt:
+            self.key()
         with self._repository_lock(fcntl.LOCK_SH):
             yield
 
@@ -103,13 +194,72 @@ class Repository:
     def blob_path(self, digest: str) -> Path:
         return self.blobs_dir / digest[:2] / digest
 
+    def blob_header(self, digest: str) -> BlobHeader | None:
+        """The encryption header of a stored blob, None when it is plain.
+
+        Raises FileNotFoundError for a missing blob, IntegrityError for a sealed blob of
+        another digest or an unknown format version."""
+        return read_header(self.blob_path(digest), digest)
+
     def has_blob(self, digest: str, size: int | None = None) -> bool:
+        """True when the blob is stored (plain or encrypted) and holds ``size`` bytes of
+        plaintext; checked from its size and header, without reading it."""
         path = self.blob_path(digest)
         try:
             stat = path.stat()
         except FileNotFoundError:
             return False
-        return size is None or stat.st_size == size
+        if size is None:
+            return True
+        if stat.st_size not in (size, encrypted_size(size)):
+            return False
+        try:
+            header = self.blob_header(digest)
+        except (IntegrityError, FileNotFoundError):
+            return False
+        return stat.st_size == size if header is None else header.plain_size == size
+
+    def blob_size(self, digest: str) -> int:
+        """Bytes of plaintext in a stored blob (its file is larger when encrypted)."""
+        header = self.blob_header(digest)
+        return self.blob_path(digest).stat().st_size if header is None else header.plain_size
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """The blob's plaintext as a binary stream, decrypting (and authenticating chunk
+        by chunk) when it is encrypted; a tampered chunk raises IntegrityError."""
+        header = self.blob_header(digest)
+        if header is None:
+            return self.blob_path(digest).open("rb")
+        return io.BufferedReader(BlobReader(self.blob_path(digest), header, self.key()),
+                                 buffer_size=CHUNK_BYTES)
+
+    def _place(self, staged: Path, digest: str) -> bool:
+        target = self.blob_path(digest)
+        if target.exists():
+            staged.unlink(missing_ok=True)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, 0o444)
+        os.replace(staged, target)
+        return True
+
+    def _seal(
+        self, source: BinaryIO, digest: str, size: int, task: ProgressTask | None = None
+    ) -> tuple[str, bool]:
+        """Encrypt ``size`` bytes of ``source`` into the blob ``digest`` through a
+        temporary file: (sha256 of what was read, whether a blob was written). Nothing is
+        stored when the bytes do not hash to ``digest``."""
+        staged = self.staging_path("seal")
+        try:
+            with staged.open("wb") as sink:
+                actual = encrypt_stream(source, sink, self.key(), digest, size, task)
+                sink.flush()
+                os.fsync(sink.fileno())
+            if actual != digest:
+                return actual, False
+            return actual, self._place(staged, digest)
+        finally:
+            staged.unlink(missing_ok=True)
 
     def staging_path(self, prefix: str = "stage") -> Path:
         """A fresh file path under tmp/ on the same filesystem as the blobs."""
@@ -129,21 +279,30 @@ class Repository:
         """Move a file whose sha256 is ``digest`` into the store.
 
         Returns False (and deletes the file) when the blob already existed: identical
-        bytes are stored once across models and versions.
+        bytes are stored once across models and versions. With encryption on, the file is
+        sealed into the store (re-hashed on the way) and the plaintext file is deleted.
         """
-        target = self.blob_path(digest)
-        if target.exists():
+        if self.blob_path(digest).exists():
             verified_file.unlink(missing_ok=True)
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(verified_file, 0o444)
-        os.replace(verified_file, target)
-        return True
+        if not self.encrypt:
+            return self._place(verified_file, digest)
+        try:
+            with verified_file.open("rb") as source:
+                actual, written = self._seal(source, digest, os.fstat(source.fileno()).st_size)
+            if actual != digest:
+                raise IntegrityError(f"{verified_file.name} hashes to {actual}, not {digest}: "
+                                     "it changed after it was verified; fetch it again")
+            return written
+        finally:
+            verified_file.unlink(missing_ok=True)
 
     def ingest_file(
         self, path: Path, expected_digest: str | None = None, progress: Progress = NULL_PROGRESS
     ) -> tuple[str, int, bool]:
         """Copy a local file into the store, hashing on the way: (digest, size, written)."""
+        if self.encrypt:
+            return self._ingest_sealed(path, expected_digest, progress)
         staged = self.staging_path("ingest")
         try:
             task = progress.task(f"store {path.name}", total=path.stat().st_size)
@@ -153,13 +312,33 @@ class Repository:
                 os.fsync(sink.fileno())
             task.close()
             if expected_digest and digest != expected_digest:
-                raise IntegrityError(
-                    f"{path} has sha256 {digest}, expected {expected_digest}: the file "
-                    "changed or the catalog's digest is wrong"
-                )
+                raise _changed(path, digest, expected_digest)
             return digest, size, self.adopt(staged, digest)
         finally:
             staged.unlink(missing_ok=True)
+
+    def _ingest_sealed(
+        self, path: Path, expected_digest: str | None, progress: Progress
+    ) -> tuple[str, int, bool]:
+        """Encrypting ingest: the digest must be known before sealing (it is bound into
+        every chunk), so without ``expected_digest`` the file is read twice (hash, then
+        seal and re-hash); no plaintext copy is ever written."""
+        self.key()  # a missing key fails before any work
+        size = path.stat().st_size
+        task = progress.task(f"store {path.name}", total=size * (1 if expected_digest else 2))
+        digest = expected_digest
+        if digest is None:
+            with path.open("rb") as source:
+                digest, _ = hash_stream(source, progress=task)
+        if self.has_blob(digest, size):
+            task.close()
+            return digest, size, False
+        with path.open("rb") as source:
+            actual, written = self._seal(source, digest, size, task)
+        task.close()
+        if actual != digest:
+            raise _changed(path, actual, digest)
+        return digest, size, written
 
     # ---------------------------------------------------------------- manifests
     def manifest_path(self, name: str, version: int) -> Path:
@@ -254,23 +433,41 @@ class Repository:
                 format=format, tasks=tasks, license=license, parent=parent,
                 description=description, files=sorted(files, key=lambda f: f.path),
             )
-            self._write_snapshot(manifest)
+            self._write_snapshot(manifest, materialize=False)
             atomic_write_text(self.manifest_path(name, version), manifest.to_json())
             return manifest, True
 
-    def _write_snapshot(self, manifest: Manifest) -> None:
+    def _link_target(self, entry_path: str, target: Path) -> Path:
+        """Relative link text for a target inside the repository (the repository stays
+        relocatable), absolute for one outside it (tmpfs copies)."""
+        root = self.root.resolve()
+        try:
+            inside = target.resolve().relative_to(root)
+        except ValueError:
+            return target.resolve()
+        depth = len(Path(entry_path).parts) + 2  # <name>/<version>/<path parts>
+        return Path(*([".."] * depth)) / inside
+
+    def _write_snapshot(self, manifest: Manifest, materialize: bool = True) -> None:
+        """Link the version's folder. Encrypted files are linked to decrypted copies, made
+        only when ``materialize`` (ensure_snapshot), never at publish: a version nobody
+        serves keeps no plaintext anywhere."""
         final = self.snapshot_path(manifest)
         final.parent.mkdir(parents=True, exist_ok=True)
+        headers = {e.digest: self._header_or_none(e.digest) for e in manifest.files}
+        if not materialize and any(h is not None for h in headers.values()):
+            shutil.rmtree(final, ignore_errors=True)  # left by a crash; made on demand
+            return
         staged = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="snapshot-"))
         try:
             for entry in manifest.files:
                 link = staged / entry.path
                 link.parent.mkdir(parents=True, exist_ok=True)
-                depth = len(Path(entry.path).parts) + 2  # <name>/<version>/<path parts>
-                target = Path(*([".."] * depth)) / self.blob_path(entry.digest).relative_to(
-                    self.root
-                )
-                link.symlink_to(target)
+                if headers[entry.digest] is None:
+                    target = self.blob_path(entry.digest)
+                else:
+                    target = self._materialize(entry.digest, entry.size)
+                link.symlink_to(self._link_target(entry.path, target))
             if final.exists():  # left by a crash before its manifest was written
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -278,58 +475,147 @@ class Repository:
             shutil.rmtree(staged, ignore_errors=True)
             raise
 
+    def _header_or_none(self, digest: str) -> BlobHeader | None:
+        """The header, or None for plain and missing blobs (a missing blob's link dangles
+        and ``verify`` reports it, as for plain repositories)."""
+        try:
+            return self.blob_header(digest)
+        except FileNotFoundError:
+            return None
+
+    def _materialize(self, digest: str, size: int) -> Path:
+        """A decrypted copy of an encrypted blob: authenticated chunk by chunk, re-hashed,
+        written under a temporary name and renamed; shared by every version using it."""
+        existing = self.plaintext.find(digest, size)
+        if existing is not None:
+            return existing
+        tmp, final = self.plaintext.new_copy(digest, size)
+        try:
+            try:
+                actual, written = self._decrypt_into(digest, tmp)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or final.is_relative_to(self.plaintext.disk_dir):
+                    raise
+                tmp.unlink(missing_ok=True)  # tmpfs filled up meanwhile: use the disk
+                self.plaintext.memory_dir = None
+                tmp, final = self.plaintext.new_copy(digest, size)
+                actual, written = self._decrypt_into(digest, tmp)
+            if (actual, written) != (digest, size):
+                raise IntegrityError(
+                    f"blob {digest[:12]}… decrypts to {written} bytes hashing to "
+                    f"{actual[:12]}…, not {size} bytes of {digest[:12]}…; run 'sutazai "
+                    "models verify' and restore the blob")
+            os.chmod(tmp, 0o400)
+            os.replace(tmp, final)
+            return final
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _decrypt_into(self, digest: str, path: Path) -> tuple[str, int]:
+        with self.open_blob(digest) as source, path.open("wb") as sink:
+            return hash_stream(source, sink, chunk=CHUNK_BYTES)
+
     def ensure_snapshot(self, manifest: Manifest) -> Path:
-        """The version's folder, rebuilt if it was deleted or damaged."""
+        """The version's folder, rebuilt if it was deleted or damaged.
+
+        For encrypted blobs this is where the plaintext appears: each file is decrypted
+        (authenticated, re-hashed) into the plaintext cache (tmpfs when it fits, else
+        ``<root>/plaintext``, both private to the user) and linked. A tampered blob raises
+        IntegrityError and no snapshot is made. Call :meth:`evict_plaintext` to remove the
+        decrypted copies when the version is no longer served.
+        """
         path = self.snapshot_path(manifest)
         if self._snapshot_problems(manifest):
-            with self.model_lock(manifest.name):
-                self._write_snapshot(manifest)
+            with self.writing(), self.model_lock(manifest.name):
+                if self._snapshot_problems(manifest):  # another process may have made it
+                    self._write_snapshot(manifest)
         return path
 
     def _snapshot_problems(self, manifest: Manifest) -> list[str]:
         base = self.snapshot_path(manifest)
-        return [
-            e.path
-            for e in manifest.files
-            if not (base / e.path).is_symlink()
-            or (base / e.path).resolve() != self.blob_path(e.digest).resolve()
-        ]
+        problems = []
+        for entry in manifest.files:
+            link = base / entry.path
+            try:
+                header = self._header_or_none(entry.digest)
+            except IntegrityError:
+                problems.append(entry.path)
+                continue
+            if header is None:
+                expected: Path | None = self.blob_path(entry.digest)
+            else:
+                expected = self.plaintext.find(entry.digest, entry.size)
+            if (not link.is_symlink() or expected is None
+                    or link.resolve() != expected.resolve()):
+                problems.append(entry.path)
+        return problems
 
     # ------------------------------------------------------------ verify/rm/gc
     def verify(
         self, manifests: list[Manifest], progress: Progress = NULL_PROGRESS
     ) -> list[FileProblem]:
-        """Re-hash every file of ``manifests``; return what is missing or corrupted."""
+        """Re-hash every file of ``manifests``; return what is missing or corrupted.
+
+        Encrypted blobs are decrypted (every chunk authenticated) and the plaintext is
+        re-hashed; a chunk that fails authentication is a "corrupt" problem. Decrypted
+        copies that a snapshot links are re-hashed too, since that is what engines load.
+        A wrong key is not corruption: it raises WrongKeyError.
+        """
         problems: list[FileProblem] = []
         total = sum(m.size for m in manifests)
         task = progress.task("verify", total=total)
-        hashed: dict[str, str] = {}
+        checked: dict[str, tuple[str, str, str] | None] = {}
+        copies: dict[str, str | None] = {}
         for manifest in manifests:
+            encrypted = False
             for entry in manifest.files:
-                blob = self.blob_path(entry.digest)
-                if not blob.is_file():
-                    problems.append(
-                        FileProblem(manifest.ref, entry.path, "missing", entry.digest, "")
-                    )
-                    continue
-                size = blob.stat().st_size
-                if size != entry.size:
-                    problems.append(
-                        FileProblem(manifest.ref, entry.path, "size", str(entry.size), str(size))
-                    )
-                    continue
-                if entry.digest not in hashed:
-                    hashed[entry.digest] = hash_file(blob, task)[0]
-                if hashed[entry.digest] != entry.digest:
-                    problems.append(
-                        FileProblem(
-                            manifest.ref, entry.path, "digest", entry.digest, hashed[entry.digest]
-                        )
-                    )
+                if entry.digest not in checked:
+                    checked[entry.digest] = self._check_blob(entry, task)
+                found = checked[entry.digest]
+                if found is not None:
+                    problems.append(FileProblem(manifest.ref, entry.path, *found))
+                with_header = found is None and self._header_or_none(entry.digest) is not None
+                encrypted = encrypted or with_header
+            snapshot = self.snapshot_path(manifest)
+            if encrypted and not snapshot.exists():
+                continue  # not materialized: nothing decrypted to check
             for path in self._snapshot_problems(manifest):
                 problems.append(FileProblem(manifest.ref, path, "snapshot", "symlink", "broken"))
+            for entry in manifest.files if encrypted else []:
+                copy = self.plaintext.find(entry.digest, entry.size)
+                if copy is not None and entry.digest not in copies:
+                    copies[entry.digest] = hash_file(copy)[0]
+                if copy is not None and copies[entry.digest] != entry.digest:
+                    problems.append(FileProblem(manifest.ref, entry.path, "snapshot",
+                                                entry.digest, f"decrypted copy {copy} modified; "
+                                                "run evict_plaintext"))
         task.close()
         return problems
+
+    def _check_blob(self, entry: FileEntry, task: ProgressTask) -> tuple[str, str, str] | None:
+        """(problem, expected, actual) for one blob, or None when it is intact."""
+        blob = self.blob_path(entry.digest)
+        if not blob.is_file():
+            return "missing", entry.digest, ""
+        try:
+            header = self.blob_header(entry.digest)
+        except IntegrityError as exc:
+            return "corrupt", entry.digest, str(exc)
+        size = blob.stat().st_size
+        expected = entry.size if header is None else encrypted_size(entry.size)
+        if header is not None and header.plain_size != entry.size:
+            return "size", str(entry.size), str(header.plain_size)
+        if size != expected:
+            return "size", str(expected), str(size)
+        if header is None:
+            actual = hash_file(blob, task)[0]
+        else:
+            try:
+                with self.open_blob(entry.digest) as source:
+                    actual = hash_stream(source, progress=task, chunk=CHUNK_BYTES)[0]
+            except BlobAuthenticationError as exc:
+                return "corrupt", entry.digest, str(exc)
+        return None if actual == entry.digest else ("digest", entry.digest, actual)
 
     def remove(self, manifest: Manifest) -> None:
         """Unpublish a version: manifest first (it disappears atomically), then its folder."""
@@ -341,7 +627,7 @@ class Repository:
                     folder.rmdir()
 
     def gc(self, dry_run: bool = False) -> GcReport:
-        """Delete blobs that no manifest references."""
+        """Delete blobs that no manifest references, and their decrypted copies."""
         report = GcReport()
         with self.exclusive():
             referenced = {f.digest for m in self.all_versions() for f in m.files}
@@ -353,4 +639,94 @@ class Repository:
                 report.removed_paths.append(str(blob.relative_to(self.root)))
                 if not dry_run:
                     blob.unlink()
+            for copy in self.plaintext.copies():
+                if copy.name in referenced:
+                    continue
+                report.removed_plaintext += 1
+                report.freed_bytes += copy.stat().st_size
+                report.removed_paths.append(str(copy))
+                if not dry_run:
+                    copy.unlink(missing_ok=True)
         return report
+
+    # -------------------------------------------------------------- encryption
+    def evict_plaintext(self, manifests: list[Manifest] | None = None) -> tuple[int, int]:
+        """Remove the decrypted copies of ``manifests``' blobs (all when None) and the
+        snapshot folders linking them: (files, bytes) freed.
+
+        What is already open (an engine's mmap) keeps working; the next
+        :meth:`ensure_snapshot` decrypts again. Holds the exclusive lock (waits for
+        running pulls).
+        """
+        with self.exclusive():
+            digests = None if manifests is None else {
+                f.digest for m in manifests for f in m.files}
+            self._reset_snapshots(digests)
+            return self.plaintext.remove(digests)
+
+    def _reset_snapshots(self, digests: set[str] | None) -> int:
+        """Delete snapshot folders of versions using ``digests`` (all when None) whose
+        files are, or are about to be, encrypted; ensure_snapshot remakes them."""
+        reset = 0
+        for manifest in self.all_versions():
+            chosen = [f for f in manifest.files if digests is None or f.digest in digests]
+            if not chosen or not self.snapshot_path(manifest).exists():
+                continue
+            if digests is None and all(self._header_or_none(f.digest) is None for f in chosen):
+                continue
+            shutil.rmtree(self.snapshot_path(manifest), ignore_errors=True)
+            reset += 1
+        return reset
+
+    def encrypt_blobs(self, progress: Progress = NULL_PROGRESS) -> EncryptReport:
+        """Seal every plain blob in place (turning encryption on for an existing store).
+
+        Each blob is re-hashed while it is encrypted into a temporary file, which then
+        replaces it atomically; a plain blob that no longer hashes to its name is left as
+        it is and listed in ``failed`` (run verify). Snapshot folders linking a blob are
+        removed *before* the blob is replaced, so no reader follows a link to ciphertext;
+        ensure_snapshot remakes them with decrypted copies. Holds the exclusive lock.
+        Needs the key; works whatever ``encrypt`` says.
+        """
+        report = EncryptReport()
+        key_holder = self.key()
+        del key_holder  # fetched up front: a missing key fails before any change
+        with self.exclusive():
+            plain: list[Path] = []
+            for blob in sorted(self.blobs_dir.glob("*/*")):
+                try:
+                    header = read_header(blob, blob.name)
+                except IntegrityError:
+                    report.failed.append(blob.name)
+                    continue
+                if header is None:
+                    plain.append(blob)
+                else:
+                    report.already_encrypted += 1
+            task = progress.task("encrypt blobs", total=sum(b.stat().st_size for b in plain))
+            for blob in plain:
+                digest, size = blob.name, blob.stat().st_size
+                staged = self.staging_path("seal")
+                try:
+                    with blob.open("rb") as source, staged.open("wb") as sink:
+                        actual = encrypt_stream(source, sink, self.key(), digest, size, task)
+                        sink.flush()
+                        os.fsync(sink.fileno())
+                    if actual != digest:
+                        report.failed.append(digest)
+                        continue
+                    report.snapshots_reset += self._reset_snapshots({digest})
+                    os.chmod(staged, 0o444)
+                    os.replace(staged, blob)
+                    report.encrypted += 1
+                    report.encrypted_bytes += size
+                finally:
+                    staged.unlink(missing_ok=True)
+            task.close()
+        return report
+
+def _changed(path: Path, actual: str, expected: str) -> IntegrityError:
+    return IntegrityError(
+        f"{path} has sha256 {actual}, expected {expected}: the file changed or the "
+        "catalog's digest is wrong"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,7 @@ class FetchContext:
     ) -> FileEntry:
         """Download ``url`` unless its blob is already stored; return its file entry."""
         if digest and self.repo.has_blob(digest, size):
-            return FileEntry(path=path, size=self.repo.blob_path(digest).stat().st_size,
-                             digest=digest)
+            return FileEntry(path=path, size=self.repo.blob_size(digest), digest=digest)
         result = (downloader or self.downloader()).download(
             url, label=path, expected_digest=digest, expected_size=size, headers=headers
         )
@@ -171,9 +171,21 @@ def refuse_pickle_content(files: list[FileEntry], repo: Repository, entry: Catal
         return
     suspects = _pickle_suffixed([f.path for f in files], PICKLE_SUFFIXES)
     by_path = {f.path: f for f in files}
-    unsafe = [p for p in suspects if not is_data_only(repo.blob_path(by_path[p].digest))]
+    unsafe = [p for p in suspects if not blob_is_data_only(repo, by_path[p].digest)]
     if unsafe:
         raise _unsafe(entry, unsafe)
+
+
+def blob_is_data_only(repo: Repository, digest: str) -> bool:
+    """:func:`is_data_only` for a stored blob, judged on its plaintext (encrypted blobs
+    are decrypted into a private temporary file first; pickle suspects are rare)."""
+    if repo.blob_header(digest) is None:
+        return is_data_only(repo.blob_path(digest))
+    with repo.staging_dir("sniff") as folder:
+        plain = folder / "blob"
+        with repo.open_blob(digest) as source, plain.open("wb") as sink:
+            shutil.copyfileobj(source, sink, 1024 * 1024)
+        return is_data_only(plain)
 
 
 def is_data_only(path: Path) -> bool:
