@@ -8,8 +8,8 @@ sends OTLP/HTTP to a Jaeger collector (port 4318); ``console`` prints spans for 
 
 Why it costs nothing when off: with no exporter the SDK is never imported and no provider
 is created; :func:`span` returns one shared do-nothing context manager and
-:func:`instrument_app` adds no middleware at all. Only the small ``opentelemetry-api``
-package (context and propagation) is imported by this module.
+:func:`instrument_app` adds no middleware at all. Even the ``opentelemetry-api`` package is
+imported only once tracing is on (it would add ~20 ms to every command's start).
 
 A pipeline runs each step in its own process (``kfp.local`` subprocesses, Kubeflow pods).
 The parent publishes its span in the ``TRACEPARENT`` environment variable (the
@@ -28,10 +28,9 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-
 if TYPE_CHECKING:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from starlette.applications import Starlette
@@ -175,6 +174,8 @@ def configure_tracing(settings: Settings, exporter: SpanExporter | None = None, 
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         else:
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings)))
+        from opentelemetry import trace
+
         _STATE.provider, _STATE.kind = provider, kind
         _STATE.tracer = provider.get_tracer("sutazai", sutazai.__version__)
         if set_global and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -235,6 +236,8 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _environment_parent() -> otel_context.Context | None:
     """The parent a step's process inherited in ``TRACEPARENT``, when no span is current."""
+    from opentelemetry import propagate, trace
+
     if trace.get_current_span().get_span_context().is_valid:
         return None
     parent = os.environ.get(TRACEPARENT_ENV)
@@ -247,9 +250,9 @@ def _environment_parent() -> otel_context.Context | None:
 
 
 @contextlib.contextmanager
-def _live_span(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any],
-               kind: trace.SpanKind) -> Iterator[SpanLike]:
-    with tracer.start_as_current_span(name, context=_environment_parent(), kind=kind,
+def _live_span(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any]
+               ) -> Iterator[SpanLike]:
+    with tracer.start_as_current_span(name, context=_environment_parent(),
                                       attributes=_clean(attributes)) as current:
         yield current
 
@@ -264,7 +267,7 @@ def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Span
     tracer = _STATE.tracer
     if tracer is None:
         return NOOP_SPAN
-    return _live_span(tracer, name, attributes, trace.SpanKind.INTERNAL)
+    return _live_span(tracer, name, attributes)
 
 
 @contextlib.contextmanager
@@ -280,6 +283,8 @@ def step(settings: Settings, name: str, **attributes: Any) -> Iterator[SpanLike]
     if _STATE.tracer is None:
         yield NOOP_SPAN
         return
+    from opentelemetry import trace
+
     outermost = not trace.get_current_span().get_span_context().is_valid
     try:
         with span(f"step {name}", **{"sutazai.step": name, **attributes}) as current:
@@ -309,6 +314,10 @@ def traced(name: str, **attributes: Any) -> Callable[[Callable[P, R]], Callable[
 def current_traceparent() -> dict[str, str]:
     """The current span as W3C headers (``traceparent``, maybe ``tracestate``); {} if none."""
     carrier: dict[str, str] = {}
+    if _STATE.tracer is None:
+        return carrier
+    from opentelemetry import propagate, trace
+
     if trace.get_current_span().get_span_context().is_valid:
         propagate.inject(carrier)
     return carrier
@@ -367,6 +376,8 @@ class TracingMiddleware:
         if tracer is None or scope["type"] != "http" or scope.get("path") in self.untraced:
             await self.app(scope, receive, send)
             return
+        from opentelemetry import propagate, trace
+
         headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
         carrier = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
         method = str(scope.get("method", "GET"))
