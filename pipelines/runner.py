@@ -191,13 +191,16 @@ def _submit(name: str, arguments: dict[str, Any], settings: Settings) -> tuple[s
     """Submit the compiled pipeline to Kubeflow and wait for its end."""
     import kfp
 
+    from sutazai.secrets import KUBEFLOW_TOKEN, optional_secret
+
     host = settings.kfp_host or ""
-    token = settings.kfp_token.get_secret_value() if settings.kfp_token else None
+    secret = optional_secret(settings, KUBEFLOW_TOKEN)
+    token = secret.get_secret_value() if secret is not None else None
     try:
         client = kfp.Client(host=host, existing_token=token, namespace=settings.kfp_namespace)
     except Exception as exc:  # the constructor calls the API's health check
         raise PipelineError(f"cannot reach Kubeflow Pipelines at {host}: {exc}; check "
-                            "SUTAZAI_KFP_HOST and SUTAZAI_KFP_TOKEN") from None
+                            "SUTAZAI_KFP_HOST and the secret kubeflow/token") from None
     with tempfile.TemporaryDirectory() as folder:
         package = compile_pipeline(name, Path(folder) / f"{name}.yaml")
         run_name = f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -126,9 +126,6 @@ class Settings(BaseSettings):
         "on this machine with kfp.local.",
     )
     kfp_namespace: str = Field(default="kubeflow", description="Kubeflow profile namespace.")
-    kfp_token: SecretStr | None = Field(
-        default=None, description="Bearer token for the Kubeflow API (a service account's)."
-    )
     kfp_run_timeout_s: float = Field(default=6 * 3600, gt=0)
     pipeline_root: Path | None = Field(
         default=None, description="Where local pipeline runs keep their artifacts; "
@@ -145,10 +142,6 @@ class Settings(BaseSettings):
         default=None, description="Documents the knowledge DAG ingests; default "
         "<home>/documents.",
     )
-    airflow_admin_password: SecretStr | None = Field(
-        default=None, description="Password of the Airflow UI's admin (make up); default a "
-        "generated one kept in <home>/secrets/airflow-admin (mode 0600).",
-    )
     airflow_port: int = Field(default=8080, ge=1, le=65535)
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prometheus_port: int = Field(default=9090, ge=1, le=65535)
@@ -164,11 +157,6 @@ class Settings(BaseSettings):
         "you run; unset with kg_store=falkordb starts the embedded one under <home>/graph.",
     )
     kg_user: str = Field(default="neo4j", description="Neo4j user name.")
-    kg_password: SecretStr | None = Field(
-        default=None,
-        description="Graph store password; unset, the embedded FalkorDB gets a generated one "
-        "in <home>/secrets/graph.password (mode 0600).",
-    )
     kg_graph: str = Field(
         default="sutazai", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
         description="The FalkorDB graph (its Redis key).",

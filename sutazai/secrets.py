@@ -1,29 +1,33 @@
-"""Where SutazAI's secrets come from: generated locally, or read from a provider.
+"""Where SutazAI's secrets come from: one provider interface, one entry point.
 
-Two layers live here.
+Every credential SutazAI uses is read with :func:`read_secret` (or :func:`optional_secret`)
+through the provider :func:`settings_provider` returns for the settings: the environment
+(``SUTAZAI_SECRET_<NAME>``), a folder of 0600 files (``<home>/secrets`` by default, or a
+Kubernetes secret volume, a Docker secret), or Vault/OpenBao (:mod:`sutazai.vault`), chosen
+by :class:`SecretsConfig` (``SUTAZAI_SECRETS_*``) so a deployment changes settings, never
+code. The embedded default is the file folder with the environment in front of it, so an
+operator overrides any secret with one variable and nothing else needs configuring.
 
-*Generated secrets.* An embedded service that needs a password (the Airflow UI's admin,
-the embedded graph store) gets one from the settings when the operator set it, and
-otherwise from a file under ``<home>/secrets/`` that SutazAI generates once: random,
-mode 0600, never logged (:func:`generated_secret`, :func:`secret_value`).
+Embedded services (the graph store, the Airflow UI's admin) must work on a fresh home
+without anyone choosing a password: ``read_secret(..., generate=True)`` creates a random
+value in the file folder when no provider has one, which makes generated secrets ordinary
+provider secrets (the next read finds them like any other).
 
-*Providers.* Secrets an operator owns (``mlflow/password``, ``graph/password``,
-``airflow/admin``, ``serving/api-keys``, ``kubeflow/token``) are read through one
-:class:`SecretProvider` interface from the environment (``SUTAZAI_SECRET_<NAME>``), a
-folder of 0600 files (a Kubernetes secret volume, a Docker secret), or Vault/OpenBao
-(:mod:`sutazai.vault`), chosen by :class:`SecretsConfig` (``SUTAZAI_SECRETS_*``) so a
-deployment changes settings, never code. Values are :class:`pydantic.SecretStr`, so a log
-line, an exception or an MLflow param shows ``**********``; every read is recorded in the
-audit log by name only (:mod:`sutazai.audit`).
+Values are :class:`pydantic.SecretStr`, so a log line, an exception or an MLflow param shows
+``**********``; every read and write is recorded in the audit log by name only
+(:mod:`sutazai.audit`). Providers that can be written (file, Vault) take ``put``, which
+``sutazai keys`` uses to keep the API keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -37,58 +41,33 @@ if TYPE_CHECKING:
     from sutazai.audit import AuditLog
     from sutazai.config import Settings
 
-
-def secret_path(home: Path, name: str) -> Path:
-    if not name.replace("-", "").replace(".", "").isalnum() or name.startswith("."):
-        raise ConfigError(f"secret name {name!r} must be letters, digits, dots and dashes")
-    return home / "secrets" / name
-
-
-def generated_secret(home: Path, name: str) -> str:
-    """The secret ``name`` under ``home``, created (32 random bytes, URL-safe) on first use.
-
-    Creation is atomic and exclusive, so two processes racing end up with the same value.
-    """
-    path = secret_path(home, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    if not path.exists():
-        value = secrets.token_urlsafe(32)
-        tmp = path.with_name(f".{name}.{secrets.token_hex(8)}.tmp")  # unique per caller
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value)
-        try:
-            os.link(tmp, path)  # fails if another process won the race: keep theirs
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(f"{path} is readable by others (mode {mode:o}): run "
-                          f"'chmod 600 {path}'")
-    value = path.read_text().strip()
-    if not value:
-        raise ConfigError(f"{path} is empty: delete it to generate a new secret (only where "
-                          "nothing uses the old one yet), or set the matching setting")
-    return value
-
-
-def secret_value(configured: SecretStr | None, home: Path, name: str) -> str:
-    """The operator's secret when set, else the generated one."""
-    if configured is not None and configured.get_secret_value():
-        return configured.get_secret_value()
-    return generated_secret(home, name)
-
-
-# --- providers -------------------------------------------------------------------------
-
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 ENV_PREFIX = "SUTAZAI_SECRET_"
 DEFAULT_JWT = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+# The credentials SutazAI reads, by name (a Vault secret per service, one field each).
+MLFLOW_USERNAME = "mlflow/username"
+MLFLOW_PASSWORD = "mlflow/password"  # pragma: allowlist secret - a name, not a value
+MLFLOW_TOKEN = "mlflow/token"  # pragma: allowlist secret - a name, not a value
+GRAPH_PASSWORD = "graph/password"  # pragma: allowlist secret - a name, not a value
+AIRFLOW_ADMIN_PASSWORD = "airflow/admin-password"  # pragma: allowlist secret - a name
+AIRFLOW_JWT_SECRET = "airflow/jwt-secret"  # pragma: allowlist secret - a name, not a value
+AIRFLOW_FERNET_KEY = "airflow/fernet-key"  # pragma: allowlist secret - a name, not a value
+KUBEFLOW_TOKEN = "kubeflow/token"  # pragma: allowlist secret - a name, not a value
+SERVING_API_KEYS = "serving/api-keys"  # pragma: allowlist secret - a name, not a value
+REPOSITORY_KEY = "repository/key"  # pragma: allowlist secret - a name, not a value
+TLS_CERT = "tls/cert"
+TLS_KEY = "tls/key"  # pragma: allowlist secret - a name, not a value
+TLS_CA = "tls/ca"
+
+#: Settings that held secrets before the provider did; set, they would be silently ignored.
+RETIRED = {
+    "SUTAZAI_KG_PASSWORD": GRAPH_PASSWORD,
+    "SUTAZAI_AIRFLOW_ADMIN_PASSWORD": AIRFLOW_ADMIN_PASSWORD,
+    "SUTAZAI_KFP_TOKEN": KUBEFLOW_TOKEN,
+}
 
 
 class SecretError(SutazAIError):
@@ -105,6 +84,73 @@ class SecretNotFoundError(SecretError):
 
 class SecretUnavailableError(SecretError):
     """The provider cannot be reached and no cached value is fresh enough to serve."""
+
+
+# --- generated secrets -------------------------------------------------------------------
+
+
+def secret_path(home: Path, name: str) -> Path:
+    """``<home>/secrets/<name>`` for a generated secret (names as :func:`check_name`)."""
+    try:
+        return home / "secrets" / check_name(name)
+    except ConfigError:
+        raise ConfigError(f"secret name {name!r} must be letters, digits, dots and dashes, "
+                          "segments joined by '/'") from None
+
+
+def _private_dirs(folder: Path, path: Path) -> None:
+    """Create ``path``'s parents down from ``folder``, each mode 0700 (the secrets' folder
+    is the owner's alone: a listing already tells which services have credentials)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    current = folder
+    os.chmod(current, 0o700)
+    for part in path.parent.relative_to(folder).parts:
+        current = current / part
+        current.mkdir(exist_ok=True)
+        os.chmod(current, 0o700)
+
+
+def _write_new(folder: Path, path: Path, value: str) -> bool:
+    """Write ``value`` to ``path`` (0600) unless it exists; True when this call created it.
+
+    The value goes to a unique temporary file first and is hard-linked into place, which
+    fails when another process won the race: theirs is kept, so racing creators agree.
+    """
+    _private_dirs(folder, path)
+    if path.exists():
+        return False
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unique per caller
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(value)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def generated_secret(home: Path, name: str) -> str:
+    """The secret ``name`` under ``<home>/secrets``, created (32 random bytes, URL-safe) on
+    first use. Creation is atomic and exclusive, so two processes racing get one value."""
+    path = secret_path(home, name)
+    _write_new(home / "secrets", path, secrets.token_urlsafe(32))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{path} is readable by others (mode {mode:o}): run "
+                          f"'chmod 600 {path}'")
+    value = path.read_text(encoding="utf-8").strip()
+    if not value:
+        raise ConfigError(f"{path} is empty: delete it to generate a new secret (only where "
+                          "nothing uses the old one yet), or set the matching secret")
+    return value
+
+
+# --- providers -------------------------------------------------------------------------
 
 
 def check_name(name: str) -> str:
@@ -144,11 +190,23 @@ def read_private_file(path: Path, what: str) -> str:
 
 @runtime_checkable
 class SecretProvider(Protocol):
-    """Where secrets come from. ``label`` says where, for audit records and errors."""
+    """Where secrets come from. ``label`` says where, for audit records and errors.
+
+    ``put`` stores a secret where the provider can (file, Vault); a read-only provider
+    (the environment) raises :class:`SecretError` saying what to do instead.
+    """
 
     label: str
 
     def get(self, name: str) -> SecretStr: ...
+
+    def put(self, name: str, value: str) -> None: ...
+
+
+def _check_value(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"secret {name!r}: refusing to store an empty value")
+    return value
 
 
 class EnvProvider:
@@ -165,6 +223,11 @@ class EnvProvider:
         if not value:
             raise SecretNotFoundError(f"secret {name!r}: {variable} is not set")
         return SecretStr(value)
+
+    def put(self, name: str, value: str) -> None:
+        raise SecretError(f"secret {name!r} cannot be stored in the environment: set "
+                          f"{env_var(name)} where SutazAI starts, or use a writable provider "
+                          "(SUTAZAI_SECRETS_PROVIDER=file or vault)")
 
 
 class FileProvider:
@@ -185,6 +248,27 @@ class FileProvider:
         if not value:
             raise SecretNotFoundError(f"secret {name!r}: {path} is empty")
         return SecretStr(value)
+
+    def put(self, name: str, value: str) -> None:
+        """Replace the file atomically (a reader sees the old value or the new, never half
+        of one), mode 0600 in 0700 folders."""
+        path = self.folder / check_name(name)
+        _check_value(name, value)
+        try:
+            _private_dirs(self.folder, path)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(value)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SecretError(f"secret {name!r}: cannot write {path} ({exc.strerror}); the "
+                              f"folder {self.folder} must be writable by this user") from exc
 
 
 class ChainProvider:
@@ -216,9 +300,15 @@ class ChainProvider:
         raise SecretNotFoundError(f"secret {name!r} is in none of {self.label}: "
                                   + "; ".join(missing))
 
+    def put(self, name: str, value: str) -> None:
+        """Into the last provider: the backing store (file, Vault), not an override in
+        front of it such as the environment."""
+        self.providers[-1].put(name, value)
+
 
 class AuditedProvider:
-    """Records every read (name, provider, result; never the value) in the audit log.
+    """Records every read and write (name, provider, result; never the value) in the audit
+    log.
 
     If the record cannot be written the value is not returned (:class:`AuditError`): an
     unaudited secret read is what an audit trail exists to rule out.
@@ -243,6 +333,19 @@ class AuditedProvider:
         log.debug("secret %s read from %s", name, self.label)
         return value
 
+    def put(self, name: str, value: str) -> None:
+        check_name(name)
+        try:
+            self.inner.put(name, value)
+        except SecretError as exc:
+            self.audit_log.record("secret.write", name, actor=self.actor, result="error",
+                                  details={"provider": self.label,
+                                           "error": type(exc).__name__})
+            raise
+        self.audit_log.record("secret.write", name, actor=self.actor,
+                              details={"provider": self.label})
+        log.info("secret %s written to %s", name, self.label)
+
 
 class SecretsConfig(BaseSettings):
     """How SutazAI reads its secrets; every field is a ``SUTAZAI_SECRETS_<FIELD>`` variable.
@@ -254,7 +357,10 @@ class SecretsConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SUTAZAI_SECRETS_", extra="ignore")
 
-    provider: Literal["env", "file", "vault"] = "env"
+    provider: Literal["env", "file", "vault"] = Field(
+        default="file", description="Where secrets are: SUTAZAI_SECRET_<NAME> variables only, "
+        "a folder of 0600 files (default <home>/secrets, where generated secrets go too), or "
+        "Vault/OpenBao KV v2.")
     env_first: bool = Field(default=True, description="With file or vault, a "
                             "SUTAZAI_SECRET_<NAME> variable overrides the provider.")
     file_dir: Path | None = Field(default=None, description="Secret files; default "
@@ -383,3 +489,146 @@ def provider_from(source: SecretsConfig | Settings | None = None, *,
             raise ConfigError("secret reads are audited: give provider_from the settings or "
                               "a home folder (or set SUTAZAI_SECRETS_AUDIT=false)")
     return AuditedProvider(chosen, audit_log, actor)
+
+
+# --- the entry point -------------------------------------------------------------------
+
+_PROVIDERS: dict[tuple[str, ...], SecretProvider] = {}
+_PROVIDERS_LOCK = threading.Lock()
+
+
+def _credentials_digest(config: SecretsConfig) -> str:
+    """Tells configs apart by their credentials without keeping them in a key: a token
+    changed in the environment must give a provider that uses the new one."""
+    digest = hashlib.sha256()
+    for field in CREDENTIALS:
+        value = getattr(config, field)
+        digest.update(b"\0" + (value.get_secret_value().encode() if value else b"-"))
+    return digest.hexdigest()
+
+
+def settings_provider(settings: Settings) -> SecretProvider:
+    """The audited provider for ``settings``, one per (home, audit log, secrets config) in
+    this process, so Vault's token and TTL cache are shared by every reader instead of each
+    call logging in and asking again."""
+    from sutazai.audit import audit_path
+
+    config = secrets_config(settings)
+    key = (str(settings.home), str(audit_path(settings)),
+           str(getattr(settings, "audit_sink", None)), config.model_dump_json(),
+           _credentials_digest(config))
+    with _PROVIDERS_LOCK:
+        provider = _PROVIDERS.get(key)
+        if provider is None:
+            provider = _PROVIDERS[key] = provider_from(config, home=settings.home,
+                                                       audit_log=_audit_log(settings, config))
+    return provider
+
+
+def _audit_log(settings: Settings, config: SecretsConfig) -> AuditLog | None:
+    from sutazai.audit import open_audit_log
+
+    return open_audit_log(settings) if config.audit else None
+
+
+def secret_folder(settings: Settings) -> Path:
+    """The file provider's folder (``SUTAZAI_SECRETS_FILE_DIR``, default ``<home>/secrets``),
+    where generated secrets are kept whatever the provider."""
+    config = secrets_config(settings)
+    return config.file_dir or settings.home / "secrets"
+
+
+def _refuse_retired(name: str) -> None:
+    for variable, secret in RETIRED.items():
+        if secret == name and os.environ.get(variable):
+            raise ConfigError(
+                f"{variable} is no longer read: secrets come from the secret provider. Set "
+                f"{env_var(name)} instead (or put {name!r} in the provider) and unset "
+                f"{variable}")
+
+
+def read_secret(settings: Settings, name: str, *, generate: bool = False,
+                legacy: str | None = None) -> SecretStr:
+    """The secret ``name`` from the settings' provider (:func:`settings_provider`).
+
+    ``generate=True`` is for SutazAI's embedded services only: when no provider has the
+    secret, a random one is created (once, 0600, race-safe) in :func:`secret_folder` and
+    returned; ``legacy`` names the flat file an older SutazAI generated there
+    (``graph.password``), which is adopted instead so existing homes keep their password.
+    Raises :class:`SecretNotFoundError` (or an outage/refusal) otherwise.
+    """
+    _refuse_retired(name)
+    provider = settings_provider(settings)
+    try:
+        return provider.get(name)
+    except SecretNotFoundError:
+        if not generate:
+            raise
+    folder = secret_folder(settings)
+    path = folder / check_name(name)
+    old = folder / legacy if legacy else None
+    try:
+        if old is not None and old.is_file() and not path.exists():
+            value, how = read_private_file(old, f"secret {name!r}"), "adopted"
+        else:
+            value, how = secrets.token_urlsafe(32), "generated"
+        created = _write_new(folder, path, value)
+    except OSError as exc:
+        raise SecretError(f"secret {name!r}: cannot create {path} ({exc.strerror}); make "
+                          f"{folder} writable or provide the secret ({env_var(name)})"
+                          ) from exc
+    if isinstance(provider, AuditedProvider):  # the provider did not see this file's read
+        provider.audit_log.record("secret.write" if created else "secret.read", name,
+                                  actor=provider.actor,
+                                  details={"provider": f"file:{folder}",
+                                           **({how: True} if created else {})})
+    if created:
+        log.info("secret %s %s in %s", name, how, folder)
+    stored = read_private_file(path, f"secret {name!r}")
+    if not stored:
+        raise SecretError(f"secret {name!r}: {path} is empty; delete it to generate a new "
+                          f"one (only where nothing uses the old one yet) or set {env_var(name)}")
+    return SecretStr(stored)
+
+
+def optional_secret(settings: Settings, name: str) -> SecretStr | None:
+    """The secret, or None when no provider has it (a server that needs no password)."""
+    try:
+        return read_secret(settings, name)
+    except SecretNotFoundError:
+        return None
+
+
+def export_mlflow_credentials(tracking_uri: str, settings: Settings | None = None) -> list[str]:
+    """Put the MLflow server's credentials where MLflow's client reads them.
+
+    MLflow takes HTTP credentials only from ``MLFLOW_TRACKING_TOKEN`` or
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in the environment. For an
+    http(s) tracking URI they are set from the secrets ``mlflow/token``,
+    ``mlflow/username`` and ``mlflow/password`` when the provider has them (variables an
+    operator set directly are otherwise left alone); a local store needs none, and nothing
+    is read. Returns the names of the variables set (never values).
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return []
+    if settings is None:
+        from sutazai.config import load_settings
+
+        settings = load_settings()
+    exported: list[str] = []
+    token = optional_secret(settings, MLFLOW_TOKEN)
+    if token is not None:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = token.get_secret_value()
+        exported.append("MLFLOW_TRACKING_TOKEN")
+    username = optional_secret(settings, MLFLOW_USERNAME)
+    password = optional_secret(settings, MLFLOW_PASSWORD)
+    if username is not None and password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = username.get_secret_value()
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
+        exported += ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+    elif (username is None) != (password is None):
+        raise ConfigError(f"MLflow basic auth needs both {MLFLOW_USERNAME!r} and "
+                          f"{MLFLOW_PASSWORD!r}; only one is set in the secret provider")
+    if exported:
+        log.debug("MLflow credentials from the secret provider: %s", ", ".join(exported))
+    return exported

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +181,38 @@ class VaultProvider:
                 f"{field}=...'")
         return fields[field]
 
+    def put(self, name: str, value: str) -> None:
+        """Set one field of a KV v2 secret, keeping its other fields; the secret is created
+        when missing. Read-modify-write with check-and-set on the version, retried when
+        another writer got in between, so concurrent writers never drop each other's fields
+        (needs 'read', 'create' and 'update' on ``<mount>/data/<path>/...``)."""
+        secret_path, field = self.location(name)
+        if not isinstance(value, str) or not value.strip():
+            raise SecretError(f"secret {name!r}: refusing to store an empty value")
+        with self._lock:
+            try:
+                self._ensure_token()
+                for attempt in (1, 2):
+                    try:
+                        self._write(name, secret_path, field, value)
+                        break
+                    except hvac.exceptions.Forbidden as exc:
+                        if attempt == 2:
+                            raise SecretError(
+                                f"Vault at {self.addr} refused to write {self.mount}/"
+                                f"{secret_path} ({_reason(exc)}) with a fresh "
+                                f"{self.auth.method} login: the token's policy must allow "
+                                f"'read', 'create' and 'update' on "
+                                f"{self.mount}/data/{secret_path}") from exc
+                        self._login()
+            except OUTAGES as exc:
+                raise SecretUnavailableError(
+                    f"secret {name!r} cannot be written: Vault at {self.addr} is unavailable "
+                    f"({_reason(exc)}); start or unseal Vault, or fix the route to it "
+                    "(SUTAZAI_SECRETS_VAULT_ADDR)") from exc
+            finally:
+                self._cache.pop(secret_path, None)  # the next read sees the new value
+
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
@@ -231,6 +264,50 @@ class VaultProvider:
                     ) from exc
                 self._login()  # expired or revoked: log in (or re-read the token) once
         raise AssertionError("unreachable")
+
+    def _write(self, name: str, secret_path: str, field: str, value: str,
+               attempts: int = 10) -> None:
+        kv = self.client.secrets.kv.v2
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(random.uniform(0, 0.02 * attempt))  # writers collided: spread out
+            try:
+                current = kv.read_secret_version(path=secret_path, mount_point=self.mount,
+                                                 raise_on_deleted_version=True)
+                fields = dict(current["data"]["data"] or {})
+                version = int(current["data"]["metadata"]["version"])
+            except hvac.exceptions.InvalidPath:  # missing, or its latest version deleted
+                deleted = self._deleted_version(secret_path)
+                if deleted is None:  # another writer created it since: read it again
+                    continue
+                fields, version = {}, deleted
+            fields[field] = value
+            try:
+                kv.create_or_update_secret(path=secret_path, secret=fields, cas=version,
+                                           mount_point=self.mount)
+                return
+            except hvac.exceptions.InvalidRequest as exc:
+                if "check-and-set" not in str(exc):
+                    raise SecretError(f"Vault at {self.addr} refused to write secret "
+                                      f"{name!r} ({_reason(exc)})") from exc
+                log.debug("secret %s changed while it was written; retrying", name)
+        raise SecretError(f"secret {name!r}: {self.mount}/{secret_path} kept changing while "
+                          f"it was written ({attempts} tries); try again")
+
+    def _deleted_version(self, secret_path: str) -> int | None:
+        """The version a create must name after a read found nothing: 0 when the secret
+        does not exist, its current version when that one is deleted or destroyed (a new
+        version goes on top), None when a live version appeared since the read."""
+        try:
+            meta = self.client.secrets.kv.v2.read_secret_metadata(path=secret_path,
+                                                                   mount_point=self.mount)
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden):
+            return 0  # missing, or no 'read' on metadata: create-only is the right guess
+        current = int(meta["data"].get("current_version") or 0)
+        latest = (meta["data"].get("versions") or {}).get(str(current)) or {}
+        if current and not (latest.get("deletion_time") or latest.get("destroyed")):
+            return None
+        return current
 
     def _ensure_token(self) -> None:
         if self.lease is None:

@@ -37,7 +37,7 @@ def up() -> None:
     for service in stack.services(settings):
         console.print(f"{service.name:<11} {stack.start(settings, service):<18} {service.url}")
     console.print(f"Airflow UI: http://127.0.0.1:{settings.airflow_port} (user "
-                  f"{stack.ADMIN}, password in {settings.home / 'secrets' / 'airflow-admin'})")
+                  f"{stack.ADMIN}, {stack.admin_password_hint(settings)})")
     console.print(f"MLflow UI:  http://127.0.0.1:{settings.mlflow_port}")
 
 

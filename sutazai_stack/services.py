@@ -15,12 +15,22 @@ from pathlib import Path
 import urllib3
 
 from sutazai.config import Settings
-from sutazai.secrets import generated_secret, secret_value
+from sutazai.errors import ConfigError
+from sutazai.secrets import (
+    AIRFLOW_ADMIN_PASSWORD,
+    AIRFLOW_FERNET_KEY,
+    AIRFLOW_JWT_SECRET,
+    credential,
+    read_secret,
+    secret_folder,
+    secrets_config,
+)
 from sutazai.serving.process import ManagedProcess, require_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ADMIN = "admin"
+VAULT_BACKEND = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
 
 
 def stack_dir(settings: Settings) -> Path:
@@ -32,7 +42,81 @@ def airflow_home(settings: Settings) -> Path:
 
 
 def admin_password(settings: Settings) -> str:
-    return secret_value(settings.airflow_admin_password, settings.home, "airflow-admin")
+    """The Airflow UI admin's password: the secret ``airflow/admin-password``, generated on
+    first use (an older home's ``airflow-admin`` file is adopted)."""
+    return read_secret(settings, AIRFLOW_ADMIN_PASSWORD, generate=True,
+                       legacy="airflow-admin").get_secret_value()
+
+
+def admin_password_hint(settings: Settings) -> str:
+    """Where a person finds the admin's password (never the password itself)."""
+    path = secret_folder(settings) / AIRFLOW_ADMIN_PASSWORD
+    if path.is_file():
+        return f"password in {path}"
+    return (f"password: secret {AIRFLOW_ADMIN_PASSWORD} "
+            f"({secrets_config(settings).provider} provider)")
+
+
+def airflow_vault_kwargs(settings: Settings) -> dict[str, object]:
+    """``[secrets] backend_kwargs`` for Airflow's HashiCorp VaultBackend, from SutazAI's own
+    Vault settings: the same server, mount and auth, with Airflow's connections and
+    variables under ``<vault_path>/airflow/connections/<conn_id>`` and
+    ``<vault_path>/airflow/variables/<key>`` (field ``value``). No credential is in it:
+    a token reaches Airflow as ``VAULT_TOKEN`` in its process environment (or as the token
+    file's path), AppRole ids as per-key ``AIRFLOW__SECRETS__BACKEND_KWARG__*`` variables
+    (:func:`airflow_secrets_environment`)."""
+    config = secrets_config(settings)
+    base = "/".join(p for p in (config.vault_path.strip("/"), "airflow") if p)
+    kwargs: dict[str, object] = {
+        "url": config.vault_addr,
+        "mount_point": config.vault_mount.strip("/"),
+        "kv_engine_version": 2,
+        "connections_path": f"{base}/connections",
+        "variables_path": f"{base}/variables",
+        "config_path": None,  # Airflow's own configuration stays in its environment
+        "auth_type": config.vault_auth,
+    }
+    if config.vault_auth_mount:
+        kwargs["auth_mount_point"] = config.vault_auth_mount
+    if config.vault_auth == "token" and config.vault_token_file is not None:
+        kwargs["token_path"] = str(config.vault_token_file)  # a Vault Agent may rotate it
+    elif config.vault_auth == "kubernetes":
+        if not config.vault_role:
+            raise ConfigError("Kubernetes auth needs the Vault role: set "
+                              "SUTAZAI_SECRETS_VAULT_ROLE")
+        kwargs["kubernetes_role"] = config.vault_role
+        kwargs["kubernetes_jwt_path"] = str(config.vault_jwt_file)
+    if config.vault_namespace:
+        kwargs["namespace"] = config.vault_namespace
+    if config.vault_ca_cert:
+        kwargs["verify"] = str(config.vault_ca_cert)
+    return kwargs
+
+
+def airflow_secrets_environment(settings: Settings) -> dict[str, str]:
+    """With the vault provider, Airflow reads connections and variables from the same
+    Vault (HashiCorp secrets backend, then its environment and metastore); otherwise
+    nothing. Credentials go into the process environment only, never a file, so
+    ``airflow.cfg``, the stack's files and logs never hold them (Airflow masks the
+    sensitive ``backend_kwargs`` in ``airflow config list``)."""
+    config = secrets_config(settings)
+    if config.provider != "vault":
+        return {}
+    env = {"AIRFLOW__SECRETS__BACKEND": VAULT_BACKEND,
+           "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(airflow_vault_kwargs(settings))}
+    if config.vault_auth == "token" and config.vault_token_file is None:
+        env["VAULT_TOKEN"] = credential(
+            config.vault_token, None, "the Vault token for Airflow",
+            "SUTAZAI_SECRETS_VAULT_TOKEN")().get_secret_value()
+    elif config.vault_auth == "approle":
+        prefix = "AIRFLOW__SECRETS__BACKEND_KWARG__"
+        env[prefix + "ROLE_ID"] = credential(
+            config.vault_role_id, config.vault_role_id_file, "the AppRole role_id",
+            "SUTAZAI_SECRETS_VAULT_ROLE_ID")().get_secret_value()
+        env[prefix + "SECRET_ID"] = credential(
+            config.vault_secret_id, config.vault_secret_id_file, "the AppRole secret_id",
+            "SUTAZAI_SECRETS_VAULT_SECRET_ID")().get_secret_value()
+    return env
 
 
 def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> dict[str, str]:
@@ -62,11 +146,14 @@ def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> di
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{settings.airflow_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL":
             f"http://127.0.0.1:{settings.airflow_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": generated_secret(settings.home, "airflow-jwt"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": read_secret(
+            settings, AIRFLOW_JWT_SECRET, generate=True,
+            legacy="airflow-jwt").get_secret_value(),
         "AIRFLOW__CORE__FERNET_KEY": fernet_key(settings),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **airflow_secrets_environment(settings),
     }
     if mlflow_uri:
         env["SUTAZAI_MLFLOW_TRACKING_URI"] = mlflow_uri
@@ -75,10 +162,19 @@ def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> di
 
 
 def fernet_key(settings: Settings) -> str:
-    """Airflow encrypts connections and variables with it; generated once, kept 0600."""
+    """Airflow encrypts connections and variables with it: the secret
+    ``airflow/fernet-key`` when it is a Fernet key, else a key derived from it (a generated
+    secret is 32 random URL-safe characters, not a Fernet key)."""
     import base64
+    import binascii
 
-    raw = generated_secret(settings.home, "airflow-fernet")
+    raw = read_secret(settings, AIRFLOW_FERNET_KEY, generate=True,
+                      legacy="airflow-fernet").get_secret_value()
+    try:
+        if len(base64.urlsafe_b64decode(raw.encode())) == 32 and len(raw) == 44:
+            return raw
+    except (binascii.Error, ValueError):
+        pass
     return base64.urlsafe_b64encode(raw.encode()[:32].ljust(32, b"0")).decode()
 
 

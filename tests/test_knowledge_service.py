@@ -195,7 +195,7 @@ def test_reads_share_the_embedded_server_another_process_runs(
     from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password, running_server
 
     ingest(settings, [str(write_corpus(tmp_path / "docs"))])
-    password = graph_password(settings.home, None)
+    password = graph_password(settings)
     with EmbeddedFalkorDB(settings.home / "graph", password) as owner:
         assert running_server(settings.home / "graph") == (owner.host, owner.port)
         assert graph_stats(settings).documents == 3  # no wait for the owner's lock

@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sutazai.config import Settings
 from sutazai.errors import GraphStoreError
 from sutazai.knowledge.models import Entity, Provenance
 from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password
@@ -105,20 +106,23 @@ def test_queries_are_read_only_unless_asked(tmp_path: Path) -> None:
             [{"labels": ["Entity"], "properties": {"id": "x"}}]]
 
 
-def test_the_password_is_generated_private_and_never_shown(tmp_path: Path) -> None:
+def test_the_password_is_generated_private_and_never_shown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
-    password = graph_password(home, None)
-    path = home / "secrets" / "graph.password"
+    settings = Settings(home=home)
+    password = graph_password(settings)
+    path = home / "secrets" / "graph" / "password"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(password) >= 32
-    assert graph_password(home, None) == password  # generated once
-    assert graph_password(home, "from-settings") == "from-settings"
+    assert graph_password(settings) == password  # generated once
+    monkeypatch.setenv("SUTAZAI_SECRET_GRAPH_PASSWORD", "from-the-provider")
+    assert graph_password(settings) == "from-the-provider"
     with EmbeddedFalkorDB(home / "graph", password) as server:
         assert server.process is not None and server.process.process is not None
         argv = " ".join(psutil.Process(server.process.process.pid).cmdline())
         assert password not in argv
         assert not (home / "graph" / "falkordb.conf").exists()  # read at start, then removed
         assert stat.S_IMODE((home / "graph").stat().st_mode) == 0o700
-        with pytest.raises(GraphStoreError, match=r"refused the password.*SUTAZAI_KG_PASSWORD"):
+        with pytest.raises(GraphStoreError, match=r"refused the password.*graph/password"):
             FalkorDBStore(server.host, server.port, "g", "wrong")
         with pytest.raises(GraphStoreError, match="another SutazAI process"):
             EmbeddedFalkorDB(home / "graph", password, lock_timeout_s=0.1).start()

@@ -134,13 +134,12 @@ def test_a_read_secret_stays_out_of_logs_audit_and_mlflow(
         provider.get("graph/password")
     logging.getLogger("sutazai.test").info("read %s and %s", token, password)
 
-    # settings that hold the secrets, logged to MLflow the way a careless run would
-    holding = settings.model_copy(update={"kfp_token": token,
-                                          "airflow_admin_password": password})
-    registry = open_registry(holding)
-    params = {k: v for k, v in holding.model_dump(mode="json").items() if v is not None}
+    # the settings and the secrets, logged to MLflow the way a careless run would
+    registry = open_registry(settings)
+    params = {k: v for k, v in settings.model_dump(mode="json").items() if v is not None}
     run_id = registry.start_run("secrets-check", tags={"sutazai.step": "secrets-check"},
-                                params={**params, "token": token, "password": password},
+                                params={**params, "token": token, "password": password,
+                                        "kfp_token": token},
                                 experiment="sutazai-secrets-check")
     logged = registry.client.get_run(run_id).data
 

@@ -188,7 +188,7 @@ def test_submission_to_kubeflow(local_settings: Settings, monkeypatch: pytest.Mo
     Kubeflow API server can run here. It checks what SutazAI sends and how it waits."""
     with KfpEndpoint(polls_until_done=2) as kubeflow:
         monkeypatch.setenv("SUTAZAI_KFP_HOST", kubeflow.url)
-        monkeypatch.setenv("SUTAZAI_KFP_TOKEN", "kfp-test-token")
+        monkeypatch.setenv("SUTAZAI_SECRET_KUBEFLOW_TOKEN", "kfp-test-token")
         settings = load_settings()
         run = run_pipeline("model_sync", {"models": ["en-core-web-sm"]}, settings)
         again = run_pipeline("model_sync", {"models": []}, settings)

@@ -1,5 +1,6 @@
 """Secrets SutazAI generates for its embedded services (private, stable, never replaced),
-and the env / file providers and their configuration (Vault: tests/test_vault.py)."""
+the env / file providers, their configuration, writes, and the one entry point
+(``settings_provider`` / ``read_secret``); Vault: tests/test_vault.py."""
 
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ from sutazai.secrets import (
     SecretUnavailableError,
     credential,
     env_var,
+    export_mlflow_credentials,
     generated_secret,
+    optional_secret,
     provider_from,
-    secret_value,
+    read_secret,
     secrets_config,
+    settings_provider,
 )
 
 
@@ -42,12 +46,6 @@ def test_a_generated_secret_is_private_and_stable(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-
-
-def test_the_setting_wins_over_the_generated_secret(tmp_path: Path) -> None:
-    assert secret_value(SecretStr("from-vault"), tmp_path, "x") == "from-vault"
-    assert not (tmp_path / "secrets" / "x").exists()
-    assert secret_value(None, tmp_path, "x") == generated_secret(tmp_path, "x")
 
 
 def test_a_readable_or_empty_secret_file_is_refused(tmp_path: Path) -> None:
@@ -184,3 +182,135 @@ def test_settings_fields_named_secrets_star_configure_the_provider(
     assert config.vault_addr == "http://vault.internal:8200"  # a default does not override
     provider = provider_from(settings)
     assert provider.label == f"env,file:{tmp_path}"
+
+
+# --- the entry point: settings_provider, read_secret, put ---------------------------------
+
+
+def modes(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_embedded_secrets_are_generated_once_into_the_file_provider(settings: Settings) -> None:
+    """The default provider is the file folder behind the environment, and an embedded
+    service's generated password is an ordinary secret there: the next read finds it."""
+    assert secrets_config(settings).provider == "file"
+    with pytest.raises(SecretNotFoundError):
+        read_secret(settings, "graph/password")  # without generate: nothing is created
+    assert not (settings.home / "secrets" / "graph").exists()
+    with ThreadPoolExecutor(4) as pool:  # racing first readers agree on one value
+        values = {v.get_secret_value() for v in pool.map(
+            lambda _: read_secret(settings, "graph/password", generate=True), range(6))}
+    [value] = values
+    path = settings.home / "secrets" / "graph" / "password"
+    assert path.read_text() == value and len(value) >= 32
+    assert modes(path) == 0o600 and modes(path.parent) == 0o700
+    assert modes(settings.home / "secrets") == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["password"]  # no temp files
+    assert settings_provider(settings).get("graph/password").get_secret_value() == value
+    log = open_audit_log(settings)
+    actions = [(r.action, r.result) for r in log.records()]
+    assert actions.count(("secret.write", "ok")) == 1  # generated once, by one thread
+    assert ("secret.read", "ok") in actions and value not in log.path.read_text()
+
+
+def test_the_environment_overrides_a_generated_secret(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    generated = read_secret(settings, "airflow/admin-password", generate=True)
+    chosen = fake_value()
+    monkeypatch.setenv("SUTAZAI_SECRET_AIRFLOW_ADMIN_PASSWORD", chosen)
+    assert read_secret(settings, "airflow/admin-password",
+                       generate=True).get_secret_value() == chosen
+    monkeypatch.delenv("SUTAZAI_SECRET_AIRFLOW_ADMIN_PASSWORD")
+    assert read_secret(settings, "airflow/admin-password") == generated
+
+
+def test_an_older_homes_flat_secret_file_is_adopted(settings: Settings) -> None:
+    old = generated_secret(settings.home, "graph.password")  # what SutazAI <= 0.1 wrote
+    secret = read_secret(settings, "graph/password", generate=True, legacy="graph.password")
+    assert secret.get_secret_value() == old
+    assert (settings.home / "secrets" / "graph" / "password").read_text() == old
+    assert read_secret(settings, "graph/password").get_secret_value() == old
+
+
+def test_retired_settings_are_refused_with_their_replacement(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTAZAI_KG_PASSWORD", fake_value())
+    with pytest.raises(ConfigError, match=r"SUTAZAI_KG_PASSWORD is no longer read.*"
+                       r"SUTAZAI_SECRET_GRAPH_PASSWORD"):
+        read_secret(settings, "graph/password", generate=True)
+    assert not hasattr(Settings(), "kg_password")
+    assert optional_secret(settings, "kubeflow/token") is None
+
+
+def test_the_provider_is_shared_per_home_and_config(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = settings_provider(settings)
+    assert settings_provider(Settings(home=settings.home)) is first
+    assert settings_provider(Settings(home=tmp_path / "other")) is not first
+    monkeypatch.setenv("SUTAZAI_SECRETS_PROVIDER", "env")
+    env_only = settings_provider(settings)
+    assert env_only is not first and env_only.label == "env"
+
+
+def test_put_writes_the_file_provider_and_is_audited_by_name(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys, rotated = '{"k1": {"role": "admin"}}', '{"k2": {"role": "viewer"}}'
+    provider = settings_provider(settings)
+    provider.put("serving/api-keys", keys)
+    path = settings.home / "secrets" / "serving" / "api-keys"
+    assert path.read_text() == keys and modes(path) == 0o600 and modes(path.parent) == 0o700
+    assert provider.get("serving/api-keys").get_secret_value() == keys
+    provider.put("serving/api-keys", rotated)  # replaced atomically
+    assert provider.get("serving/api-keys").get_secret_value() == rotated
+    assert sorted(p.name for p in path.parent.iterdir()) == ["api-keys"]
+    # the chain writes its backing store; an environment override still wins on reads
+    override = fake_value()
+    monkeypatch.setenv("SUTAZAI_SECRET_SERVING_API_KEYS", override)
+    assert provider.get("serving/api-keys").get_secret_value() == override
+    with pytest.raises(ConfigError, match="empty"):
+        provider.put("serving/api-keys", " ")
+    with pytest.raises(ConfigError, match="secret name"):
+        provider.put("../escape", keys)
+    log = open_audit_log(settings)
+    writes = [(r.action, r.target, r.result) for r in log.records()
+              if r.action == "secret.write"]
+    assert writes == [("secret.write", "serving/api-keys", "ok")] * 2
+    text = log.path.read_text()
+    assert keys not in text and rotated not in text and override not in text
+    assert log.verify().ok
+
+
+def test_the_environment_provider_cannot_be_written(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTAZAI_SECRETS_PROVIDER", "env")
+    with pytest.raises(SecretError, match=r"SUTAZAI_SECRET_SERVING_API_KEYS.*writable"):
+        settings_provider(settings).put("serving/api-keys", "{}")
+    [record] = open_audit_log(settings).records()
+    assert (record.action, record.result) == ("secret.write", "error")
+
+
+def test_mlflow_credentials_are_exported_for_an_http_server_only(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                     "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.setenv(variable, "placeholder")  # restored (removed) after the test
+        monkeypatch.delenv(variable)
+    user, chosen = "sutazai", fake_value()
+    provider = settings_provider(settings)
+    provider.put("mlflow/username", user)
+    assert export_mlflow_credentials(settings.tracking_uri, settings) == []  # SQLite
+    with pytest.raises(ConfigError, match="needs both"):
+        export_mlflow_credentials("http://mlflow.internal:5000", settings)
+    provider.put("mlflow/password", chosen)
+    assert export_mlflow_credentials("https://mlflow.internal", settings) == [
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+    import os
+
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"],
+            os.environ["MLFLOW_TRACKING_PASSWORD"]) == (user, chosen)
+    assert "MLFLOW_TRACKING_TOKEN" not in os.environ
+    token = fake_value()
+    monkeypatch.setenv("SUTAZAI_SECRET_MLFLOW_TOKEN", token)
+    assert "MLFLOW_TRACKING_TOKEN" in export_mlflow_credentials("http://m:5000", settings)
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == token

@@ -31,6 +31,7 @@ from sutazai.secrets import (
     SecretNotFoundError,
     SecretUnavailableError,
     provider_from,
+    settings_provider,
 )
 from sutazai.serving.process import free_port
 from sutazai.vault import TokenAuth, VaultProvider
@@ -317,3 +318,69 @@ def test_a_renewable_token_is_renewed_near_expiry(bao: OpenBao) -> None:
     assert far.renewals == 0  # not near expiry: no renewal traffic
     assert created["client_token"] not in repr(provider)
     assert isinstance(provider.client, hvac.Client)
+
+
+def stored(bao: OpenBao, path: str) -> dict[str, Any]:
+    response = bao.root().secrets.kv.v2.read_secret_version(
+        path=path, mount_point="secret", raise_on_deleted_version=True)
+    return dict(response["data"]["data"])
+
+
+def test_api_keys_are_written_to_vault_and_read_back(
+        bao: OpenBao, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``sutazai keys`` does: ``settings_provider(settings).put(api_keys_secret, json)``
+    then ``.get``; the field is patched into the service's secret (other fields kept), a
+    missing secret is created, and the TTL cache never serves the old value after a write."""
+    monkeypatch.setenv("SUTAZAI_SECRETS_PROVIDER", "vault")
+    monkeypatch.setenv("SUTAZAI_SECRETS_VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("SUTAZAI_SECRETS_VAULT_TOKEN", ROOT_TOKEN)
+    other = value()
+    put(bao, "sutazai/serving", other=other)
+    keys = json.dumps({value(): {"role": "admin"}})
+    rotated = json.dumps({value(): {"role": "viewer"}})
+    provider = settings_provider(settings)
+    provider.put(settings.api_keys_secret, keys)
+    assert stored(bao, "sutazai/serving") == {"other": other, "api-keys": keys}
+    assert provider.get(settings.api_keys_secret).get_secret_value() == keys  # now cached
+    provider.put(settings.api_keys_secret, rotated)
+    assert provider.get(settings.api_keys_secret).get_secret_value() == rotated
+    assert settings_provider(settings) is provider  # one provider, one cache, one login
+    key = base64.b64encode(b"k" * 32).decode()
+    provider.put("repository/key", key)  # no secret sutazai/repository yet: created
+    assert stored(bao, "sutazai/repository") == {"key": key}
+    bao.root().secrets.kv.v2.delete_latest_version_of_secret("sutazai/repository",
+                                                             mount_point="secret")
+    provider.put("repository/key", key)  # on top of a deleted version: a new one
+    assert stored(bao, "sutazai/repository") == {"key": key}
+    log = open_audit_log(settings)
+    assert [(r.action, r.target, r.result) for r in log.records()] == [
+        ("secret.write", "serving/api-keys", "ok"), ("secret.read", "serving/api-keys", "ok"),
+        ("secret.write", "serving/api-keys", "ok"), ("secret.read", "serving/api-keys", "ok"),
+        ("secret.write", "repository/key", "ok"), ("secret.write", "repository/key", "ok")]
+    text = log.path.read_text()
+    assert keys not in text and rotated not in text and key not in text and log.verify().ok
+
+
+def test_concurrent_writers_keep_each_others_fields(bao: OpenBao) -> None:
+    """Four processes' worth of providers (each its own client and lock) write four fields
+    of one secret at once: check-and-set retries, so none is lost."""
+    values = {f"field{i}": value() for i in range(4)}
+    providers = [with_token(bao, ROOT_TOKEN) for _ in values]
+    threads = [threading.Thread(target=p.put, args=(f"tls/{field}", secret))
+               for p, (field, secret) in zip(providers, values.items(), strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stored(bao, "sutazai/tls") == values
+
+
+def test_a_read_only_token_cannot_write(bao: OpenBao) -> None:
+    token = bao.root().auth.token.create(policies=["sutazai-read"], ttl="1h")
+    provider = with_token(bao, token["auth"]["client_token"])
+    put(bao, "sutazai/serving", **{"api-keys": "{}"})
+    assert provider.get("serving/api-keys").get_secret_value() == "{}"
+    with pytest.raises(SecretError, match=r"refused to write secret/sutazai/serving.*"
+                                          r"'read', 'create' and 'update'"):
+        provider.put("serving/api-keys", '{"k": 1}')
+    assert stored(bao, "sutazai/serving") == {"api-keys": "{}"}

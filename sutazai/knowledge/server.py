@@ -2,8 +2,9 @@
 
 SutazAI starts it on 127.0.0.1 on a free port, with its data under ``<home>/graph``
 (append-only file, so a graph survives restarts and crashes), and stops it when the
-command or pipeline step ends. The password comes from the ``kg_password`` setting or is
-generated once into ``<home>/secrets/graph.password`` (mode 0600); it reaches the server
+command or pipeline step ends. The password is the secret ``graph/password`` from the
+secret provider, generated once into the secrets folder (``<home>/secrets/graph/password``,
+mode 0600) when no provider has one; it reaches the server
 through a configuration file that exists, readable by the owner only, just while the
 server starts, so it never shows in a process list or a log. A file lock lets one process
 at a time own the data folder: a second waits, then fails with what to do; read-only
@@ -17,14 +18,18 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
 from sutazai.errors import GraphStoreError
-from sutazai.secrets import generated_secret
+from sutazai.secrets import GRAPH_PASSWORD, read_secret
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
-PASSWORD_FILE = "graph.password"
+if TYPE_CHECKING:
+    from sutazai.config import Settings
+
+PASSWORD_FILE = "graph.password"  # where SutazAI before the secret provider kept it
 SERVER_INFO = "server.json"  # host, port and pid while a process owns the server
 
 
@@ -47,9 +52,11 @@ def binaries() -> tuple[Path, Path]:
     return server, module
 
 
-def graph_password(home: Path, configured: str | None) -> str:
-    """The configured password, else the generated one (created on first use, 0600)."""
-    return configured or generated_secret(home, PASSWORD_FILE)
+def graph_password(settings: Settings) -> str:
+    """The embedded server's password: the provider's ``graph/password``, else generated on
+    first use (an older home's ``graph.password`` is adopted, so its graph stays readable)."""
+    return read_secret(settings, GRAPH_PASSWORD, generate=True,
+                       legacy=PASSWORD_FILE).get_secret_value()
 
 
 def running_server(data_dir: Path) -> tuple[str, int] | None:

@@ -36,6 +36,7 @@ from sutazai.knowledge.models import (
 from sutazai.knowledge.resolve import Resolver
 from sutazai.knowledge.stores.base import GraphStore
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.secrets import GRAPH_PASSWORD, optional_secret
 
 log = logging.getLogger(__name__)
 RELATION_MODES = ("svo", "llm", "both", "none")
@@ -46,13 +47,13 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[Graph
     """The configured graph store, schema in place; an embedded server lives as long as
     the ``with`` block. ``read_only`` callers may share an embedded server another process
     runs instead of waiting for it."""
-    password = settings.kg_password.get_secret_value() if settings.kg_password else None
     if settings.kg_store == "neo4j":
         if not settings.kg_uri:
             raise ConfigError("kg_store is neo4j but kg_uri is unset; set SUTAZAI_KG_URI, "
                               "e.g. neo4j://neo4j.internal:7687")
         from sutazai.knowledge.stores.neo4j import Neo4jStore
 
+        password = _server_password(settings)
         store: GraphStore = Neo4jStore(settings.kg_uri, settings.kg_user, password,
                                        database=settings.kg_neo4j_database,
                                        batch_size=settings.kg_batch_size)
@@ -68,14 +69,15 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[Graph
             raise ConfigError(f"kg_uri {settings.kg_uri!r} is not a FalkorDB address; use "
                               "redis://host:6379, or kg_store=neo4j for a Neo4j URI")
         store = FalkorDBStore(parsed.hostname, parsed.port or 6379, settings.kg_graph,
-                              password or parsed.password, settings.kg_batch_size)
+                              _server_password(settings) or parsed.password,
+                              settings.kg_batch_size)
         with store:
             store.ensure_schema()
             yield store
         return
     from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password, running_server
 
-    secret = graph_password(settings.home, password)
+    secret = graph_password(settings)
     shared = running_server(settings.home / "graph") if read_only else None
     if shared is not None:
         try:
@@ -91,6 +93,13 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[Graph
             settings.kg_batch_size) as store:
         store.ensure_schema()
         yield store
+
+
+def _server_password(settings: Settings) -> str | None:
+    """The secret ``graph/password`` for a server someone else runs; None when the provider
+    has none (a server without authentication, or a password in the FalkorDB URI)."""
+    secret = optional_secret(settings, GRAPH_PASSWORD)
+    return secret.get_secret_value() if secret is not None else None
 
 
 def store_label(settings: Settings) -> str:

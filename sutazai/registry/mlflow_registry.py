@@ -74,6 +74,9 @@ class ModelRegistry:
                  artifacts_dir: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        from sutazai.secrets import export_mlflow_credentials
+
+        export_mlflow_credentials(tracking_uri)  # an http(s) server's login, from the provider
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifacts_dir = artifacts_dir

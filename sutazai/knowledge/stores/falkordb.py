@@ -39,8 +39,9 @@ class FalkorDBStore(GraphStore):
             self.db.connection.ping()
         except redis.AuthenticationError:
             raise GraphStoreError(
-                f"FalkorDB at {self.address} refused the password; set SUTAZAI_KG_PASSWORD "
-                "to the server's password") from None
+                f"FalkorDB at {self.address} refused the password; put the server's "
+                "password in the secret graph/password (SUTAZAI_SECRET_GRAPH_PASSWORD, or the "
+                "secret provider)") from None
         except redis.RedisError as exc:
             raise GraphStoreError(f"cannot reach FalkorDB at {self.address} ({exc}); start "
                                   "it, or unset SUTAZAI_KG_URI to use the embedded one"

@@ -66,7 +66,9 @@ class Neo4jStore(GraphStore):
                 return session.execute_write(work)
         except neo4j.exceptions.AuthError:
             raise GraphStoreError(f"Neo4j at {self.uri} refused the credentials; set "
-                                  "SUTAZAI_KG_USER and SUTAZAI_KG_PASSWORD") from None
+                                  "SUTAZAI_KG_USER and the secret graph/password "
+                                  "(SUTAZAI_SECRET_GRAPH_PASSWORD, or the secret "
+                                  "provider)") from None
         except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as exc:
             reason = " ".join(str(exc).split())
             raise GraphStoreError(f"cannot reach Neo4j at {self.uri} ({reason}); check "
