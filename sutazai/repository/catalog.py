@@ -180,6 +180,9 @@ def load_catalog(path: Path) -> Catalog:
         raise CatalogError(
             f"catalog {path} does not exist; create it or set SUTAZAI_CATALOG"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

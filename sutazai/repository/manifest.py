@@ -117,11 +117,21 @@ class Manifest(BaseModel):
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """Split ``NAME[:VERSION]``; VERSION is a positive integer."""
+    """Split ``NAME[:VERSION]``; VERSION is a positive integer.
+
+    The name is checked here because it becomes a folder name in the repository: ``../x``
+    must not lead outside it. Digits are ASCII only (``str.isdigit`` also takes ``²``,
+    which ``int`` then refuses with a bare ValueError).
+    """
     name, sep, version = ref.partition(":")
+    if not NAME_PATTERN.match(name):
+        raise NotFoundError(
+            f"{ref!r}: {name!r} is not a model name (lowercase letters, digits, '.', '_', "
+            "'-'); see 'sutazai models list'"
+        )
     if not sep:
         return name, None
-    if not version.isdigit() or int(version) < 1:
+    if not re.fullmatch(r"[0-9]+", version) or int(version) < 1:
         raise NotFoundError(
             f"{ref!r}: the version after ':' must be a positive number, e.g. {name}:1"
         )

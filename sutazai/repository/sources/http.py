@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from sutazai.errors import SourceError
 from sutazai.repository.catalog import CatalogEntry
 from sutazai.repository.download import make_pool
-from sutazai.repository.manifest import FileEntry
+from sutazai.repository.manifest import FileEntry, validate_relative_path
 from sutazai.repository.sources.base import (
     UNVERSIONED,
     FetchContext,
@@ -19,7 +20,14 @@ from sutazai.repository.sources.base import (
 
 
 def file_name(url: str) -> str:
-    return PurePosixPath(unquote(urlparse(url).path)).name or "model"
+    """The file name a URL's last path segment gives, refused when it is not a plain name
+    (``%2e%2e`` decodes to '..', ``%5c`` to a backslash): it becomes a path in the version."""
+    try:
+        name = PurePosixPath(unquote(urlparse(url).path)).name or "model"
+        return validate_relative_path(name)
+    except ValueError as exc:  # an invalid URL (e.g. "http://[x/"), or an unsafe name
+        raise SourceError(f"{url!r} does not name a usable file ({exc}); check the catalog "
+                          "entry's source URL") from None
 
 
 class HttpSource(Source):

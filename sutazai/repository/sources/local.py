@@ -21,10 +21,14 @@ from sutazai.repository.sources.base import (
 
 def local_path(uri: str) -> Path:
     """``file:///abs``, ``file:/abs`` or ``file:relative`` (to the working directory)."""
-    parsed = urlparse(uri)
-    if parsed.netloc not in ("", "localhost"):
-        raise SourceError(f"{uri}: file: URIs name a path on this machine, not a host")
-    return Path(unquote(parsed.path)).expanduser().resolve()
+    try:
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise SourceError(f"{uri}: file: URIs name a path on this machine, not a host")
+        return Path(unquote(parsed.path)).expanduser().resolve()
+    except (ValueError, RuntimeError) as exc:  # a NUL byte, '~user' of no such user, bad URL
+        raise SourceError(f"{uri!r} is not a usable file: path ({exc}); check the catalog "
+                          "entry's source") from None
 
 
 class FileSource(Source):

@@ -174,6 +174,17 @@ def _hex(digest: str) -> str:
 
 def layer_files(document: dict[str, Any]) -> list[RemoteFile]:
     """Name each layer: Ollama media types, OCI title annotations, else by digest."""
+    try:
+        return _layer_files(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # The registry is remote and untrusted: a malformed manifest, or a title such as
+        # '../x' that would leave the version folder, is the registry's fault, said so.
+        raise SourceError(f"the registry's image manifest is malformed or names an unsafe "
+                          f"file ({type(exc).__name__}: {exc}); check the reference or the "
+                          "registry") from None
+
+
+def _layer_files(document: dict[str, Any]) -> list[RemoteFile]:
     files: list[RemoteFile] = []
     used: set[str] = set()
     config = document.get("config")
@@ -186,12 +197,18 @@ def layer_files(document: dict[str, Any]) -> list[RemoteFile]:
         if name in used:
             name = f"{name}.{index}"
         used.add(name)
-        files.append(RemoteFile(path=name, size=int(layer["size"]), digest=_hex(layer["digest"]),
-                                locator=str(layer["digest"])))
+        files.append(RemoteFile(path=name, size=_size(layer["size"]),
+                                digest=_hex(layer["digest"]), locator=str(layer["digest"])))
     if config:
-        files.append(RemoteFile(path="config.json", size=int(config["size"]),
+        files.append(RemoteFile(path="config.json", size=_size(config["size"]),
                                 digest=_hex(config["digest"]), locator=str(config["digest"])))
     return files
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"size {value!r} is not a byte count")
+    return value
 
 
 class OciSource(Source):

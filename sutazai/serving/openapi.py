@@ -1,0 +1,358 @@
+"""The OpenAPI 3.1 document of what SutazAI's serving gateway answers.
+
+Clients, API gateways and the fuzz tests need one statement of the contract, and the
+gateway's routes alone do not say it: ``/v1/{path}`` forwards to whichever engine serves
+(llama.cpp or vLLM), so the request bodies documented here are the part of the OpenAI API
+that *both* engines accept, with the bounds the stricter of the two enforces (vLLM
+refuses ``top_p`` 0 and a negative temperature; llama.cpp serves one prompt per request).
+Fields an engine adds of its own (``top_k``, ``min_p``, ``grammar``...) still pass
+through, so request objects allow additional properties; responses document what the
+gateway itself adds (the interaction-id header, OpenAI-style errors).
+
+``max_tokens`` is documented as a positive integer without ``null``: both engines read
+``null`` (and llama.cpp also ``0``) as "until the context is full", which turns one
+request into seconds of generation; the contract leaves that out on purpose.
+
+``auth`` adds the API-key security scheme of :mod:`sutazai.access`: every route but
+``/health`` then needs ``Authorization: Bearer <key>`` or ``X-API-Key``, and documents 401
+(no or bad key), 403 (role lacks the permission) and 429 (rate limit, with Retry-After).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+OPENAPI_VERSION = "3.1.0"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+JSON = "application/json"
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+_SAMPLING: dict[str, Any] = {
+    "model": {"type": "string", "description": "The served model's name (or name:version); "
+              "another name is refused with 404 model_not_found. Optional."},
+    "max_tokens": {"type": "integer", "minimum": 1, "default": 16,
+                   "description": "Most tokens to generate; prompt plus output must fit the "
+                   "engine's context (else 400)."},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2,
+                    "description": "0 is greedy (deterministic)."},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "stream": {"type": "boolean", "default": False,
+               "description": "Answer as server-sent events (text/event-stream), ending with "
+               "'data: [DONE]'."},
+    "stop": {"description": "Text at which generation stops.",
+             "anyOf": [{"type": "string"}, {**_STRINGS, "maxItems": 4}, {"type": "null"}]},
+    "seed": {"type": ["integer", "null"], "minimum": INT64_MIN, "maximum": INT64_MAX},
+    "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "user": _NULLABLE_STRING,
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "OpenAI-style error, from the gateway or passed through from the engine.",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string",
+                         "examples": ["invalid_request_error", "authentication_error",
+                                      "permission_error", "rate_limit_error", "server_error"]},
+                "param": _NULLABLE_STRING,
+                "code": {"type": ["string", "integer", "null"],
+                         "examples": ["model_not_found", "chat_not_supported",
+                                      "invalid_json", "engine_unavailable"]},
+            },
+        }},
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "additionalProperties": True,
+        "properties": {
+            **_SAMPLING,
+            "prompt": {"description": "One prompt per request (llama.cpp serves no batches): "
+                       "a string, or a list holding one string.",
+                       "anyOf": [{"type": "string"},
+                                 {**_STRINGS, "minItems": 1, "maxItems": 1}]},
+            "suffix": _NULLABLE_STRING,
+            "echo": {"type": "boolean", "default": False},
+            "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 5,
+                         "description": "Log-probabilities of the most likely tokens."},
+        },
+        "required": ["prompt"],
+    },
+    "ChatMessage": {
+        "type": "object",
+        "additionalProperties": True,
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": ["system", "user", "assistant"]},
+            "content": {"type": "string"},
+            "name": {"type": "string"},
+        },
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "additionalProperties": True,
+        "required": ["messages"],
+        "properties": {
+            **_SAMPLING,
+            "messages": {"type": "array", "minItems": 1,
+                         "items": {"$ref": "#/components/schemas/ChatMessage"}},
+            "logprobs": {"type": ["boolean", "null"]},
+            "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+        },
+    },
+    "EmbeddingRequest": {
+        "type": "object",
+        "additionalProperties": True,
+        "required": ["input"],
+        "properties": {
+            "model": _SAMPLING["model"],
+            "input": {"anyOf": [{"type": "string"},
+                                {**_STRINGS, "minItems": 1}]},
+            "user": _NULLABLE_STRING,
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["prompt_tokens", "total_tokens"],
+        "properties": {"prompt_tokens": {"type": "integer", "minimum": 0},
+                       "completion_tokens": {"type": ["integer", "null"], "minimum": 0},
+                       "total_tokens": {"type": "integer", "minimum": 0}},
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {
+                "type": "object",
+                "required": ["text", "index"],
+                "properties": {"text": {"type": "string"},
+                               "index": {"type": "integer", "minimum": 0},
+                               "logprobs": {"type": ["object", "null"]},
+                               "finish_reason": {"enum": ["stop", "length", None]}},
+            }},
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {
+                "type": "object",
+                "required": ["index", "message"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "message": {"type": "object", "required": ["role"],
+                                "properties": {"role": {"type": "string"},
+                                               "content": _NULLABLE_STRING}},
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            }},
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    },
+    "EmbeddingList": {
+        "type": "object",
+        "required": ["object", "data", "model"],
+        "properties": {
+            "object": {"const": "list"},
+            "model": {"type": "string"},
+            "data": {"type": "array", "items": {
+                "type": "object",
+                "required": ["object", "embedding", "index"],
+                "properties": {"object": {"const": "embedding"},
+                               "embedding": {"type": "array", "items": {"type": "number"}},
+                               "index": {"type": "integer", "minimum": 0}},
+            }},
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {
+                "type": "object",
+                "required": ["id", "object"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                               "owned_by": {"type": "string"},
+                               "created": {"type": "integer"}},
+            }},
+        },
+    },
+    "FeedbackRequest": {
+        "type": "object",
+        "required": ["id", "rating"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "maximum": INT64_MAX,
+                   "description": "The x-sutazai-interaction-id header of the answer rated."},
+            "rating": {"type": "number", "minimum": -1, "maximum": 1,
+                       "description": "-1 bad, 0 neutral, 1 good."},
+            "label": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
+                      "pattern": r"\S"},
+        },
+    },
+    "Feedback": {
+        "type": "object",
+        "required": ["id", "rating", "label"],
+        "properties": {"id": {"type": "integer"}, "rating": {"type": "number"},
+                       "label": _NULLABLE_STRING},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "engine", "model", "version"],
+        "properties": {"status": {"enum": ["ok", "unavailable"]},
+                       "engine": {"type": "string"}, "model": {"type": "string"},
+                       "version": {"type": "string", "description": "name:version served"}},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": ERROR_REF}}}
+
+
+def _json(description: str, schema: str, headers: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description,
+                              "content": {JSON: {"schema": {"$ref": f"#/components/schemas/"
+                                                                    f"{schema}"}}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_INTERACTION = {"x-sutazai-interaction-id": {
+    "description": "With request logging on: the id to rate with POST /v1/feedback.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+# In OpenAPI 3.1 the schema of an event stream describes one event.
+_STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "One JSON chunk of the answer "
+                            "(choices[].text or choices[].delta), or [DONE] last."},
+                   "event": {"type": "string"}, "id": {"type": "string"}},
+}}}
+_ENGINE_DOWN = _error("The engine did not answer (code engine_unavailable).")
+
+
+def _generation(summary: str, request: str, reply: str, stream: bool) -> dict[str, Any]:
+    ok = _json(f"The {reply}", reply, _INTERACTION)
+    if stream:
+        ok["content"].update(_STREAM)
+    return {"post": {
+        "summary": summary,
+        "operationId": f"create{reply}",
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": {"$ref": f"#/components/schemas/{request}"}}}},
+        "responses": {
+            "200": ok,
+            "400": _error("Not valid JSON, a request the engine refuses, a prompt over the "
+                          "context, or an endpoint this model does not offer (codes "
+                          "invalid_json, chat_not_supported, embeddings_not_supported, "
+                          "completions_not_supported)."),
+            "404": _error("The request names another model (code model_not_found)."),
+            "502": _ENGINE_DOWN,
+        },
+    }}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/health": {"get": {
+            "summary": "Liveness and readiness: whether the engine answers",
+            "operationId": "health",
+            "responses": {"200": _json("The engine answers", "Health"),
+                          "503": _json("The engine is down", "Health")},
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics of the gateway",
+            "operationId": "metrics",
+            "responses": {"200": {"description": "Prometheus text exposition format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/v1/models": {"get": {
+            "summary": "The model served (OpenAI list format)",
+            "operationId": "listModels",
+            "responses": {"200": _json("The served model", "ModelList"), "502": _ENGINE_DOWN},
+        }},
+        "/v1/completions": _generation("Text completion", "CompletionRequest", "Completion",
+                                       stream=True),
+        "/v1/chat/completions": _generation("Chat completion (models with a chat template)",
+                                            "ChatCompletionRequest", "ChatCompletion",
+                                            stream=True),
+        "/v1/embeddings": _generation("Embeddings (embedding models)", "EmbeddingRequest",
+                                      "EmbeddingList", stream=False),
+        "/v1/feedback": {"post": {
+            "summary": "Rate a logged answer (request logging on)",
+            "operationId": "rate",
+            "requestBody": {"required": True, "content": {
+                JSON: {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}},
+            "responses": {
+                "200": _json("The rating stored", "Feedback"),
+                "400": _error("Not {id, rating, label?}, or a rating outside -1..1 (codes "
+                              "invalid_feedback, feedback_refused)."),
+                "404": _error("No interaction with that id, or request logging is off "
+                              "(codes feedback_refused, feedback_disabled)."),
+            },
+        }},
+    }
+
+
+def _secure(spec: dict[str, Any]) -> None:
+    spec["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "sk-sutazai-<id>.<secret>",
+                   "description": "An API key from 'sutazai keys create' (what OpenAI clients "
+                   "send as their api_key)."},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    spec["security"] = [{"bearer": []}, {"apiKey": []}]
+    denials = {
+        "401": _error("No API key, or an unknown, revoked or expired one (codes "
+                      "missing_api_key, invalid_api_key, expired_api_key); with a "
+                      "WWW-Authenticate header."),
+        "403": _error("The key's role lacks the permission (code permission_denied)."),
+        "429": {**_error("The key is over its rate limit (code rate_limit_exceeded)."),
+                "headers": {"Retry-After": {"description": "Seconds to wait",
+                                            "schema": {"type": "integer", "minimum": 1}}}},
+    }
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            if path == "/health":
+                operation["security"] = []  # the liveness probe needs no key
+                continue
+            operation["responses"].update(copy.deepcopy(denials))
+
+
+def openapi_spec(*, auth: bool) -> dict[str, Any]:
+    """A fresh OpenAPI 3.1 document of the gateway (callers may change their copy)."""
+    from sutazai import __version__
+
+    spec: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "SutazAI serving gateway", "version": __version__,
+                 "description": "OpenAI-compatible endpoints in front of a llama.cpp or vLLM "
+                 "engine, with Prometheus metrics and answer ratings."},
+        "paths": _paths(),
+        "components": {"schemas": copy.deepcopy(_SCHEMAS)},
+    }
+    if auth:
+        _secure(spec)
+    return spec

@@ -1,0 +1,132 @@
+"""Hostile input against the serving gateway: schemathesis generates requests from the
+gateway's own OpenAPI document (:mod:`sutazai.serving.openapi`) and sends them to a real
+gateway fronting a real llama.cpp engine with the real Gemma 3 270M GGUF, with request
+logging on so ``/v1/feedback`` reaches the learning store.
+
+Checks on every answer: no 5xx, a status code the document lists, a documented content
+type, and a body that matches the documented schema. Valid requests (positive mode) and
+requests that break the schema (negative mode) are both sent: a client error must come
+back as a documented 4xx, never as a server error.
+
+Speed: the engine runs with a 256-token context, so a request that generates until the
+context is full (what an engine does with ``max_tokens`` null or 0) costs seconds, not
+half a minute; the test's copy of the document caps ``max_tokens`` at 4 for valid
+requests. Examples per operation are bounded; the database is off so runs are repeatable
+only through their seed (printed by hypothesis on failure).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from schemathesis import GenerationMode
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sutazai.config import Settings
+from sutazai.learning.datastore import FeedbackStore
+from sutazai.mirror import mirror_catalog, open_repository
+from sutazai.serving.gateway import GatewayThread, create_app
+from sutazai.serving.openapi import openapi_spec
+from sutazai.serving.process import free_port
+from sutazai.serving.service import start_engine
+from tests.conftest import gemma_entry
+
+pytestmark = pytest.mark.slow
+
+CHECKS = [schemathesis.checks.not_a_server_error, schemathesis.checks.status_code_conformance,
+          schemathesis.checks.content_type_conformance,
+          schemathesis.checks.response_schema_conformance]
+TEST_MAX_TOKENS = 4
+REQUEST_TIMEOUT_S = 20.0
+
+
+def fuzz_spec() -> dict[str, Any]:
+    """The served document, with valid ``max_tokens`` capped so generation stays quick."""
+    spec = copy.deepcopy(openapi_spec(auth=False))
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        schema = spec["components"]["schemas"][name]["properties"]["max_tokens"]
+        schema["maximum"] = TEST_MAX_TOKENS
+    return spec
+
+
+SCHEMA = schemathesis.openapi.from_dict(fuzz_spec())
+OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("fuzz-api")
+    config = Settings(home=home / ".sutazai", catalog=home / "catalog.yaml",
+                      llamacpp_context=256, request_logging=True)
+    config.catalog.write_text(yaml.safe_dump({"models": [gemma_entry(gemma_gguf)]}))
+    [outcome] = mirror_catalog(config, register=False)
+    assert outcome.error is None, outcome.error
+    running = start_engine(config, open_repository(config).get("gemma3-270m"))
+    store = FeedbackStore.open(config)
+    try:
+        app = create_app(running, feedback=store)
+
+        async def document(request: Request) -> JSONResponse:
+            return JSONResponse(openapi_spec(auth=False))
+
+        # Until the gateway serves it itself (a route added there wins: routes match in order).
+        app.router.routes.append(Route("/openapi.json", document))
+        with GatewayThread(app, "127.0.0.1", free_port()) as served:
+            yield served.url
+    finally:
+        store.close()
+        running.stop()
+
+
+def test_the_gateway_serves_its_document(gateway: str) -> None:
+    served = httpx.get(f"{gateway}/openapi.json").json()
+    assert served == openapi_spec(auth=False)
+    loaded = schemathesis.openapi.from_dict(served)
+    assert sorted(op.ok().label for op in loaded.get_all_operations()) == sorted(
+        op.label for op in OPERATIONS)
+
+
+# Negative mode needs something to break: the operations that take a request body.
+RUNS = [pytest.param(op, mode, id=f"{op.label}-{mode.value}") for op in OPERATIONS
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        if mode is GenerationMode.POSITIVE or op.method.upper() == "POST"]
+
+
+@pytest.mark.parametrize(("operation", "mode"), RUNS)
+def test_fuzzed_requests_get_documented_answers(
+    gateway: str, operation: Any, mode: GenerationMode
+) -> None:
+    examples = 8 if operation.method.upper() == "GET" else 25
+
+    @seed(7)
+    @settings(max_examples=examples, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate, Phase.shrink],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(base_url=gateway, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
+
+    fuzz()
+
+
+def test_a_logged_answer_can_be_rated(gateway: str) -> None:
+    """The one feedback path random ids cannot reach: rate an answer that was logged."""
+    answer = httpx.post(f"{gateway}/v1/completions",
+                        json={"prompt": "The sky is", "max_tokens": 2, "temperature": 0})
+    assert answer.status_code == 200
+    interaction = int(answer.headers["x-sutazai-interaction-id"])
+    operation = SCHEMA["/v1/feedback"]["POST"]
+    case = operation.Case(body={"id": interaction, "rating": 0.5, "label": "good"},
+                          media_type="application/json")
+    rated = case.call_and_validate(base_url=gateway, checks=CHECKS)
+    assert rated.json() == {"id": interaction, "rating": 0.5, "label": "good"}
