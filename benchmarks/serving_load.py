@@ -3,7 +3,8 @@
 Run from the repository root after ``make run`` (it serves the repository's Gemma 3 270M)::
 
     .venv/bin/python benchmarks/serving_load.py [--clients 100] [--duration 60]
-        [--rounds 4] [--max-tokens 4] [--throttled 10] [--check] [--json]
+        [--rounds 4] [--max-tokens 4] [--throttled 10] [--endpoint completions|models]
+        [--check] [--json]
 
 One llama.cpp engine is started from the repository, with two SutazAI gateways in front
 of it, each in its own process as under ``sutazai serve``: one requires API keys (roles,
@@ -79,7 +80,8 @@ class Tally:
 
 async def drive(url: str, keys: list[str | None], seconds: float, max_tokens: int,
                 served: Tally, throttled: Tally | None = None,
-                throttled_keys: frozenset[int] = frozenset()) -> None:
+                throttled_keys: frozenset[int] = frozenset(), endpoint: str = "completions"
+                ) -> None:
     """Closed-loop clients until the deadline; client i uses ``keys[i]``."""
     import aiohttp
 
@@ -98,8 +100,9 @@ async def drive(url: str, keys: list[str | None], seconds: float, max_tokens: in
             number += 1
             started = time.perf_counter()
             try:
-                async with session.post(f"{url}/v1/completions", json=body,
-                                        headers=headers) as answer:
+                async with (session.post(f"{url}/v1/completions", json=body, headers=headers)
+                            if endpoint == "completions"
+                            else session.get(f"{url}/v1/models", headers=headers)) as answer:
                     await answer.read()
                     status = str(answer.status)
                     retry_after = float(answer.headers.get("retry-after", "1"))
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--throttled", type=int, default=10)
+    parser.add_argument("--endpoint", choices=("completions", "models"), default="completions",
+                        help="models: GET /v1/models, so cheap for the engine that the "
+                        "gateway's own cost (keys, limits, audit) is as visible as it gets")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -189,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
             order = list(urls) if round_number % 2 == 0 else list(reversed(urls))
             for name in order:
                 use = client_keys if "on" in name else [None] * args.clients
-                asyncio.run(drive(urls[name], use, slice_s, args.max_tokens, tallies[name]))
+                asyncio.run(drive(urls[name], use, slice_s, args.max_tokens, tallies[name],
+                                  endpoint=args.endpoint))
                 err.log(f"round {round_number + 1}/{args.rounds} {name}: "
                         f"{tallies[name].summary()['requests']} requests so far")
         mixed = [limited_key if i < args.throttled else client_keys[i]
                  for i in range(args.clients)]
         asyncio.run(drive(urls["keys + audit on"], mixed, args.duration, args.max_tokens,
                           unthrottled_tally, throttled_tally,
-                          frozenset(range(args.throttled))))
+                          frozenset(range(args.throttled)), args.endpoint))
         err.log("rate-limit phase done")
     finally:
         for process in gateways:
@@ -209,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {
         "model": manifest.ref, "engine": "llamacpp", "clients": args.clients,
         "duration_s": args.duration, "rounds": args.rounds, "max_tokens": args.max_tokens,
+        "endpoint": args.endpoint,
         "keys_and_audit_on": on, "open": off, "rate_limit_phase": limits,
     }
     figures["p95_ratio"] = on["p95_ms"] / off["p95_ms"] if off["p95_ms"] else float("nan")
@@ -222,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
+        work = (f"{args.max_tokens}-token completions" if args.endpoint == "completions"
+                else "GET /v1/models")
         table = Table(title=f"{manifest.ref} on llama.cpp: {args.clients} closed-loop clients, "
-                            f"{args.duration:g} s per gateway, {args.max_tokens}-token completions")
+                            f"{args.duration:g} s per gateway, {work}")
         for column in ("gateway", "requests", "non-200", "P50", "P95", "P99"):
             table.add_column(column, justify="left" if column == "gateway" else "right")
         for name, row in (("keys + audit on", on), ("open", off),

@@ -78,6 +78,7 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else dict(os.environ)
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
+        self.owner_pid = os.getpid()
         self.started_at = 0.0
         self.ready_seconds: float | None = None
         self._peak_rss = 0
@@ -124,7 +125,16 @@ class ManagedProcess:
         )
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self.process is None:
+            return False
+        if self.process.pid and os.getpid() != self.owner_pid:
+            # A forked gateway process (benchmarks) is not the engine's parent: poll() would
+            # get ECHILD and report it dead. Ask the kernel instead.
+            try:
+                return psutil.Process(self.process.pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+        return self.process.poll() is None
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL it after ``grace_s``."""
