@@ -21,12 +21,15 @@ request into seconds of generation; the contract leaves that out on purpose.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 OPENAPI_VERSION = "3.1.0"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 JSON = "application/json"
+REQUEST_SCHEMAS = {"completions": "CompletionRequest", "chat/completions": "ChatCompletionRequest",
+                   "embeddings": "EmbeddingRequest", "feedback": "FeedbackRequest"}
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -356,3 +359,33 @@ def openapi_spec(*, auth: bool) -> dict[str, Any]:
     if auth:
         _secure(spec)
     return spec
+
+
+@functools.cache
+def _validator(schema_name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    root = {"$ref": f"#/components/schemas/{schema_name}",
+            "components": {"schemas": _SCHEMAS}}
+    return Draft202012Validator(root)
+
+
+def request_problem(endpoint: str, payload: object) -> str | None:
+    """Why ``payload`` is not a body this document accepts for ``/v1/<endpoint>``, or None.
+
+    For the gateway to refuse with a 400 what an engine would otherwise answer with a 500
+    (llama.cpp reports its own validation errors, and logprobs it cannot compute, as
+    internal errors, with a traceback of the server's files in the message). Endpoints
+    without a request schema have no problem. Needs ``jsonschema`` (imported on first use).
+    """
+    name = REQUEST_SCHEMAS.get(endpoint)
+    if name is None:
+        return None
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(name).iter_errors(payload))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "the body"
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    return f"{where}: {message} (see /openapi.json, schema {name})"
