@@ -444,6 +444,17 @@ def require(settings: Settings, permission: Permission, what: str) -> Principal:
     raise AccessDeniedError(f"{denial.message}: {hint}")
 
 
+def client_key(settings: Settings) -> str | None:
+    """The key SutazAI's own clients (the graph's LLM extractor) send to ``sutazai serve``:
+    ``SUTAZAI_API_KEY``, else the secret ``serving/client-key``, else none."""
+    from sutazai.secrets import optional_secret
+
+    if os.environ.get("SUTAZAI_API_KEY"):
+        return os.environ["SUTAZAI_API_KEY"]
+    found = optional_secret(settings, "serving/client-key")
+    return found.get_secret_value() if found is not None else None
+
+
 def parse_duration(text: str) -> timedelta:
     """``90d``, ``12h``, ``30m`` -> a timedelta (key lifetimes on the command line)."""
     match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text)

@@ -450,3 +450,29 @@ def test_tls_certificates_can_come_from_the_secret_provider(
     assert not folder.exists()  # the PEMs do not outlive the server
     reads = [r.target for r in open_audit_log(settings).records() if r.action == "secret.read"]
     assert "tls/cert" in reads and "tls/key" in reads
+
+
+@pytest.mark.slow
+def test_the_graph_extractor_calls_a_keyed_gateway_with_its_key(
+        engine: tuple[Settings, RunningEngine], settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sutazai.errors import ExtractionError
+    from sutazai.knowledge.llm_extract import LLMExtractor
+    from sutazai.knowledge.models import Chunk
+
+    _, running = engine
+    key, entry = new_key("graph-extractor", "operator")
+    write_table(settings, entry)
+    with GatewayThread(create_app(running, guard=AccessGuard(settings)), "127.0.0.1",
+                       free_port()) as gateway:
+        configured = load_settings(kg_llm_url=gateway.url, kg_llm_max_tokens=16)
+        with pytest.raises(ExtractionError, match="serving/client-key"):
+            LLMExtractor.from_settings(configured)
+        monkeypatch.setenv("SUTAZAI_SECRET_SERVING_CLIENT_KEY", key)
+        extractor = LLMExtractor.from_settings(configured)
+        text = "Ada Lovelace worked in London."
+        found = extractor.extract_one(Chunk(id="d:0", document="d", index=0, start=0,
+                                            end=len(text), text=text))
+        assert found.skipped in (0, 1)  # answered (a weak base model may answer badly)
+    assert not [r for r in open_audit_log(settings).records()
+                if r.action == "access.denied" and r.actor.startswith("key:")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -75,7 +76,8 @@ class LLMExtractor:
 
     def __init__(self, url: str, model: str, entity_types: Sequence[str],
                  relation_types: Sequence[str], *, retries: int = 2, max_tokens: int = 512,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, api_key: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.entity_types = list(entity_types)
@@ -86,17 +88,26 @@ class LLMExtractor:
         self.schema = self.output.model_json_schema()
         self.grammar = _gbnf(self.schema)
         self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=timeout_s),
-                                        retries=False)
+                                        retries=False, headers=auth_headers(api_key),
+                                        ssl_context=ssl_context)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMExtractor:
         """The configured endpoint, else the champion `sutazai serve` serves; its first model
         unless ``kg_llm_model`` names one. Fails at once if nothing answers."""
-        url = settings.kg_llm_url or f"http://{settings.serve_host}:{settings.serve_port}"
-        model = settings.kg_llm_model or first_model(url, settings.kg_llm_timeout_s)
+        from sutazai.access import client_key
+        from sutazai.tls import client_ssl
+
+        scheme = "http" if settings.tls == "off" else "https"
+        url = settings.kg_llm_url or f"{scheme}://{settings.serve_host}:{settings.serve_port}"
+        key = client_key(settings)
+        verify = client_ssl(settings)
+        context = verify if isinstance(verify, ssl.SSLContext) else None
+        model = settings.kg_llm_model or first_model(url, settings.kg_llm_timeout_s, key,
+                                                     context)
         return cls(url, model, settings.kg_entity_types, settings.kg_relation_types,
                    retries=settings.kg_llm_retries, max_tokens=settings.kg_llm_max_tokens,
-                   timeout_s=settings.kg_llm_timeout_s)
+                   timeout_s=settings.kg_llm_timeout_s, api_key=key, ssl_context=context)
 
     def extract(self, chunks: Sequence[Chunk]) -> list[Extraction]:
         return [self.extract_one(chunk) for chunk in chunks]
@@ -186,15 +197,25 @@ class LLMExtractor:
                           dropped=dropped)
 
 
-def first_model(url: str, timeout_s: float = 10.0) -> str:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def first_model(url: str, timeout_s: float = 10.0, api_key: str | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> str:
     base = url.rstrip("/").removesuffix("/v1")
     try:
-        response = urllib3.request("GET", f"{base}/v1/models", timeout=min(timeout_s, 10.0),
-                                   retries=False)
+        with urllib3.PoolManager(ssl_context=ssl_context, retries=False) as http:
+            response = http.request("GET", f"{base}/v1/models", timeout=min(timeout_s, 10.0),
+                                    headers=auth_headers(api_key))
         models = response.json()["data"] if response.status == 200 else []
     except (urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError) as exc:
         raise ExtractionError(f"no OpenAI-compatible endpoint answers at {base} ({exc}); "
                               "start one (sutazai serve) or set SUTAZAI_KG_LLM_URL") from None
+    if response.status in (401, 403):
+        raise ExtractionError(f"{base} refused the graph extractor (HTTP {response.status}): "
+                              "give it an operator key in SUTAZAI_API_KEY or the secret "
+                              "serving/client-key")
     if not models:
         raise ExtractionError(f"{base}/v1/models lists no model; set SUTAZAI_KG_LLM_MODEL")
     return str(models[0]["id"])
