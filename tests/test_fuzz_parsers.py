@@ -225,7 +225,9 @@ layers = st.fixed_dictionaries({}, optional={
     "digest": st.one_of(st.just("sha256:" + "a" * 64), json_values),
     "size": st.one_of(st.integers(min_value=0), json_values),
     "annotations": st.one_of(
-        st.fixed_dictionaries({"org.opencontainers.image.title": nasty_text}), json_values),
+        st.fixed_dictionaries({"org.opencontainers.image.title": st.one_of(
+            nasty_text, st.sampled_from(["manifest.json", "config.json", "m.gguf"]))}),
+        json_values),
 })
 
 
@@ -241,6 +243,8 @@ def test_registry_manifests_name_safe_files_or_a_source_error(document: dict[str
         return
     for remote in files:
         validate_relative_path(remote.path)
+    paths = [f.path for f in files] + ["manifest.json"]  # resolve() adds the manifest
+    assert len(set(paths)) == len(paths), paths
 
 
 # --- secret names ------------------------------------------------------------------------

@@ -186,8 +186,9 @@ def layer_files(document: dict[str, Any]) -> list[RemoteFile]:
 
 def _layer_files(document: dict[str, Any]) -> list[RemoteFile]:
     files: list[RemoteFile] = []
-    used: set[str] = set()
     config = document.get("config")
+    # names SutazAI adds itself: a layer titled so would make a version list a path twice
+    used = {"manifest.json", "config.json"} if config else {"manifest.json"}
     descriptors = list(document.get("layers", []))
     for index, layer in enumerate(descriptors):
         media = str(layer.get("mediaType", ""))
