@@ -126,6 +126,10 @@ def test_round_trip_publish_snapshot_verify(
     assert repo.ensure_snapshot(manifest) == folder  # intact: nothing redone
     with repo.open_blob(weights_of(manifest)) as stream:
         assert stream.read() == WEIGHTS
+    with repo.open_blob(weights_of(manifest)) as stream:  # odd sizes across chunk borders
+        parts = [stream.read(7), stream.read(CHUNK_BYTES), stream.read(CHUNK_BYTES + 13),
+                 stream.read(), stream.read()]
+    assert b"".join(parts) == WEIGHTS and parts[-1] == b""
     assert repo.verify([manifest]) == []
 
     again = pull(load_catalog(enc_settings.catalog).get("tiny"), repo, enc_settings)

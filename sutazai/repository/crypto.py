@@ -369,19 +369,29 @@ class BlobReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
         if self._pos == self._end:
             if self._index == self._header.chunks:
                 return 0
-            self._open_next()
-        view = memoryview(buffer).cast("B")
+            want = self._next_size()
+            if len(view) >= want:  # the caller's buffer holds a whole chunk: no extra copy
+                self._open_next(view[:want])
+                return want
+            self._open_next(self._plain[:want])
+            self._pos, self._end = 0, want
         count = min(len(view), self._end - self._pos)
         view[:count] = self._plain[self._pos:self._pos + count]
         self._pos += count
         return count
 
-    def _open_next(self) -> None:
-        header, index = self._header, self._index
-        want = min(header.chunk_bytes, header.plain_size - index * header.chunk_bytes)
+    def _next_size(self) -> int:
+        header = self._header
+        return min(header.chunk_bytes, header.plain_size - self._index * header.chunk_bytes)
+
+    def _open_next(self, target: memoryview) -> None:
+        """Decrypt the next chunk into ``target`` (its exact size), or raise."""
+        index = self._index
+        want = len(target)
         sealed = self._sealed[:want + TAG_BYTES]
         if _read_full(self._file, sealed) != len(sealed):
             raise self._failure(index, "ends early (truncated)")
@@ -389,14 +399,13 @@ class BlobReader(io.RawIOBase):
 
         try:
             self._sealer.aead.decrypt_into(self._sealer.nonce(index), sealed,
-                                           self._sealer.aad(index), self._plain[:want])
+                                           self._sealer.aad(index), target)
         except InvalidTag:
             raise self._failure(index, "failed authentication (modified, reordered or "
                                 "truncated)") from None
         self._index += 1
-        if self._index == header.chunks and self._file.read(1):
+        if self._index == self._header.chunks and self._file.read(1):
             raise self._failure(index, "is followed by extra bytes")
-        self._pos, self._end = 0, want
 
     def _failure(self, index: int, what: str) -> BlobAuthenticationError:
         return BlobAuthenticationError(

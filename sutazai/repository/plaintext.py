@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -130,4 +131,10 @@ class PlaintextCache:
                 except FileNotFoundError:
                     continue
                 files, freed = files + 1, freed + size
+        if digests is None:  # everything went: leave no empty folders behind either
+            for base in self._bases():
+                shutil.rmtree(base / "sha256", ignore_errors=True)
+                for folder in (base, base.parent) if base == self.memory_dir else (base,):
+                    with contextlib.suppress(OSError):  # the parent is shared: only if empty
+                        folder.rmdir()
         return files, freed
