@@ -17,7 +17,8 @@ load hits both), a fresh repository is made and three operations are timed:
 * **first serve**: ``ensure_snapshot`` then reading the snapshot's file to the end
   (hashing it, as an engine's load pages it in). Plain: links only, then a read of the
   blob. Encrypted: decrypt + authenticate into the plaintext cache (no re-hash:
-  GCM authenticates every chunk), then the read. Later serves of a materialized snapshot cost the same in both (a plain file).
+  GCM authenticates every chunk), then the read. Later serves of a materialized
+  snapshot cost the same in both (a plain file).
 * **verify**: ``Repository.verify`` of the version. Plain: hash the blob. Encrypted:
   decrypt + authenticate + hash the blob, and re-hash the decrypted copy the snapshot
   links (that is what engines load).
