@@ -8,11 +8,11 @@ type, and a body that matches the documented schema. Valid requests (positive mo
 requests that break the schema (negative mode) are both sent: a client error must come
 back as a documented 4xx, never as a server error.
 
-Speed: the engine runs with a 256-token context, so a request that generates until the
-context is full (what an engine does with ``max_tokens`` null or 0) costs seconds, not
-half a minute; the test's copy of the document caps ``max_tokens`` at 4 for valid
-requests. Examples per operation are bounded; the database is off so runs are repeatable
-only through their seed (printed by hypothesis on failure).
+Speed: the engine runs with a 128-token context (the least SutazAI allows), so a request
+that generates until the context is full (what llama.cpp does with ``max_tokens`` null or
+0) costs seconds, not minutes; the test's copy of the document caps ``max_tokens`` at 4 for
+valid requests. Examples per operation are bounded; the example database is off and the
+seed fixed, so a run repeats the last one.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path
            ) -> Iterator[tuple[Settings, RunningEngine, FeedbackStore]]:
     home = tmp_path_factory.mktemp("fuzz-api")
     config = Settings(home=home / ".sutazai", catalog=home / "catalog.yaml",
-                      llamacpp_context=256, request_logging=True)
+                      llamacpp_context=128, request_logging=True)
     config.catalog.write_text(yaml.safe_dump({"models": [gemma_entry(gemma_gguf)]}))
     [outcome] = mirror_catalog(config, register=False)
     assert outcome.error is None, outcome.error
