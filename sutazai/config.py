@@ -291,6 +291,12 @@ class Settings(BaseSettings):
         "is the secret repository/key (base64 of 32 bytes) from the secret provider.",
     )
 
+    repository_plaintext_dir: Path | None = Field(
+        default=None, description="Where decrypted copies of encrypted blobs are made for "
+        "engines to load; default /dev/shm when they fit, else <repository>/plaintext. In "
+        "Kubernetes, an emptyDir with medium: Memory.",
+    )
+
     # observability (sutazai.telemetry, sutazai.pipeline_metrics)
     otel_exporter: Literal["none", "otlp", "console"] = Field(
         default="none", description="Where OpenTelemetry traces go: an OTLP/HTTP collector "
@@ -308,7 +314,7 @@ class Settings(BaseSettings):
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
                      "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
                      "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_cert_file",
-                     "tls_client_key_file",
+                     "tls_client_key_file", "repository_plaintext_dir",
                      mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

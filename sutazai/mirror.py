@@ -46,7 +46,7 @@ class MirrorOutcome:
 
 
 def open_repository(settings: Settings) -> Repository:
-    return Repository(settings.repository_root)
+    return Repository.from_settings(settings)
 
 
 def open_registry(settings: Settings) -> ModelRegistry:

@@ -13,6 +13,20 @@ from sutazai.config import Settings
 from sutazai.repository import Repository
 from tests.servers import MlflowServer, Nginx, OciRegistry
 
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_files_untouched() -> Iterator[None]:
+    """A test that writes the repository's own catalog (settings built outside the isolated
+    environment default to models/catalog.yaml) fails the run instead of changing it."""
+    before = {p: p.read_bytes() for p in SHIPPED.glob("*.yaml")}
+    yield
+    changed = [p.name for p, data in before.items() if p.read_bytes() != data]
+    for path in changed:
+        path.write_bytes(before[path])
+    assert not changed, f"a test wrote models/{changed}: give its Settings a catalog in tmp"
+
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -226,7 +226,7 @@ def test_keys_are_created_listed_and_revoked_through_the_provider(
 def engine(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path
            ) -> Iterator[tuple[Settings, RunningEngine]]:
     home = tmp_path_factory.mktemp("access-engine")
-    settings = load_settings(home=home / ".sutazai")
+    settings = load_settings(home=home / ".sutazai", catalog=home / "catalog.yaml")
     publish(settings, gemma_gguf, "gemma3-270m")
     running = start_engine(settings, open_repository(settings).get("gemma3-270m"), "llamacpp")
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sutazai.audit import audit_path, open_audit_log
-from sutazai.config import Settings
+from sutazai.config import Settings, load_settings
 from sutazai.errors import BundleError, ConfigError, IntegrityError
 from sutazai.repository import Repository, load_catalog, pull
 from sutazai.repository.bundle import export_bundle, import_bundle
@@ -449,3 +449,32 @@ def test_key_from_a_real_openbao_server(
     reads = [r for r in open_audit_log(enc_settings).records() if r.action == "secret.read"]
     assert [(r.target, r.result) for r in reads] == [("repository/key", "ok")]
     assert "vault" in reads[0].details["provider"]
+
+
+def test_the_cli_encrypts_an_existing_repository_and_audits_it(
+    tmp_path: Path, settings: Settings, key_text: str, write_catalog: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sutazai models encrypt` seals the plain blobs a repository already has; the product
+    path (`open_repository`) then reads them, and `sutazai models verify` passes."""
+    from typer.testing import CliRunner
+
+    from sutazai.cli.main import app
+    from sutazai.mirror import open_repository
+
+    manifest = pull_model(settings, open_repository(settings), write_catalog, "tiny",
+                          make_model(tmp_path / "src"))
+    monkeypatch.setenv("SUTAZAI_REPOSITORY_PLAINTEXT_DIR", str(tmp_path / "plain"))
+    runner = CliRunner()
+    done = runner.invoke(app, ["models", "encrypt", "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["encrypted"] == 3 and not report["failed"]  # weights, config, empty file
+    repo = open_repository(load_settings())
+    assert repo.blob_header(weights_of(manifest)) is not None  # sealed on disk
+    assert (repo.ensure_snapshot(manifest) / "model.safetensors").read_bytes() == WEIGHTS
+    assert runner.invoke(app, ["models", "verify"]).exit_code == 0
+    assert [r for r in open_audit_log(settings).records() if r.action == "repository.encrypt"]
+    monkeypatch.setenv("SUTAZAI_CLI_ROLE", "operator")
+    denied = runner.invoke(app, ["models", "encrypt"])
+    assert denied.exit_code != 0  # encrypting a repository is an admin's decision

@@ -151,6 +151,40 @@ def gc_command(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool =
                       f"{size(report.freed_bytes)}")
 
 
+@app.command("encrypt")
+def encrypt_command(as_json: bool = JSON) -> None:
+    """Encrypt every plain blob in place (AES-256-GCM, key: the secret repository/key)."""
+    from dataclasses import asdict
+
+    from sutazai.audit import audit
+
+    settings = load_settings()
+    repo = open_repository(settings)
+    with RichProgress(errors) as progress:
+        report = repo.encrypt_blobs(progress)
+    audit(settings, "repository.encrypt", str(repo.root),
+          result="error" if report.failed else "ok", details=asdict(report))
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        console.print(f"encrypted {report.encrypted} blob(s) ({size(report.encrypted_bytes)}); "
+                      f"{report.already_encrypted} already were; {report.snapshots_reset} "
+                      "snapshot(s) will be made again on demand")
+    if report.failed:
+        raise IntegrityError(f"{len(report.failed)} blob(s) failed verification and stay "
+                             "plain: run 'sutazai models verify'")
+
+
+@app.command("evict-plaintext")
+def evict_plaintext_command(
+    refs: list[str] = typer.Argument(None, help="NAME or NAME:VERSION; all when omitted."),
+) -> None:
+    """Delete the decrypted copies engines loaded (made again on the next serve)."""
+    repo = open_repository(load_settings())
+    files, freed = repo.evict_plaintext(resolve_refs(repo, refs) if refs else None)
+    console.print(f"removed {files} decrypted file(s), {size(freed)}")
+
+
 @app.command("export")
 def export_command(
     out: Path = typer.Argument(..., help="Bundle file to write (.tar)."),

@@ -21,6 +21,8 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "models convert": "ingest",
     "models rm": "delete",
     "models gc": "delete",
+    "models encrypt": "admin",
+    "models evict-plaintext": "delete",
     "models rollback": "promote",
     "registry sync": "ingest",
     "bench run": "ingest",

@@ -163,14 +163,14 @@ def load_repository_key(settings: Settings) -> RepositoryKey:
     restart (and re-encrypting the blobs; see the report of :meth:`Repository.encrypt_blobs`);
     :func:`forget_repository_keys` drops the cache.
     """
-    from sutazai.secrets import SecretNotFoundError, provider_from, secrets_config
+    from sutazai.secrets import SecretNotFoundError, secrets_config, settings_provider
 
     cache_key = f"{settings.home.resolve()}|{secrets_config(settings).model_dump_json()}"
     with _KEYS_LOCK:
         cached = _KEYS.get(cache_key)
         if cached is not None:
             return cached
-        provider = provider_from(settings)
+        provider = settings_provider(settings)
         try:
             value = provider.get(KEY_SECRET)
         except SecretNotFoundError as exc:

@@ -144,7 +144,7 @@ class Repository:
             settings.repository_root,
             encrypt=settings.repository_encryption,
             key=lambda: load_repository_key(settings),
-            plaintext_dir=getattr(settings, "repository_plaintext_dir", None),
+            plaintext_dir=settings.repository_plaintext_dir,
         )
 
     def key(self) -> RepositoryKey:

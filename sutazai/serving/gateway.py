@@ -34,6 +34,7 @@ from starlette.routing import Route
 from sutazai.access import AccessGuard, AccessMiddleware
 from sutazai.errors import NotFoundError, SutazAIError
 from sutazai.serving.engines import RunningEngine
+from sutazai.serving.openapi import request_problem
 
 if TYPE_CHECKING:
     from sutazai.tls import ServerTLS
@@ -255,11 +256,13 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
                                 "feedback_disabled")
         try:
             body = json.loads(await request.body())
-            interaction, rating = int(body["id"]), float(body["rating"])
-            label = body.get("label")
-        except (ValueError, KeyError, TypeError):
-            return openai_error(400, 'send {"id": <x-sutazai-interaction-id>, "rating": '
-                                '<number>, "label": <optional text>}', "invalid_feedback")
+        except ValueError:
+            body = None
+        problem = request_problem("feedback", body)
+        if problem is not None:
+            return openai_error(400, f'{problem}; send {{"id": <x-sutazai-interaction-id>, '
+                                '"rating": <number>, "label": <optional text>}', "invalid_feedback")
+        interaction, rating, label = int(body["id"]), float(body["rating"]), body.get("label")
         try:
             await asyncio.to_thread(gateway.feedback.rate, interaction, rating, label)
         except SutazAIError as exc:
@@ -276,8 +279,20 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
                 payload = json.loads(body)
             except ValueError:
                 return openai_error(400, "the request body is not valid JSON", "invalid_json")
+            if not isinstance(payload, dict):
+                return openai_error(400, "the request body must be a JSON object",
+                                    "invalid_json")
+            # What the document refuses, the engine would answer with a 500 and a traceback.
+            problem = request_problem(path, payload)
+            if problem is not None:
+                return openai_error(400, problem, "invalid_request")
         upstream = gateway.upstream
         assert upstream is not None
+        logprobs = payload.get("logprobs")  # not `in (None, False)`: 0 == False
+        if logprobs is not None and logprobs is not False and upstream.engine.engine == "llamacpp":
+            return openai_error(400, "the llamacpp engine does not compute logprobs: leave "
+                                "logprobs out, or serve the model with --engine vllm",
+                                "logprobs_not_supported")
         needed = ENDPOINT_CAPABILITY.get(path)
         if needed is not None:
             refusal = _refusal(upstream.engine, needed, payload)

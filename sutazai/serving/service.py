@@ -48,6 +48,7 @@ def resolve_target(settings: Settings, spec: str | None) -> Target:
     if at:
         if not _ALIAS.match(alias):
             raise NotFoundError(f"{spec!r}: an alias is letters, digits, '.', '_' or '-'")
+        parse_ref(name)  # refuses a name that is not a model name ('../x') before any read
         repo.get(name)  # an unknown model fails here, before MLflow is asked
         version = open_registry(settings).repository_version_for_alias(name, alias)
         return Target(repo.get(name, version))
