@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.applications import Starlette
 
 from sutazai import telemetry
-from sutazai.config import Settings
+from sutazai.config import Settings, load_settings
 from sutazai.jobs import plan_benchmarks
 from sutazai.pipeline_metrics import pipeline_run
 from sutazai.repository.manifest import FileEntry, Manifest
@@ -35,6 +35,7 @@ from sutazai.serving.engines import RunningEngine
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
 from tests.conftest import gemma_entry
+from tests.helpers import spacy_entry
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -362,3 +363,35 @@ def test_a_step_subprocess_exports_into_its_parents_trace(
     assert service == "sutazai-step" and span.name == "step plan_benchmarks"
     assert span.trace_id.hex() == TRACE_ID and span.parent_span_id.hex() == PARENT_ID
     assert attributes == {"sutazai.step": "plan_benchmarks"}
+
+
+@pytest.mark.slow
+def test_a_local_kfp_run_is_one_trace(receiver: OtlpReceiver, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      write_catalog: Callable[..., Path]) -> None:
+    """The runner hook (``pipeline_run`` around ``run_pipeline``) with kfp.local: every
+    step runs in a subprocess of its own, configures tracing from the SUTAZAI_* variables
+    it inherits and exports its span as a child of the run's root span."""
+    from pipelines.runner import run_pipeline
+    from sutazai.mirror import mirror_catalog
+
+    monkeypatch.setenv("SUTAZAI_VLLM_VENV", str(tmp_path / "no-vllm"))
+    monkeypatch.setenv("SUTAZAI_BENCHMARK_PROFILE", "smoke")
+    monkeypatch.setenv("SUTAZAI_OTEL_EXPORTER", "otlp")
+    monkeypatch.setenv("SUTAZAI_OTEL_ENDPOINT", receiver.url)
+    write_catalog(spacy_entry())
+    settings = load_settings()
+    [pulled] = mirror_catalog(settings, register=False)  # one model: the loop is not empty
+    assert pulled.error is None
+    assert telemetry.configure_tracing(settings, set_global=False)
+    with pipeline_run(settings, "benchmark_select"):
+        run_pipeline("benchmark_select", {}, settings)
+    telemetry.shutdown_tracing()
+    found = {span.name: span for _, _, span in receiver.spans()}
+    root = found["pipeline sutazai-benchmark-select"]
+    for step in ("step derive_for_vllm", "step plan_benchmarks", "step run_benchmark",
+                 "step select_tasks"):
+        assert found[step].trace_id == root.trace_id, step
+        assert found[step].parent_span_id == root.span_id, step
+    benchmark = found["benchmark"]  # inside the benchmark step's process
+    assert benchmark.parent_span_id == found["step run_benchmark"].span_id
