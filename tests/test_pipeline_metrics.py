@@ -263,3 +263,37 @@ def test_prometheus_alerts_on_a_failed_nightly_and_a_regression(
         assert up["data"]["activeTargets"][0]["labels"]["job"] == "sutazai-pushgateway"
     finally:
         prometheus.stop()
+
+
+def test_every_contract_metric_is_emitted_with_its_type_and_labels(tmp_path: Path) -> None:
+    """infra/README.md's metric contract, read the way tests/test_infra.py reads it: the
+    registries pushed here hold exactly its metrics, as gauges with exactly its labels
+    (``job`` and the group label are added by the Pushgateway's grouping key)."""
+    from sutazai.knowledge.models import GraphStats, IngestReport
+    from sutazai.pipeline_metrics import (
+        ChampionFigures,
+        champion_registry,
+        graph_registry,
+        pipeline_run_registry,
+        repository_registry,
+    )
+    from tests.test_infra import contract
+
+    repo = Repository(tmp_path / "repository")
+    publish(repo, tmp_path / "f", "gemma", "gguf", b"x")
+    stats = GraphStats(documents=1, chunks=1, entities=1, relations=1, mentions=1,
+                       entities_by_type={"PERSON": 1}, relations_by_type={"FOUNDED": 1})
+    registries = [
+        pipeline_run_registry("sutazai-nightly", succeeded=True, seconds=1.0),
+        pipeline_run_registry("sutazai-nightly", succeeded=False, seconds=1.0),
+        champion_registry(ChampionFigures(task="ner", model="spacy", version=1,
+                                          measured=("quality",), changes={"quality": 0.1})),
+        repository_registry(repo),
+        graph_registry(stats, IngestReport(documents_ingested=1, chunks=1)),
+    ]
+    emitted: dict[str, tuple[str, set[str]]] = {}
+    for registry in registries:
+        for family in registry.collect():
+            for sample in family.samples:
+                emitted[family.name] = (family.type, set(sample.labels))
+    assert emitted == {name: ("gauge", labels) for name, (_, labels) in contract().items()}
