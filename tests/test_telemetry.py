@@ -199,7 +199,8 @@ def test_the_gateway_traces_a_request_and_hands_its_context_to_the_engine(
                 json={"prompt": "The capital of France is", "max_tokens": 2})
             assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == " Paris"
             assert httpx.get(f"{gateway.url}/metrics").status_code == 200  # not traced
-            refused = httpx.post(f"{gateway.url}/v1/completions", json={"model": "gpt-4o"})
+            refused = httpx.post(f"{gateway.url}/v1/completions",
+                                 json={"model": "gpt-4o", "prompt": "x"})
             assert refused.status_code == 404
             engine.shutdown()
             engine.server_close()
