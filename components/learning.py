@@ -70,16 +70,12 @@ def register_architecture(data: dict) -> dict:
 
 @component
 def monitor_champions(selections: list[dict], improvement: dict) -> list[dict]:
-    """Compare each champion's measurements with earlier nights; the regressions found."""
+    """Compare each champion's measurements with earlier nights; the regressions found
+    (and, with a Pushgateway, each champion's figures pushed for the alerts)."""
     from sutazai.config import load_settings
-    from sutazai.jobs import SelectionOutcome
-    from sutazai.learning.nightly import (
-        ImprovementOutcome,
-        champion_measurements,
-        monitor_champions,
-    )
+    from sutazai.jobs import SelectionOutcome, monitor_champions
+    from sutazai.learning.nightly import ImprovementOutcome
 
     chosen = [SelectionOutcome.model_validate(s) for s in selections]
     tried = ImprovementOutcome.model_validate(improvement) if improvement else None
-    champions = champion_measurements([(s.task, s.champion) for s in chosen], tried)
-    return [r.model_dump(mode="json") for r in monitor_champions(load_settings(), champions)]
+    return [r.model_dump(mode="json") for r in monitor_champions(load_settings(), chosen, tried)]

@@ -62,10 +62,12 @@ def register_model(ref: str, pulled: dict) -> dict:
     """Register the verified version in MLflow's model registry (once per digest)."""
     from sutazai.config import load_settings
     from sutazai.mirror import open_registry, open_repository, register_version
+    from sutazai.pipeline_metrics import push_repository_metrics
     from sutazai.repository.manifest import parse_ref
 
     settings = load_settings()
     repo = open_repository(settings)
     manifest = repo.get(*parse_ref(ref))
     registered = register_version(repo, open_registry(settings), manifest)
+    push_repository_metrics(settings, repo)  # bytes and versions, with a Pushgateway
     return {**pulled, "mlflow_version": registered.version}

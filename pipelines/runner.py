@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from sutazai.config import Settings, load_settings
 from sutazai.errors import SutazAIError
 from sutazai.mirror import open_registry
+from sutazai.pipeline_metrics import pipeline_run, push_repository_metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "SUTAZAI_VLLM_VENV": str(settings.vllm_venv),
         "SUTAZAI_REPOSITORY_DIR": str(settings.repository_root),
         "SUTAZAI_DOCUMENTS_DIR": str(settings.documents_root),
+        # where steps send metrics and spans, when set (a config file is not inherited)
+        **{f"SUTAZAI_{name.upper()}": str(value) for name, value in (
+            ("pushgateway_url", settings.pushgateway_url),
+            ("otel_exporter", settings.otel_exporter if settings.otel_exporter != "none"
+             else None),
+            ("otel_endpoint", settings.otel_endpoint),
+            ("otel_service_name", settings.otel_service_name)) if value},
     }
 
 
@@ -118,26 +126,31 @@ def run_pipeline(name: str, arguments: dict[str, Any] | None = None,
         params={"pipeline": name, "mode": mode,
                 **{f"arg.{k}": json.dumps(v) for k, v in arguments.items()}},
         experiment=settings.pipeline_experiment)
-    started = time.monotonic()
-    run_id, state, output, where, error = "", "FAILED", None, "", ""
-    try:
-        if mode == "local":
-            run_id, output, where = _run_locally(name, arguments, settings)
-        else:
-            run_id, where = _submit(name, arguments, settings)
-        state = SUCCEEDED
-    except PipelineError as exc:
-        error = str(exc)
-        run_id, where = exc.run_id, exc.where
-    finally:
-        run = PipelineRun(pipeline=name, mode=mode, run_id=run_id, state=state, output=output,
-                          seconds=time.monotonic() - started, mlflow_run_id=mlflow_run_id,
-                          mlflow_url=mlflow_run_url(settings, registry, mlflow_run_id),
-                          where=where)
-        _record(registry, run, error)
-    if error:
-        raise PipelineError(f"{error} ({run.mlflow_url or 'MLflow run ' + mlflow_run_id})",
-                            run.run_id, run.where)
+    # one trace for the run (steps' spans under it) and its end pushed as metrics
+    with pipeline_run(settings, name, **{"sutazai.mode": mode}):
+        started = time.monotonic()
+        run_id, state, output, where, error = "", "FAILED", None, "", ""
+        try:
+            if mode == "local":
+                run_id, output, where = _run_locally(name, arguments, settings)
+            else:
+                run_id, where = _submit(name, arguments, settings)
+            state = SUCCEEDED
+        except PipelineError as exc:
+            error = str(exc)
+            run_id, where = exc.run_id, exc.where
+        finally:
+            run = PipelineRun(pipeline=name, mode=mode, run_id=run_id, state=state,
+                              output=output, seconds=time.monotonic() - started,
+                              mlflow_run_id=mlflow_run_id,
+                              mlflow_url=mlflow_run_url(settings, registry, mlflow_run_id),
+                              where=where)
+            _record(registry, run, error)
+        if error:
+            raise PipelineError(f"{error} ({run.mlflow_url or 'MLflow run ' + mlflow_run_id})",
+                                run.run_id, run.where)
+        if mode == "local" and name == "model_sync":
+            push_repository_metrics(settings)
     return run
 
 

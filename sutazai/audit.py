@@ -333,7 +333,7 @@ def audit_path(settings: Settings) -> Path:
 
 
 def open_audit_log(settings: Settings) -> AuditLog:
-    return AuditLog(audit_path(settings), sink=getattr(settings, "audit_sink", None))
+    return AuditLog(audit_path(settings), sink=settings.audit_sink)
 
 
 def audit(

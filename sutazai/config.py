@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     airflow_port: int = Field(default=8080, ge=1, le=65535)
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    pushgateway_port: int = Field(default=9091, ge=1, le=65535,
+                                  description="The local stack's Pushgateway (make up).")
 
     # knowledge graph
     kg_store: Literal["falkordb", "neo4j"] = Field(
@@ -251,6 +253,12 @@ class Settings(BaseSettings):
     regression_tolerance: float = Field(
         default=0.10, ge=0, description="A champion metric this much worse than the median of "
         "earlier nights is flagged as a regression.",
+    )
+
+    audit_sink: str | None = Field(
+        default=None, description="Also write each audit record, as one JSON line, to "
+        "'stdout' or 'stderr' (for a Loki/ELK collector) or to a file path (a store the "
+        "writer cannot rewrite).",
     )
 
     # access control (sutazai.access): API keys held in the secret provider, mapped to roles

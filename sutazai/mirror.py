@@ -20,6 +20,7 @@ from sutazai.registry import ModelRegistry, RegisteredVersion
 from sutazai.repository import Repository, load_catalog, pull
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import FileProblem
+from sutazai.telemetry import traced
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def open_registry(settings: Settings) -> ModelRegistry:
                          settings.mlflow_artifacts_dir)
 
 
+@traced("mirror_catalog")
 def mirror_catalog(
     settings: Settings,
     names: list[str] | None = None,
@@ -118,6 +120,7 @@ def resolve_refs(repo: Repository, refs: list[str]) -> list[Manifest]:
     return manifests
 
 
+@traced("verify_repository")
 def verify_repository(
     settings: Settings, refs: list[str] | None = None, progress: Progress = NULL_PROGRESS
 ) -> tuple[list[Manifest], list[FileProblem]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from sutazai.serving.process import ManagedProcess, require_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+INFRA_PROMETHEUS = ROOT / "infra" / "prometheus"
 ADMIN = "admin"
 VAULT_BACKEND = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
 
@@ -158,7 +160,12 @@ def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> di
     if mlflow_uri:
         env["SUTAZAI_MLFLOW_TRACKING_URI"] = mlflow_uri
         env["SUTAZAI_MLFLOW_UI_URL"] = mlflow_uri
+    env["SUTAZAI_PUSHGATEWAY_URL"] = pushgateway_url(settings)
     return env
+
+
+def pushgateway_url(settings: Settings) -> str:
+    return settings.pushgateway_url or f"http://127.0.0.1:{settings.pushgateway_port}"
 
 
 def fernet_key(settings: Settings) -> str:
@@ -211,6 +218,10 @@ def services(settings: Settings) -> list[Service]:
             f"--storage.tsdb.path={stack_dir(settings) / 'prometheus-data'}",
             f"--web.listen-address=127.0.0.1:{settings.prometheus_port}"], lambda: base_env,
             30.0),
+        Service("pushgateway", settings.pushgateway_port, "/-/ready", [
+            "/usr/bin/prometheus-pushgateway",
+            f"--web.listen-address=127.0.0.1:{settings.pushgateway_port}"], lambda: base_env,
+            30.0),
         Service("airflow", settings.airflow_port, "/api/v2/monitor/health",
                 [str(BIN / "airflow"), "standalone"],
                 lambda: {**os.environ, **airflow_environment(settings, mlflow_url)}, 240.0),
@@ -218,19 +229,43 @@ def services(settings: Settings) -> list[Service]:
 
 
 def write_prometheus_config(settings: Settings) -> None:
-    """Scrape ``sutazai serve`` (its gateway's /metrics) and Prometheus itself."""
+    """Scrape ``sutazai serve`` (its gateway's /metrics, with a viewer key of its own), the
+    Pushgateway (batch metrics, ``honor_labels``) and Prometheus itself, with infra's
+    recording and alert rules."""
+    folder = stack_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = []
+    for name in ("recording.yml", "alerts.yml"):
+        shutil.copyfile(INFRA_PROMETHEUS / name, folder / name)
+        rules.append(str(folder / name))
     config = {
         "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "rule_files": rules,
         "scrape_configs": [
             {"job_name": "sutazai-serving",
+             "authorization": {"type": "Bearer",
+                               "credentials_file": str(metrics_key_file(settings))},
              "static_configs": [{"targets": [f"127.0.0.1:{settings.serve_port}"]}]},
+            {"job_name": "sutazai-pushgateway", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{settings.pushgateway_port}"]}]},
             {"job_name": "prometheus",
              "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]},
         ],
     }
-    path = stack_dir(settings) / "prometheus.yml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2))
+    (folder / "prometheus.yml").write_text(json.dumps(config, indent=2))
+
+
+def metrics_key_file(settings: Settings) -> Path:
+    """A viewer API key for Prometheus, made once (0600) and added to the key table."""
+    from sutazai.access import KeyStore, new_key
+
+    path = stack_dir(settings) / "metrics-key"
+    if not path.exists():
+        key, entry = new_key("prometheus-local", "viewer")
+        KeyStore(settings).add(entry)
+        path.touch(mode=0o600)
+        path.write_text(key)
+    return path
 
 
 def pid_file(settings: Settings, name: str) -> Path:

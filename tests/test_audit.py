@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from sutazai.audit import GENESIS, AuditError, AuditLog, audit, record_hash
+from sutazai.audit import GENESIS, AuditError, AuditLog, audit, open_audit_log, record_hash
 from sutazai.cli.audit import app
 from sutazai.config import Settings
 
@@ -176,3 +176,16 @@ def test_cli_verify_and_tail(settings: Settings) -> None:
     assert json.loads(result.output)["bad_line"] == 1
     result = runner.invoke(app, ["verify", "--path", str(path)])
     assert result.exit_code == 1 and "broken at line 1" in result.output
+
+
+def test_the_sink_is_a_setting(settings: Settings, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """SUTAZAI_AUDIT_SINK=stdout sends every record to stdout for a log shipper."""
+    from sutazai.config import load_settings
+
+    monkeypatch.setenv("SUTAZAI_AUDIT_SINK", "stdout")
+    audit(load_settings(), "model.delete", "gemma:1", result="ok")
+    shipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (shipped["action"], shipped["target"]) == ("model.delete", "gemma:1")
+    assert open_audit_log(settings).verify().ok

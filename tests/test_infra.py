@@ -510,3 +510,29 @@ def test_chart_values_parse_and_airflow_reads_secrets_from_vault() -> None:
     assert mlflow["backendStore"]["postgres"]["enabled"] is True
     assert mlflow["artifactRoot"]["s3"]["enabled"] is True
     assert values["neo4j"]["neo4j"]["passwordFromSecret"]
+
+
+def test_the_local_stack_scrapes_the_gateway_with_a_viewer_key_and_the_pushgateway(
+        tmp_path: Path) -> None:
+    """make up's Prometheus: a valid config with infra's rules, a viewer key (0600) that
+    the key table knows, and the Pushgateway scraped with honor_labels."""
+    from sutazai.access import KeyStore, Principal, authenticate
+    from sutazai.config import load_settings
+    from sutazai_stack import services as stack
+
+    settings = load_settings(home=tmp_path / ".sutazai")
+    stack.write_prometheus_config(settings)
+    stack.write_prometheus_config(settings)  # idempotent: one key, not two
+    config_file = stack.stack_dir(settings) / "prometheus.yml"
+    result = promtool("check", "config", str(config_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in json.loads(config_file.read_text())
+            ["scrape_configs"]}
+    key_file = Path(jobs["sutazai-serving"]["authorization"]["credentials_file"])
+    assert key_file.stat().st_mode & 0o077 == 0
+    table = KeyStore(settings).load()
+    assert len(table.keys) == 1
+    found = authenticate(table, key_file.read_text())
+    assert isinstance(found, Principal) and found.role == "viewer"
+    assert jobs["sutazai-pushgateway"]["honor_labels"] is True
+    assert "SUTAZAI_PUSHGATEWAY_URL" in stack.airflow_environment(settings)

@@ -37,6 +37,7 @@ from sutazai.knowledge.resolve import Resolver
 from sutazai.knowledge.stores.base import GraphStore
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.secrets import GRAPH_PASSWORD, optional_secret
+from sutazai.telemetry import traced
 
 log = logging.getLogger(__name__)
 RELATION_MODES = ("svo", "llm", "both", "none")
@@ -136,6 +137,7 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
     return report
 
 
+@traced("extract_documents")
 def extract_documents(settings: Settings, paths: list[str], *, relations: str = "svo",
                       progress: Progress = NULL_PROGRESS) -> ExtractionBatch:
     """The compute half of an ingest, with no writes: load, chunk, extract.
@@ -168,6 +170,7 @@ def extract_documents(settings: Settings, paths: list[str], *, relations: str = 
     return batch
 
 
+@traced("upsert_documents")
 def upsert_documents(settings: Settings, batch: ExtractionBatch,
                      progress: Progress = NULL_PROGRESS) -> IngestReport:
     """The write half: resolve each extraction against the stored entities and upsert it,

@@ -25,6 +25,7 @@ from sutazai.learning.promotion import PromotionDecision
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
 from sutazai.selection import Candidate
+from sutazai.telemetry import traced
 
 GGUF_ENGINES = {"llamacpp"}
 
@@ -71,6 +72,7 @@ class SearchOutcome(BaseModel):
     run_id: str | None = None
 
 
+@traced("prepare_data")
 def prepare_data(settings: Settings) -> DataOutcome:
     """Import the inbox, snapshot the store, gate the snapshot (raises when it fails)."""
     from sutazai.learning.datastore import FeedbackStore, snapshot
@@ -113,6 +115,7 @@ def finetune_base(settings: Settings, champion: Manifest) -> Manifest:
     return champion
 
 
+@traced("improve_champion")
 def improve_champion(settings: Settings, data: DataOutcome, task: str | None = None,
                      progress: Progress = NULL_PROGRESS) -> ImprovementOutcome:
     """Fine-tune the champion, bring it to the champion's engine, and challenge it."""
@@ -180,6 +183,7 @@ def study_name(data: DataOutcome) -> str:
     return f"nightly-{data.snapshot.digest[:12]}"
 
 
+@traced("search_architectures")
 def search_architectures(settings: Settings, data: DataOutcome, worker: int | None = None,
                          progress: Progress = NULL_PROGRESS) -> SearchOutcome:
     """Run this worker's share of tonight's study (several workers share its storage)."""
@@ -195,6 +199,7 @@ def search_architectures(settings: Settings, data: DataOutcome, worker: int | No
                          best_params=report.best_params, run_id=report.mlflow_run_id)
 
 
+@traced("register_searched")
 def register_searched(settings: Settings, data: DataOutcome) -> SearchOutcome:
     """Register the finished study's best architecture as a model version with lineage."""
     from sutazai.learning.nas import register_best, show_study

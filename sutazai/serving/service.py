@@ -23,6 +23,7 @@ from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.serving.engines import RunningEngine, engine_for
 from sutazai.serving.gateway import FeedbackSink, GatewayThread, create_app
 from sutazai.serving.process import free_port, require_free_port
+from sutazai.telemetry import instrument_app
 from sutazai.tls import ServerTLS
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -82,7 +83,9 @@ def serving(settings: Settings, manifest: Manifest, engine_name: str | None = No
     try:
         if not port:
             port = free_port()
-        with GatewayThread(create_app(running), host, port) as gateway:
+        app = create_app(running)
+        instrument_app(app, settings)
+        with GatewayThread(app, host, port) as gateway:
             yield running, gateway.url
     finally:
         running.stop()
@@ -127,6 +130,7 @@ def _serve(settings: Settings, target: Target, running: RunningEngine, engine_na
     try:
         app = create_app(running, owns_engine=True, feedback=feedback_sink(settings),
                          guard=guard)
+        instrument_app(app, settings)
         if target.task and not engine_name and settings.serve_watch_interval_s > 0:
             watcher = ChampionWatcher(
                 settings, app.state.gateway, target.task,
