@@ -148,6 +148,9 @@ class AuditLog:
 
     def __init__(self, path: Path, sink: str | None = None) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise AuditError(f"{self.path} is a folder: give the audit log's file, e.g. "
+                             f"{self.path / 'audit.jsonl'}")
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.lock = FileLock(str(self.path.with_name(self.path.name + ".lock")),
                              timeout=LOCK_TIMEOUT_S)

@@ -189,3 +189,8 @@ def test_the_sink_is_a_setting(settings: Settings, tmp_path: Path,
     shipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (shipped["action"], shipped["target"]) == ("model.delete", "gemma:1")
     assert open_audit_log(settings).verify().ok
+
+
+def test_a_folder_is_not_an_audit_log(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="is a folder"):
+        AuditLog(tmp_path)

@@ -42,7 +42,7 @@ def stack_command(*args: str) -> subprocess.CompletedProcess[str]:
 def running_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                   write_catalog: Callable[..., Path]) -> Iterator[Settings]:
     """`make up` on free ports, with the spaCy model as the whole catalog (a quick cycle)."""
-    for name in ("AIRFLOW", "MLFLOW", "PROMETHEUS"):
+    for name in ("AIRFLOW", "MLFLOW", "PROMETHEUS", "PUSHGATEWAY"):
         monkeypatch.setenv(f"SUTAZAI_{name}_PORT", str(free_port()))
     monkeypatch.setenv("SUTAZAI_VLLM_VENV", str(tmp_path / "no-vllm"))
     monkeypatch.setenv("SUTAZAI_BENCHMARK_PROFILE", "smoke")
@@ -55,7 +55,7 @@ def running_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     finally:
         stack_command("down")
         if started.returncode != 0:
-            for name in ("mlflow", "airflow", "prometheus"):
+            for name in ("mlflow", "airflow", "prometheus", "pushgateway"):
                 log = stack.log_file(settings, name)
                 if log.exists():
                     sys.stderr.write(f"--- {name}\n{log.read_text()[-3000:]}\n")
@@ -88,7 +88,7 @@ def test_airflow_and_mlflow_uis_show_the_nightly_cycle(running_stack: Settings) 
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
     password = stack.admin_password(settings)
     status = stack_command("status")
-    assert status.returncode == 0 and status.stdout.count(" ok ") == 3, status.stdout
+    assert status.returncode == 0 and status.stdout.count(" ok ") == 4, status.stdout
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -10,12 +10,13 @@ per-request records, ``summary.json`` (what the selection reads) and the plots.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from pydantic import BaseModel
 
 from sutazai.benchmark import plots
@@ -118,13 +119,14 @@ def quality_only(settings: Settings, manifest: Manifest, engine: str | None,
 
     if task == "ner" and manifest.format == "spacy":
         folder = open_repository(settings).ensure_snapshot(manifest)
-        process = psutil.Process()
-        before = process.memory_info().rss
         started = time.monotonic()
-        report = ner_quality(folder, settings.benchmark_data_dir)
-        # in-process: the memory the pipeline added to this process stands for its footprint
-        grown = max(process.memory_info().rss - before, 0)
-        return summary("spacy", report, time.monotonic() - started, grown or None)
+        # In a fresh process: its peak RSS is what serving the pipeline takes. RSS growth
+        # of this process said little (a heap with room from earlier work grows by KiBs).
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            report, peak = pool.submit(_ner_in_child, folder,
+                                       settings.benchmark_data_dir).result()
+        return summary("spacy", report, time.monotonic() - started, peak)
     if task in EMBEDDING_TASKS:
         with serving(settings, manifest, engine) as (running, _):
             report = embedding_quality(running.base_url, running.model,
@@ -133,6 +135,13 @@ def quality_only(settings: Settings, manifest: Manifest, engine: str | None,
                            running.peak_rss_bytes)
     raise BenchmarkError(f"{manifest.ref} is a {task} model ({manifest.format}); SutazAI "
                          "benchmarks text generation, embeddings and spaCy NER")
+
+
+def _ner_in_child(folder: Path, data_dir: Path) -> tuple[QualityReport, int]:
+    import resource
+
+    report = ner_quality(folder, data_dir)
+    return report, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profile: LoadProfile,
