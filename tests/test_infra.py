@@ -202,7 +202,7 @@ def test_promtool_fails_a_wrong_expectation(tmp_path: Path) -> None:
     (tmp_path / "t.yml").write_text(yaml.safe_dump({
         "rule_files": ["recording.yml", "alerts.yml"], "evaluation_interval": "1m",
         "tests": [{"interval": "1m", "input_series": [
-            {"series": 'sutazai_request_duration_seconds_bucket{job="j",le="2.5"}',
+            {"series": 'sutazai_request_duration_seconds_bucket{job="j",le="2.0"}',
              "values": "0+99x60"},
             {"series": 'sutazai_request_duration_seconds_count{job="j"}', "values": "0+100x60"}],
             "alert_rule_test": [{"eval_time": "30m", "alertname": "SutazAILatencyBudgetBurnFast",
