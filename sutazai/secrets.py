@@ -21,6 +21,7 @@ Values are :class:`pydantic.SecretStr`, so a log line, an exception or an MLflow
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -252,20 +253,13 @@ class FileProvider:
     def put(self, name: str, value: str) -> None:
         """Replace the file atomically (a reader sees the old value or the new, never half
         of one), mode 0600 in 0700 folders."""
+        from sutazai.repository.fsutil import atomic_write_text  # mkstemp: mode 0600
+
         path = self.folder / check_name(name)
         _check_value(name, value)
         try:
             _private_dirs(self.folder, path)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(value)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_write_text(path, value)
         except OSError as exc:
             raise SecretError(f"secret {name!r}: cannot write {path} ({exc.strerror}); the "
                               f"folder {self.folder} must be writable by this user") from exc
@@ -320,30 +314,28 @@ class AuditedProvider:
         self.actor = actor
         self.label = inner.label
 
-    def get(self, name: str) -> SecretStr:
+    @contextlib.contextmanager
+    def _audited(self, action: str, name: str) -> Iterator[None]:
+        """Record ``action`` on ``name`` with its outcome (the error's type on failure)."""
         try:
-            value = self.inner.get(name)
+            yield
         except SecretError as exc:
-            self.audit_log.record("secret.read", name, actor=self.actor, result="error",
+            self.audit_log.record(action, name, actor=self.actor, result="error",
                                   details={"provider": self.label,
                                            "error": type(exc).__name__})
             raise
-        self.audit_log.record("secret.read", name, actor=self.actor,
-                              details={"provider": self.label})
+        self.audit_log.record(action, name, actor=self.actor, details={"provider": self.label})
+
+    def get(self, name: str) -> SecretStr:
+        with self._audited("secret.read", name):
+            value = self.inner.get(name)
         log.debug("secret %s read from %s", name, self.label)
         return value
 
     def put(self, name: str, value: str) -> None:
         check_name(name)
-        try:
+        with self._audited("secret.write", name):
             self.inner.put(name, value)
-        except SecretError as exc:
-            self.audit_log.record("secret.write", name, actor=self.actor, result="error",
-                                  details={"provider": self.label,
-                                           "error": type(exc).__name__})
-            raise
-        self.audit_log.record("secret.write", name, actor=self.actor,
-                              details={"provider": self.label})
         log.info("secret %s written to %s", name, self.label)
 
 
