@@ -143,3 +143,32 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
 
     with pytest.raises(GraphStoreError, match=r"cannot reach FalkorDB.*SUTAZAI_KG_URI"):
         FalkorDBStore("127.0.0.1", free_port(), "g", "pw")
+
+
+
+def test_a_stalled_server_is_waited_for_until_the_deadline_then_named(tmp_path: Path) -> None:
+    """A loaded machine (CI) can stall FalkorDB's replies past the 5 s socket timeout. The
+    start must keep waiting until its own deadline, and past it fail with a GraphStoreError
+    naming the log, not a redis.TimeoutError a minute later. SIGSTOP makes the stall real:
+    the kernel accepts the connection, nobody answers."""
+    import os
+    import signal
+    import threading
+    import time
+
+    with EmbeddedFalkorDB(tmp_path / "graph", "pw") as server:
+        assert server.process is not None and server.process.process is not None
+        pid = server.process.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            server.ready_timeout_s = 3
+            started = time.monotonic()
+            with pytest.raises(GraphStoreError, match=r"did not answer within 3s.*falkordb.log"):
+                server._wait_ready()
+            assert time.monotonic() - started < 15  # one 5 s attempt may overrun, no more
+            server.ready_timeout_s = 60
+            resume = threading.Timer(7.0, os.kill, (pid, signal.SIGCONT))
+            resume.start()
+            server._wait_ready()  # past one socket timeout, within the deadline
+        finally:
+            os.kill(pid, signal.SIGCONT)

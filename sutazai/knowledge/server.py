@@ -14,6 +14,7 @@ commands connect to the owner's server instead (``server.json`` says where it li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from sutazai.serving.process import ManagedProcess, free_port, tail
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
+
+logger = logging.getLogger(__name__)
 
 PASSWORD_FILE = "graph.password"  # where SutazAI before the secret provider kept it
 SERVER_INFO = "server.json"  # host, port and pid while a process owns the server
@@ -81,7 +84,7 @@ class EmbeddedFalkorDB:
     """A FalkorDB server owned by this process; use as a context manager."""
 
     def __init__(self, data_dir: Path, password: str, *, bolt_port: int | None = None,
-                 lock_timeout_s: float = 30.0, ready_timeout_s: float = 30.0) -> None:
+                 lock_timeout_s: float = 30.0, ready_timeout_s: float = 120.0) -> None:
         """``bolt_port`` opens FalkorDB's experimental Bolt listener, for tests only: it binds
         every interface, accepts no login once a password is set, ignores ports above
         32767, and a write over Bolt with the append-only file on kills the server (an
@@ -152,12 +155,19 @@ class EmbeddedFalkorDB:
 
     def _wait_ready(self) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         assert self.process is not None
+
+        # One bounded attempt per PING: redis-py's own retries would stretch one call to a
+        # minute on a stalled server and overrun this method's deadline.
         client = redis.Redis(host=self.host, port=self.port,
                              password=None if self.bolt_port else self.password,
-                             socket_connect_timeout=1, socket_timeout=5)
-        deadline = time.monotonic() + self.ready_timeout_s
+                             socket_connect_timeout=1, socket_timeout=5,
+                             retry=Retry(NoBackoff(), 0))
+        started = time.monotonic()
+        deadline = started + self.ready_timeout_s
         try:
             while time.monotonic() < deadline:
                 if not self.process.alive():
@@ -166,10 +176,14 @@ class EmbeddedFalkorDB:
                         f"{tail(self.log_path)}")
                 try:
                     client.ping()
+                    if (waited := time.monotonic() - started) > 5:
+                        logger.warning("FalkorDB took %.0fs to answer; see %s", waited,
+                                       self.log_path)
                     return
-                except redis.BusyLoadingError:
-                    pass  # replaying the append-only file
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # not listening yet, or replaying the append-only file (BusyLoadingError
+                    # is a ConnectionError), or stalled by a loaded machine: wait until the
+                    # deadline rather than fail on one slow reply
                     pass
                 time.sleep(0.05)
         finally:
