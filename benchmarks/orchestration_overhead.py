@@ -56,8 +56,9 @@ def step_overhead(steps: int) -> dict[str, float]:
     from kfp import dsl, local
 
     from components.model_sync import list_catalog
-    from pipelines.runner import environment, settings_environment
+    from pipelines.runner import settings_environment
     from sutazai.config import load_settings
+    from sutazai.environ import overlaid
     from sutazai.repository import load_catalog
 
     settings = load_settings()
@@ -73,7 +74,7 @@ def step_overhead(steps: int) -> dict[str, float]:
         load_catalog(settings.catalog).select(None)
     direct = time.perf_counter() - started
 
-    with tempfile.TemporaryDirectory() as root, environment(settings_environment(settings)):
+    with tempfile.TemporaryDirectory() as root, overlaid(settings_environment(settings)):
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
         started = time.perf_counter()
         chain()

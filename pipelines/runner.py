@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from sutazai.config import Settings, load_settings
+from sutazai.environ import overlaid
 from sutazai.errors import SutazAIError
 from sutazai.mirror import open_registry
 from sutazai.pipeline_metrics import pipeline_run, push_repository_metrics
@@ -88,21 +86,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             ("otel_endpoint", settings.otel_endpoint),
             ("otel_service_name", settings.otel_service_name)) if value},
     }
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set variables for the steps' subprocesses, and put the old values back after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def compile_pipeline(name: str, path: Path) -> Path:
@@ -188,7 +171,7 @@ def _run_locally(name: str, arguments: dict[str, Any], settings: Settings
     try:
         # transformers' tqdm bars would flood the step logs; the steps log their progress
         quiet = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-        with environment({**settings_environment(settings), **quiet}), \
+        with overlaid({**settings_environment(settings), **quiet}), \
                 warnings.catch_warnings():
             # requests, limits and display names are for the cluster; locally they are noise
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner")

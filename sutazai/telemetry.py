@@ -331,18 +331,11 @@ def exported_context() -> Iterator[None]:
     if not carrier:
         yield
         return
-    values = {TRACEPARENT_ENV: carrier["traceparent"],
-              TRACESTATE_ENV: carrier.get("tracestate", "")}
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    from sutazai.environ import overlaid
+
+    with overlaid({TRACEPARENT_ENV: carrier["traceparent"],
+                   TRACESTATE_ENV: carrier.get("tracestate", "")}):
         yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 # ------------------------------------------------------------------------- ASGI (serving)

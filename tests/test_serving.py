@@ -69,6 +69,20 @@ def test_openai_client_gets_completions_streamed_and_not(
     assert running.peak_rss_bytes and running.peak_rss_bytes > 200 * 2**20
 
 
+
+def test_the_reply_names_the_served_model_never_the_snapshot_path(
+    served: tuple[RunningEngine, str]
+) -> None:
+    """llama.cpp answers a request without "model" with the snapshot's absolute path; the
+    gateway names the model for it, also when the caller asked by the version's ref."""
+    running, url = served
+    for asked in ({}, {"model": running.manifest.ref}):
+        body = {"prompt": "Hello", "max_tokens": 2, "temperature": 0, **asked}
+        reply = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == "gemma3-270m"
+        assert ".sutazai" not in reply.text  # the home, where snapshots live
+
 def test_chat_on_a_base_model_is_refused_with_the_remedy(
     served: tuple[RunningEngine, str]
 ) -> None:

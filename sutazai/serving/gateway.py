@@ -265,9 +265,13 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         interaction, rating, label = int(body["id"]), float(body["rating"]), body.get("label")
         try:
             await asyncio.to_thread(gateway.feedback.rate, interaction, rating, label)
-        except SutazAIError as exc:
-            return openai_error(404 if isinstance(exc, NotFoundError) else 400, str(exc),
+        except NotFoundError:
+            # not str(exc): it names the learning database, which is no caller's business
+            return openai_error(404, f"no served request has id {interaction}; rate the id "
+                                f"from a reply's {INTERACTION_HEADER} header",
                                 "feedback_refused")
+        except SutazAIError as exc:
+            return openai_error(400, str(exc), "feedback_refused")
         return JSONResponse({"id": interaction, "rating": rating, "label": label})
 
     async def proxy(request: Request) -> Response:
@@ -299,6 +303,12 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
             if refusal is not None:
                 metrics.requests.labels(path, str(refusal.status_code)).inc()
                 return refusal
+            if payload.get("model") != upstream.engine.model:
+                # The engine knows the model by its served name only: vLLM refuses the
+                # version's ref, and llama.cpp answers a request without one with the
+                # snapshot's absolute path as the "model".
+                payload["model"] = upstream.engine.model
+                body = json.dumps(payload).encode()
         return await _forward(request, upstream, path, body, payload)
 
     async def _forward(request: Request, upstream: Upstream, path: str, body: bytes,
