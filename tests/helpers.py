@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sutazai.serving.engines import RunningEngine
 
 
 def entry(name: str, source: str, **extra: Any) -> dict[str, Any]:
@@ -40,3 +43,15 @@ def spacy_entry() -> dict[str, Any]:
     """A catalog entry mirroring the packaged spaCy NER pipeline from its folder."""
     return {"name": "en-core-web-sm", "source": f"file:{spacy_model_folder()}", "format": "spacy",
             "tasks": ["ner"], "license": "mit"}
+
+
+def upstream_engine(url: str) -> RunningEngine:
+    """A RunningEngine for a stand-in HTTP server at ``url`` (no process of SutazAI's)."""
+    from sutazai.repository.manifest import FileEntry, Manifest
+    from sutazai.serving.engines import RunningEngine
+
+    manifest = Manifest(name="tiny", version=3, digest="ab" * 32, source="file:x", revision="x",
+                        format="gguf", tasks=["text-generation"], license="mit",
+                        files=[FileEntry(path="model.gguf", digest="cd" * 32, size=1)])
+    return RunningEngine(engine="llamacpp", model="tiny", base_url=url, manifest=manifest,
+                         capabilities=frozenset({"completions"}))

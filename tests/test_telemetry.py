@@ -30,12 +30,10 @@ from sutazai import telemetry
 from sutazai.config import Settings, load_settings
 from sutazai.jobs import plan_benchmarks
 from sutazai.pipeline_metrics import pipeline_run
-from sutazai.repository.manifest import FileEntry, Manifest
-from sutazai.serving.engines import RunningEngine
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
 from tests.conftest import gemma_entry
-from tests.helpers import spacy_entry
+from tests.helpers import spacy_entry, upstream_engine
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -177,14 +175,6 @@ class RecordingEngine(http.server.ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_port}"
-
-
-def upstream_engine(url: str) -> RunningEngine:
-    manifest = Manifest(name="tiny", version=3, digest="ab" * 32, source="file:x", revision="x",
-                        format="gguf", tasks=["text-generation"], license="mit",
-                        files=[FileEntry(path="model.gguf", digest="cd" * 32, size=1)])
-    return RunningEngine(engine="llamacpp", model="tiny", base_url=url, manifest=manifest,
-                         capabilities=frozenset({"completions"}))
 
 
 def test_the_gateway_traces_a_request_and_hands_its_context_to_the_engine(

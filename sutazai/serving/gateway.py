@@ -173,7 +173,11 @@ class Gateway:
     @staticmethod
     def _client(engine: RunningEngine) -> httpx.AsyncClient:
         timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        # Idle connections expire before the engine's uvicorn closes them (its keep-alive is
+        # 5 s, httpx's default expiry too): at equal timeouts a request can go out on a
+        # connection the engine is closing, and the client would see a 502.
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256,
+                              keepalive_expiry=2.0)
         return httpx.AsyncClient(base_url=engine.base_url, timeout=timeout, limits=limits)
 
     @property
@@ -323,7 +327,12 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         metrics.in_flight.inc()
         upstream.in_flight += 1
         try:
-            answer = await client.send(upstream_request, stream=True)
+            try:
+                answer = await client.send(upstream_request, stream=True)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or a pooled connection the engine closed before it answered: the
+                # engine did no work for it, so one more try on a fresh connection is safe.
+                answer = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             metrics.in_flight.dec()
             upstream.in_flight -= 1
