@@ -25,6 +25,7 @@ class DropsFirstConnection:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.connections = 0
         self.bodies: list[dict[str, object]] = []
+        self.heads: list[bytes] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -42,7 +43,9 @@ class DropsFirstConnection:
                 request = self._read_request(connection)
                 if self.connections == 1:
                     continue  # closed without a byte of answer
-                self.bodies.append(json.loads(request.split(b"\r\n\r\n", 1)[1]))
+                head, body = request.split(b"\r\n\r\n", 1)
+                self.heads.append(head.lower())
+                self.bodies.append(json.loads(body))
                 data = json.dumps({"model": "tiny", "choices": [{"text": " Paris"}],
                                    "usage": {"completion_tokens": 1}}).encode()
                 connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -66,16 +69,23 @@ class DropsFirstConnection:
 
 
 def test_a_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one() -> None:
+    """Also: the caller's key stays with the gateway; the engine never sees it."""
     upstream = DropsFirstConnection()
     try:
         with GatewayThread(create_app(upstream_engine(upstream.url)), "127.0.0.1",
                            free_port()) as gateway:
             answer = httpx.post(f"{gateway.url}/v1/completions",
-                                json={"prompt": "The capital of France is", "max_tokens": 1})
+                                json={"prompt": "The capital of France is", "max_tokens": 1},
+                                headers={"Authorization": "Bearer sk-sutazai-0123456789ab.s3",
+                                         "X-API-Key": "sk-sutazai-0123456789ab.s3",
+                                         "X-Request-Id": "r-1"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["text"] == " Paris"
         assert upstream.connections == 2  # dropped once, answered on the second
         assert upstream.bodies == [{"prompt": "The capital of France is", "max_tokens": 1,
                                     "model": "tiny"}]
+        [head] = upstream.heads
+        assert b"x-request-id: r-1" in head  # other headers pass
+        assert b"sk-sutazai" not in head and b"authorization" not in head
     finally:
         upstream.close()

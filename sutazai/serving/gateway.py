@@ -50,6 +50,9 @@ ENDPOINT_CAPABILITY = {
 }
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
               "content-encoding", "upgrade"}
+# The caller's SutazAI key is for the gateway: the engine has no use for it, and a key that
+# reaches the engine can reach its logs.
+CALLER_CREDENTIALS = {"authorization", "x-api-key"}
 
 
 class GatewayMetrics:
@@ -318,7 +321,8 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
     async def _forward(request: Request, upstream: Upstream, path: str, body: bytes,
                        payload: dict[str, Any]) -> Response:
         client = upstream.client
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() not in CALLER_CREDENTIALS}
         upstream_request = client.build_request(
             request.method, f"/v1/{path}", content=body, headers=headers,
             params=request.query_params,
