@@ -33,6 +33,7 @@ from sutazai.repository.crypto import (
     WrongKeyError,
     encrypted_size,
     forget_repository_keys,
+    load_previous_repository_key,
     load_repository_key,
 )
 from sutazai.repository.manifest import Manifest
@@ -42,6 +43,7 @@ from tests.openbao import ROOT_TOKEN, running_openbao
 from tests.servers import Nginx
 
 KEY_VAR = "SUTAZAI_SECRET_REPOSITORY_KEY"
+PREVIOUS_KEY_VAR = "SUTAZAI_SECRET_REPOSITORY_PREVIOUS_KEY"
 WEIGHTS = bytes(range(256)) * (10 * 1024 + 100)  # 2.5 MiB + 25 KiB: three chunks
 
 
@@ -69,6 +71,7 @@ def open_repo(settings: Settings, tmp_path: Path, encrypt: bool = True) -> Repos
     """The settings' repository with decrypted copies in a test folder (not /dev/shm)."""
     return Repository(settings.repository_root, encrypt=encrypt,
                       key=lambda: load_repository_key(settings),
+                      previous_key=lambda: load_previous_repository_key(settings),
                       plaintext_dir=tmp_path / "plaintext")
 
 
@@ -167,6 +170,51 @@ def test_plain_and_encrypted_blobs_side_by_side_then_encrypt_in_place(
     assert (repo.ensure_snapshot(old) / "model.safetensors").read_bytes() == WEIGHTS
     assert repo.verify([old, new]) == []
     assert repo.encrypt_blobs().encrypted == 0
+
+
+def test_key_rotation_reads_both_keys_and_rekey_retires_the_old_one(
+    tmp_path: Path, enc_settings: Settings, key_text: str, monkeypatch: pytest.MonkeyPatch,
+    write_catalog: Callable[..., Path],
+) -> None:
+    """Rotation as an admin does it: the old key becomes repository/previous-key and a new
+    one repository/key. Blobs of both keys stay readable; `rekey` re-seals the old ones,
+    after which the previous key is not needed. A reader that cached the old key follows
+    the rotation without a restart. Plaintext and digests never change."""
+    old_key = RepositoryKey.parse(key_text)
+    reader = open_repo(enc_settings, tmp_path)  # a long-running process, caching the old key
+    old = pull_model(enc_settings, reader, write_catalog, "old", make_model(tmp_path / "old"))
+
+    new_key = RepositoryKey.generate()
+    monkeypatch.setenv(KEY_VAR, new_key.to_text())
+    forget_repository_keys()
+    repo = open_repo(enc_settings, tmp_path)
+    with pytest.raises(WrongKeyError, match=r"repository/previous-key.*rekey"):
+        repo.open_blob(weights_of(old)).read()
+    with pytest.raises(WrongKeyError, match="nothing was changed"):
+        repo.rekey_blobs()
+    assert all(repo.blob_header(f.digest).key_id == old_key.id_bytes  # type: ignore[union-attr]
+               for f in old.files)
+
+    monkeypatch.setenv(PREVIOUS_KEY_VAR, key_text)
+    new = pull_model(enc_settings, repo, write_catalog, "new",
+                     make_model(tmp_path / "new", WEIGHTS[::-1]))
+    assert repo.blob_header(weights_of(new)).key_id == new_key.id_bytes  # type: ignore[union-attr]
+    assert repo.open_blob(weights_of(old)).read() == WEIGHTS  # through the previous key
+    assert repo.verify([old, new]) == []
+
+    report = repo.rekey_blobs()
+    assert report.key_id == new_key.key_id and not report.failed
+    assert (report.rekeyed, report.current, report.plain) == (3, 1, 0)  # config shared
+    assert report.rekeyed_bytes == sum(f.size for f in old.files)
+    assert {repo.blob_header(f.digest).key_id  # type: ignore[union-attr]
+            for m in (old, new) for f in m.files} == {new_key.id_bytes}
+    assert repo.rekey_blobs().rekeyed == 0  # idempotent
+
+    monkeypatch.delenv(PREVIOUS_KEY_VAR)
+    forget_repository_keys()
+    assert (reader.ensure_snapshot(old) / "model.safetensors").read_bytes() == WEIGHTS
+    assert reader.open_blob(weights_of(new)).read() == WEIGHTS[::-1]  # re-read the new key
+    assert open_repo(enc_settings, tmp_path).verify([old, new]) == []
 
 
 def test_wrong_key_is_a_clear_error_not_corruption(
@@ -475,6 +523,19 @@ def test_the_cli_encrypts_an_existing_repository_and_audits_it(
     assert (repo.ensure_snapshot(manifest) / "model.safetensors").read_bytes() == WEIGHTS
     assert runner.invoke(app, ["models", "verify"]).exit_code == 0
     assert [r for r in open_audit_log(settings).records() if r.action == "repository.encrypt"]
+
+    # rotation: `models rekey` re-seals every blob with the new key, audited
+    monkeypatch.setenv(PREVIOUS_KEY_VAR, key_text)
+    monkeypatch.setenv(KEY_VAR, RepositoryKey.generate().to_text())
+    forget_repository_keys()
+    rekeyed = runner.invoke(app, ["models", "rekey", "--json"])
+    assert rekeyed.exit_code == 0, rekeyed.output
+    assert json.loads(rekeyed.output)["rekeyed"] == 3
+    assert [r for r in open_audit_log(settings).records() if r.action == "repository.rekey"]
+    monkeypatch.delenv(PREVIOUS_KEY_VAR)
+    forget_repository_keys()
+    assert runner.invoke(app, ["models", "verify"]).exit_code == 0
+
     monkeypatch.setenv("SUTAZAI_CLI_ROLE", "operator")
-    denied = runner.invoke(app, ["models", "encrypt"])
-    assert denied.exit_code != 0  # encrypting a repository is an admin's decision
+    for command in ("encrypt", "rekey"):  # an admin's decisions
+        assert runner.invoke(app, ["models", command]).exit_code != 0

@@ -175,6 +175,34 @@ def encrypt_command(as_json: bool = JSON) -> None:
                              "plain: run 'sutazai models verify'")
 
 
+@app.command("rekey")
+def rekey_command(as_json: bool = JSON) -> None:
+    """Re-seal the blobs of a retired key with the current one (key rotation: the old key
+    as secret repository/previous-key, the new one as repository/key)."""
+    from dataclasses import asdict
+
+    from sutazai.audit import audit
+
+    settings = load_settings()
+    repo = open_repository(settings)
+    with RichProgress(errors) as progress:
+        report = repo.rekey_blobs(progress)
+    audit(settings, "repository.rekey", str(repo.root),
+          result="error" if report.failed else "ok", details=asdict(report))
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        console.print(f"re-sealed {report.rekeyed} blob(s) ({size(report.rekeyed_bytes)}) with "
+                      f"key {report.key_id}; {report.current} already were; {report.plain} "
+                      "plain blob(s) left as they are")
+        if not report.failed:
+            console.print("no blob needs the previous key now: delete the secret "
+                          "repository/previous-key")
+    if report.failed:
+        raise IntegrityError(f"{len(report.failed)} blob(s) failed authentication and keep "
+                             "their old key: run 'sutazai models verify'")
+
+
 @app.command("evict-plaintext")
 def evict_plaintext_command(
     refs: list[str] = typer.Argument(None, help="NAME or NAME:VERSION; all when omitted."),

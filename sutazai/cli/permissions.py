@@ -22,6 +22,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "models rm": "delete",
     "models gc": "delete",
     "models encrypt": "admin",
+    "models rekey": "admin",
     "models evict-plaintext": "delete",
     "models rollback": "promote",
     "registry sync": "ingest",

@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from sutazai.progress import ProgressTask
 
 KEY_SECRET = "repository/key"
+# During a key rotation: the key being retired, until `sutazai models rekey` is done with it.
+PREVIOUS_KEY_SECRET = "repository/previous-key"
 KEY_BYTES = 32
 MAGIC = b"\x89SZAIENC"
 FORMAT_VERSION = 1
@@ -160,23 +162,41 @@ def load_repository_key(settings: Settings) -> RepositoryKey:
     Cached for the life of the process, keyed by the home folder and the secret-provider
     configuration: a server keeps decrypting through a Vault outage, and the audit log
     gets one ``secret.read`` per process instead of one per blob. A rotated key needs a
-    restart (and re-encrypting the blobs; see the report of :meth:`Repository.encrypt_blobs`);
+    restart of long-running readers (see :func:`load_previous_repository_key`);
     :func:`forget_repository_keys` drops the cache.
     """
+    from sutazai.secrets import SecretNotFoundError
+
+    key = _cached_key(settings, KEY_SECRET)
+    if key is None:
+        raise SecretNotFoundError(
+            f"the repository key is missing (no secret {KEY_SECRET!r}); "
+            f"{missing_key_help(settings)}")
+    return key
+
+
+def load_previous_repository_key(settings: Settings) -> RepositoryKey | None:
+    """The key being rotated out (secret ``repository/previous-key``), or None.
+
+    While it is set, blobs sealed with it stay readable, and ``sutazai models rekey``
+    re-seals them with the current key; once that is done the secret can be deleted.
+    """
+    return _cached_key(settings, PREVIOUS_KEY_SECRET)
+
+
+def _cached_key(settings: Settings, secret: str) -> RepositoryKey | None:
     from sutazai.secrets import SecretNotFoundError, secrets_config, settings_provider
 
-    cache_key = f"{settings.home.resolve()}|{secrets_config(settings).model_dump_json()}"
+    cache_key = f"{settings.home.resolve()}|{secrets_config(settings).model_dump_json()}|{secret}"
     with _KEYS_LOCK:
         cached = _KEYS.get(cache_key)
         if cached is not None:
             return cached
         provider = settings_provider(settings)
         try:
-            value = provider.get(KEY_SECRET)
-        except SecretNotFoundError as exc:
-            raise SecretNotFoundError(
-                f"the repository key is missing ({exc}); {missing_key_help(settings)}"
-            ) from None
+            value = provider.get(secret)
+        except SecretNotFoundError:
+            return None  # not cached: a key set later is found without a restart
         key = RepositoryKey.parse(value.get_secret_value(), provider.label)
         _KEYS[cache_key] = key
         return key
@@ -272,8 +292,10 @@ class _Sealer:
             raise WrongKeyError(
                 f"blob {header.digest[:12]}… was encrypted with key id {header.key_id.hex()}, "
                 f"but the configured secret {KEY_SECRET!r} has id {key.key_id}: configure "
-                "the key that encrypted this repository (the key id is a fingerprint; "
-                "compare it with 'sutazai.repository.crypto.RepositoryKey.parse(...).key_id')")
+                "the key that encrypted this repository, or, while rotating keys, set the "
+                f"old one as the secret {PREVIOUS_KEY_SECRET!r} and run 'sutazai models "
+                "rekey' (the key id is a fingerprint; compare it with "
+                "'sutazai.repository.crypto.RepositoryKey.parse(...).key_id')")
         okm = HKDF(algorithm=hashes.SHA256(), length=40, salt=header.salt,
                    info=_BLOB_INFO + bytes.fromhex(header.digest)).derive(key.material)
         self.aead = AESGCM(okm[:32])

@@ -50,16 +50,20 @@ from sutazai.errors import ConfigError, IntegrityError, NotFoundError
 from sutazai.progress import NULL_PROGRESS, Progress, ProgressTask
 from sutazai.repository.crypto import (
     CHUNK_BYTES,
+    PREVIOUS_KEY_SECRET,
     BlobAuthenticationError,
     BlobHeader,
     BlobReader,
     RepositoryKey,
+    WrongKeyError,
     encrypt_stream,
     encrypted_size,
+    forget_repository_keys,
+    load_previous_repository_key,
     load_repository_key,
     read_header,
 )
-from sutazai.repository.fsutil import atomic_write_text, hash_file, hash_stream
+from sutazai.repository.fsutil import atomic_write_text, fsync_dir, hash_file, hash_stream
 from sutazai.repository.manifest import FileEntry, Manifest, content_digest
 from sutazai.repository.plaintext import PlaintextCache
 
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
     from sutazai.config import Settings
 
 KeySource = Callable[[], RepositoryKey]
+PreviousKeySource = Callable[[], RepositoryKey | None]
 
 
 @dataclass
@@ -100,6 +105,18 @@ class EncryptReport:
     snapshots_reset: int = 0
 
 
+@dataclass
+class RekeyReport:
+    """What :meth:`Repository.rekey_blobs` did."""
+
+    key_id: str = ""  # the current key's fingerprint, which every sealed blob now has
+    rekeyed: int = 0
+    rekeyed_bytes: int = 0
+    current: int = 0  # already sealed with the current key
+    plain: int = 0  # not encrypted at all ('sutazai models encrypt' seals them)
+    failed: list[str] = field(default_factory=list)  # digests that failed authentication
+
+
 class Repository:
     """A content-addressed model store rooted at one folder."""
 
@@ -109,12 +126,15 @@ class Repository:
         *,
         encrypt: bool = False,
         key: KeySource | RepositoryKey | None = None,
+        previous_key: PreviousKeySource | None = None,
         plaintext_dir: Path | None = None,
     ) -> None:
         """``encrypt`` seals new blobs with the key that ``key`` gives (read on first
         need, then kept). Encrypted blobs are read whenever a key is given, whatever
-        ``encrypt`` says. ``plaintext_dir`` pins where decrypted copies go (default: tmpfs
-        when it fits, else ``<root>/plaintext``; see :mod:`sutazai.repository.plaintext`).
+        ``encrypt`` says; ``previous_key`` gives the key being rotated out, for blobs
+        still sealed with it. ``plaintext_dir`` pins where decrypted copies go (default:
+        tmpfs when it fits, else ``<root>/plaintext``; see
+        :mod:`sutazai.repository.plaintext`).
         """
         if encrypt and key is None:
             raise ConfigError("an encrypting repository needs a key: open it with "
@@ -123,6 +143,7 @@ class Repository:
         self.encrypt = encrypt
         self._key_source = key
         self._key: RepositoryKey | None = key if isinstance(key, RepositoryKey) else None
+        self._previous_key_source = previous_key
         self.plaintext = PlaintextCache(root, plaintext_dir)
         self.blobs_dir = root / "blobs" / "sha256"
         self.manifests_dir = root / "manifests"
@@ -144,6 +165,7 @@ class Repository:
             settings.repository_root,
             encrypt=settings.repository_encryption,
             key=lambda: load_repository_key(settings),
+            previous_key=lambda: load_previous_repository_key(settings),
             plaintext_dir=settings.repository_plaintext_dir,
         )
 
@@ -157,6 +179,25 @@ class Repository:
                     "reads the secret 'repository/key'")
             self._key = self._key_source()
         return self._key
+
+    def key_for(self, header: BlobHeader) -> RepositoryKey:
+        """The key that sealed this blob: the current one, or the one being rotated out.
+
+        When neither matches, the cached keys are read again once (a rotation may have
+        happened since this process read them); failing that, the current key is
+        returned and decryption raises :class:`WrongKeyError`, which says what to do.
+        """
+        for attempt in range(2):
+            current = self.key()
+            if header.key_id == current.id_bytes:
+                return current
+            previous = self._previous_key_source() if self._previous_key_source else None
+            if previous is not None and header.key_id == previous.id_bytes:
+                return previous
+            if attempt == 0 and callable(self._key_source):
+                forget_repository_keys()
+                self._key = None
+        return current
 
     # ------------------------------------------------------------------ locking
     def model_lock(self, name: str) -> FileLock:
@@ -230,8 +271,8 @@ class Repository:
         header = self.blob_header(digest)
         if header is None:
             return self.blob_path(digest).open("rb")
-        return io.BufferedReader(BlobReader(self.blob_path(digest), header, self.key()),
-                                 buffer_size=CHUNK_BYTES)
+        return io.BufferedReader(BlobReader(self.blob_path(digest), header,
+                                            self.key_for(header)), buffer_size=CHUNK_BYTES)
 
     def _place(self, staged: Path, digest: str) -> bool:
         target = self.blob_path(digest)
@@ -736,6 +777,69 @@ class Repository:
                     staged.unlink(missing_ok=True)
             task.close()
         return report
+
+    def rekey_blobs(self, progress: Progress = NULL_PROGRESS) -> RekeyReport:
+        """Re-seal every blob sealed with the previous key with the current one (the second
+        half of a key rotation; see the README's Encryption at rest).
+
+        Every sealed blob's key is checked before anything changes: a blob that neither the
+        current nor the previous key sealed stops the run with :class:`WrongKeyError`. Each
+        blob is decrypted (authenticated) and re-hashed while it is sealed again into a
+        temporary file, which then replaces it atomically, so a run cut short leaves every
+        blob readable and the next run finishes the rest. Decrypted copies stay valid (the
+        plaintext is unchanged). A blob that fails authentication is left as it is and
+        listed in ``failed`` (run verify). Holds the exclusive lock.
+        """
+        current = self.key()
+        report = RekeyReport(key_id=current.key_id)
+        with self.exclusive():
+            stale: list[tuple[Path, BlobHeader]] = []
+            for blob in sorted(self.blobs_dir.glob("*/*")):
+                try:
+                    header = read_header(blob, blob.name)
+                except IntegrityError:
+                    report.failed.append(blob.name)
+                    continue
+                if header is None:
+                    report.plain += 1
+                elif header.key_id == current.id_bytes:
+                    report.current += 1
+                elif self.key_for(header).id_bytes == header.key_id:
+                    stale.append((blob, header))
+                else:
+                    previous = self._previous_key_source() if self._previous_key_source else None
+                    raise WrongKeyError(
+                        f"blob {blob.name[:12]}… was sealed with key id {header.key_id.hex()}, "
+                        f"which is neither the current key ({self.key().key_id}) nor the "
+                        f"previous one ({previous.key_id if previous else 'not set'}): set "
+                        f"the key that sealed it as the secret {PREVIOUS_KEY_SECRET!r} and "
+                        "run the rekey again; nothing was changed")
+            current = self.key()  # key_for may have re-read a rotated key
+            report.key_id = current.key_id
+            task = progress.task("re-seal blobs", total=sum(h.plain_size for _, h in stale))
+            for blob, header in stale:
+                staged = self.staging_path("rekey")
+                try:
+                    with self.open_blob(blob.name) as source, staged.open("wb") as sink:
+                        actual = encrypt_stream(source, sink, current, header.digest,
+                                                header.plain_size, task)
+                        sink.flush()
+                        os.fsync(sink.fileno())
+                    if actual != header.digest:  # authenticated, yet: never replace on doubt
+                        report.failed.append(header.digest)
+                        continue
+                    os.chmod(staged, 0o444)
+                    os.replace(staged, blob)
+                    fsync_dir(blob.parent)
+                    report.rekeyed += 1
+                    report.rekeyed_bytes += header.plain_size
+                except BlobAuthenticationError:
+                    report.failed.append(header.digest)
+                finally:
+                    staged.unlink(missing_ok=True)
+            task.close()
+        return report
+
 
 def _changed(path: Path, actual: str, expected: str) -> IntegrityError:
     return IntegrityError(
