@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from sutazai.config import Settings
 
 GENESIS = "0" * 64
-Result = Literal["ok", "denied", "error"]
+Result = Literal["ok", "denied", "absent", "error"]  # absent: a secret looked up, not there
 LOCK_TIMEOUT_S = 30.0
 
 

@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sutazai.errors import ConfigError, SutazAIError
 
 if TYPE_CHECKING:
-    from sutazai.audit import AuditLog
+    from sutazai.audit import AuditLog, Result
     from sutazai.config import Settings
 
 log = logging.getLogger(__name__)
@@ -316,11 +316,16 @@ class AuditedProvider:
 
     @contextlib.contextmanager
     def _audited(self, action: str, name: str) -> Iterator[None]:
-        """Record ``action`` on ``name`` with its outcome (the error's type on failure)."""
+        """Record ``action`` on ``name`` with its outcome (the error's type on failure).
+
+        A secret that is not there is ``absent``, not an error: optional ones (an MLflow
+        token where a password is used) are looked up on every start, and an audit
+        trail full of errors that are none hides the real ones."""
         try:
             yield
         except SecretError as exc:
-            self.audit_log.record(action, name, actor=self.actor, result="error",
+            result: Result = "absent" if isinstance(exc, SecretNotFoundError) else "error"
+            self.audit_log.record(action, name, actor=self.actor, result=result,
                                   details={"provider": self.label,
                                            "error": type(exc).__name__})
             raise

@@ -44,6 +44,9 @@ ALLOWED = {
     ("sutazai/repository/crypto.py", "Secret Keyword",
      "03b9b10fb6ada25522d4f6907c708060b8eef646"):  # pragma: allowlist secret
         "KEY_SECRET is the secret's *name* repository/key",
+    ("sutazai/repository/crypto.py", "Secret Keyword",
+     "16d77125f60a6daf97184b88e496b81bf9ab82f9"):  # pragma: allowlist secret
+        "PREVIOUS_KEY_SECRET is the secret's *name* repository/previous-key",
     ("tests/test_pipeline_metrics.py", "Basic Auth Credentials",
      "f3bbbd66a63d4bf1747940578ec3d0103530e21d"):  # pragma: allowlist secret
         "a made-up password in a Pushgateway URL, to test that logs redact it",

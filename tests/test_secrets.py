@@ -139,7 +139,7 @@ def test_provider_from_settings_audits_reads_by_name_only(
     records = log.records()
     assert [(r.action, r.target, r.result, r.actor) for r in records] == [
         ("secret.read", "graph/password", "ok", "role:kg"),
-        ("secret.read", "mlflow/password", "error", "role:kg")]
+        ("secret.read", "mlflow/password", "absent", "role:kg")]
     assert records[0].details["provider"].startswith("env,file:")
     assert value not in log.path.read_text() and log.verify().ok
 
