@@ -504,7 +504,8 @@ def test_the_cli_encrypts_an_existing_repository_and_audits_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`sutazai models encrypt` seals the plain blobs a repository already has; the product
-    path (`open_repository`) then reads them, and `sutazai models verify` passes."""
+    path (`open_repository`) then reads them, and `sutazai models verify` passes. Then a
+    key rotation with `models rekey`, and the way back with `models decrypt`."""
     from typer.testing import CliRunner
 
     from sutazai.cli.main import app
@@ -536,6 +537,23 @@ def test_the_cli_encrypts_an_existing_repository_and_audits_it(
     forget_repository_keys()
     assert runner.invoke(app, ["models", "verify"]).exit_code == 0
 
+    # and back: `models decrypt` is refused while new blobs would be sealed, then works
+    monkeypatch.setenv("SUTAZAI_REPOSITORY_ENCRYPTION", "true")
+    refused = runner.invoke(app, ["models", "decrypt"])
+    assert refused.exit_code != 0 and repo.blob_header(weights_of(manifest)) is not None
+    monkeypatch.setenv("SUTAZAI_REPOSITORY_ENCRYPTION", "false")
+    decrypted = runner.invoke(app, ["models", "decrypt", "--json"])
+    assert decrypted.exit_code == 0, decrypted.output
+    assert json.loads(decrypted.output)["decrypted"] == 3
+    assert repo.blob_path(weights_of(manifest)).read_bytes() == WEIGHTS  # plain on disk
+    assert (repo.snapshot_path(manifest) / "model.safetensors").resolve() == \
+        repo.blob_path(weights_of(manifest)).resolve()  # linked to the blob, as when plain
+    assert not list(repo.plaintext.copies())  # the decrypted copies are gone
+    monkeypatch.delenv(KEY_VAR)
+    forget_repository_keys()
+    assert runner.invoke(app, ["models", "verify"]).exit_code == 0  # no key needed now
+    assert [r for r in open_audit_log(settings).records() if r.action == "repository.decrypt"]
+
     monkeypatch.setenv("SUTAZAI_CLI_ROLE", "operator")
-    for command in ("encrypt", "rekey"):  # an admin's decisions
+    for command in ("encrypt", "rekey", "decrypt"):  # an admin's decisions
         assert runner.invoke(app, ["models", command]).exit_code != 0

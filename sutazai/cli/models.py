@@ -203,6 +203,29 @@ def rekey_command(as_json: bool = JSON) -> None:
                              "their old key: run 'sutazai models verify'")
 
 
+@app.command("decrypt")
+def decrypt_command(as_json: bool = JSON) -> None:
+    """Turn every sealed blob back into a plain one (with SUTAZAI_REPOSITORY_ENCRYPTION=false)."""
+    from dataclasses import asdict
+
+    from sutazai.audit import audit
+
+    settings = load_settings()
+    repo = open_repository(settings)
+    with RichProgress(errors) as progress:
+        report = repo.decrypt_blobs(progress)
+    audit(settings, "repository.decrypt", str(repo.root),
+          result="error" if report.failed else "ok", details=asdict(report))
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        console.print(f"decrypted {report.decrypted} blob(s) ({size(report.decrypted_bytes)}); "
+                      f"{report.already_plain} already were plain")
+    if report.failed:
+        raise IntegrityError(f"{len(report.failed)} blob(s) failed authentication and stay "
+                             "sealed: run 'sutazai models verify'")
+
+
 @app.command("evict-plaintext")
 def evict_plaintext_command(
     refs: list[str] = typer.Argument(None, help="NAME or NAME:VERSION; all when omitted."),

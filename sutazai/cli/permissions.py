@@ -23,6 +23,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "models gc": "delete",
     "models encrypt": "admin",
     "models rekey": "admin",
+    "models decrypt": "admin",
     "models evict-plaintext": "delete",
     "models rollback": "promote",
     "registry sync": "ingest",

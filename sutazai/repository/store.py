@@ -117,6 +117,17 @@ class RekeyReport:
     failed: list[str] = field(default_factory=list)  # digests that failed authentication
 
 
+@dataclass
+class DecryptReport:
+    """What :meth:`Repository.decrypt_blobs` did."""
+
+    decrypted: int = 0
+    decrypted_bytes: int = 0
+    already_plain: int = 0
+    failed: list[str] = field(default_factory=list)  # digests that stay sealed
+    snapshots_relinked: int = 0
+
+
 class Repository:
     """A content-addressed model store rooted at one folder."""
 
@@ -804,41 +815,101 @@ class Repository:
                     report.plain += 1
                 elif header.key_id == current.id_bytes:
                     report.current += 1
-                elif self.key_for(header).id_bytes == header.key_id:
-                    stale.append((blob, header))
                 else:
-                    previous = self._previous_key_source() if self._previous_key_source else None
-                    raise WrongKeyError(
-                        f"blob {blob.name[:12]}… was sealed with key id {header.key_id.hex()}, "
-                        f"which is neither the current key ({self.key().key_id}) nor the "
-                        f"previous one ({previous.key_id if previous else 'not set'}): set "
-                        f"the key that sealed it as the secret {PREVIOUS_KEY_SECRET!r} and "
-                        "run the rekey again; nothing was changed")
+                    self._key_that_sealed(header)  # a missing key fails before any change
+                    stale.append((blob, header))
             current = self.key()  # key_for may have re-read a rotated key
             report.key_id = current.key_id
-            task = progress.task("re-seal blobs", total=sum(h.plain_size for _, h in stale))
-            for blob, header in stale:
-                staged = self.staging_path("rekey")
-                try:
-                    with self.open_blob(blob.name) as source, staged.open("wb") as sink:
-                        actual = encrypt_stream(source, sink, current, header.digest,
-                                                header.plain_size, task)
-                        sink.flush()
-                        os.fsync(sink.fileno())
-                    if actual != header.digest:  # authenticated, yet: never replace on doubt
-                        report.failed.append(header.digest)
-                        continue
-                    os.chmod(staged, 0o444)
-                    os.replace(staged, blob)
-                    fsync_dir(blob.parent)
-                    report.rekeyed += 1
-                    report.rekeyed_bytes += header.plain_size
-                except BlobAuthenticationError:
-                    report.failed.append(header.digest)
-                finally:
-                    staged.unlink(missing_ok=True)
-            task.close()
+            report.rekeyed, report.rekeyed_bytes, failed = self._rewrite_sealed(
+                stale, current, progress.task("re-seal blobs",
+                                              total=sum(h.plain_size for _, h in stale)))
+            report.failed += failed
         return report
+
+    def decrypt_blobs(self, progress: Progress = NULL_PROGRESS) -> DecryptReport:
+        """Turn every sealed blob back into a plain one (leaving encryption at rest).
+
+        Refused while ``encrypt`` is on, since new blobs would be sealed again. Each blob
+        is authenticated and re-hashed on the way and replaced atomically; snapshots are
+        then relinked to the plain blobs, and the decrypted copies removed. Holds the
+        exclusive lock. Needs the key(s) that sealed them.
+        """
+        if self.encrypt:
+            raise ConfigError("this repository seals new blobs: set "
+                              "SUTAZAI_REPOSITORY_ENCRYPTION=false first, then decrypt")
+        report = DecryptReport()
+        with self.exclusive():
+            sealed: list[tuple[Path, BlobHeader]] = []
+            for blob in sorted(self.blobs_dir.glob("*/*")):
+                try:
+                    header = read_header(blob, blob.name)
+                except IntegrityError:
+                    report.failed.append(blob.name)
+                    continue
+                if header is None:
+                    report.already_plain += 1
+                else:
+                    self._key_that_sealed(header)  # a missing key fails before any change
+                    sealed.append((blob, header))
+            report.decrypted, report.decrypted_bytes, failed = self._rewrite_sealed(
+                sealed, None, progress.task("decrypt blobs",
+                                            total=sum(h.plain_size for _, h in sealed)))
+            report.failed += failed
+            # snapshots linked decrypted copies: relink them to the plain blobs, as publish
+            # does, then the copies can go
+            plain_now = {header.digest for _, header in sealed} - set(failed)
+            for manifest in self.all_versions():
+                if plain_now.intersection(f.digest for f in manifest.files):
+                    self._write_snapshot(manifest, materialize=False)
+                    report.snapshots_relinked += 1
+            self.plaintext.remove(plain_now)
+        return report
+
+    def _key_that_sealed(self, header: BlobHeader) -> RepositoryKey:
+        key = self.key_for(header)
+        if key.id_bytes != header.key_id:
+            previous = self._previous_key_source() if self._previous_key_source else None
+            raise WrongKeyError(
+                f"blob {header.digest[:12]}… was sealed with key id {header.key_id.hex()}, "
+                f"which is neither the current key ({key.key_id}) nor the previous one "
+                f"({previous.key_id if previous else 'not set'}): set the key that sealed "
+                f"it as the secret {PREVIOUS_KEY_SECRET!r} and run this again; nothing was "
+                "changed")
+        return key
+
+    def _rewrite_sealed(self, blobs: list[tuple[Path, BlobHeader]],
+                        key: RepositoryKey | None, task: ProgressTask
+                        ) -> tuple[int, int, list[str]]:
+        """Rewrite each sealed blob from its authenticated plaintext, sealed with ``key``
+        or plain when it is None: (blobs rewritten, their plaintext bytes, digests that
+        failed authentication and were left as they were). Each replacement is atomic."""
+        done = done_bytes = 0
+        failed: list[str] = []
+        for blob, header in blobs:
+            staged = self.staging_path("reseal")
+            try:
+                with self.open_blob(blob.name) as source, staged.open("wb") as sink:
+                    if key is None:
+                        actual, _ = hash_stream(source, sink, task)
+                    else:
+                        actual = encrypt_stream(source, sink, key, header.digest,
+                                                header.plain_size, task)
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                if actual != header.digest:  # authenticated, yet: never replace on doubt
+                    failed.append(header.digest)
+                    continue
+                os.chmod(staged, 0o444)
+                os.replace(staged, blob)
+                fsync_dir(blob.parent)
+                done += 1
+                done_bytes += header.plain_size
+            except BlobAuthenticationError:
+                failed.append(header.digest)
+            finally:
+                staged.unlink(missing_ok=True)
+        task.close()
+        return done, done_bytes, failed
 
 
 def _changed(path: Path, actual: str, expected: str) -> IntegrityError:
