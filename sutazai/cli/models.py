@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -151,9 +153,10 @@ def gc_command(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool =
                       f"{size(report.freed_bytes)}")
 
 
-@app.command("encrypt")
-def encrypt_command(as_json: bool = JSON) -> None:
-    """Encrypt every plain blob in place (AES-256-GCM, key: the secret repository/key)."""
+def _rewrite_blobs(action: str, as_json: bool, run: Callable[..., Any],
+                   summary: Callable[[Any], str], failure: str) -> None:
+    """One of the repository's blob rewrites (encrypt, rekey, decrypt): run it with a
+    progress bar, audit it with its report, print the report, fail when a blob failed."""
     from dataclasses import asdict
 
     from sutazai.audit import audit
@@ -161,69 +164,51 @@ def encrypt_command(as_json: bool = JSON) -> None:
     settings = load_settings()
     repo = open_repository(settings)
     with RichProgress(errors) as progress:
-        report = repo.encrypt_blobs(progress)
-    audit(settings, "repository.encrypt", str(repo.root),
+        report = run(repo, progress)
+    audit(settings, f"repository.{action}", str(repo.root),
           result="error" if report.failed else "ok", details=asdict(report))
     if as_json:
         emit_json(asdict(report))
     else:
-        console.print(f"encrypted {report.encrypted} blob(s) ({size(report.encrypted_bytes)}); "
-                      f"{report.already_encrypted} already were; {report.snapshots_reset} "
-                      "snapshot(s) will be made again on demand")
+        console.print(summary(report))
     if report.failed:
-        raise IntegrityError(f"{len(report.failed)} blob(s) failed verification and stay "
-                             "plain: run 'sutazai models verify'")
+        raise IntegrityError(f"{len(report.failed)} blob(s) {failure}: run "
+                             "'sutazai models verify'")
+
+
+@app.command("encrypt")
+def encrypt_command(as_json: bool = JSON) -> None:
+    """Encrypt every plain blob in place (AES-256-GCM, key: the secret repository/key)."""
+    _rewrite_blobs(
+        "encrypt", as_json, lambda repo, progress: repo.encrypt_blobs(progress),
+        lambda r: (f"encrypted {r.encrypted} blob(s) ({size(r.encrypted_bytes)}); "
+                   f"{r.already_encrypted} already were; {r.snapshots_reset} snapshot(s) "
+                   "will be made again on demand"),
+        "failed verification and stay plain")
 
 
 @app.command("rekey")
 def rekey_command(as_json: bool = JSON) -> None:
     """Re-seal the blobs of a retired key with the current one (key rotation: the old key
     as secret repository/previous-key, the new one as repository/key)."""
-    from dataclasses import asdict
-
-    from sutazai.audit import audit
-
-    settings = load_settings()
-    repo = open_repository(settings)
-    with RichProgress(errors) as progress:
-        report = repo.rekey_blobs(progress)
-    audit(settings, "repository.rekey", str(repo.root),
-          result="error" if report.failed else "ok", details=asdict(report))
-    if as_json:
-        emit_json(asdict(report))
-    else:
-        console.print(f"re-sealed {report.rekeyed} blob(s) ({size(report.rekeyed_bytes)}) with "
-                      f"key {report.key_id}; {report.current} already were; {report.plain} "
-                      "plain blob(s) left as they are")
-        if not report.failed:
-            console.print("no blob needs the previous key now: delete the secret "
-                          "repository/previous-key")
-    if report.failed:
-        raise IntegrityError(f"{len(report.failed)} blob(s) failed authentication and keep "
-                             "their old key: run 'sutazai models verify'")
+    _rewrite_blobs(
+        "rekey", as_json, lambda repo, progress: repo.rekey_blobs(progress),
+        lambda r: (f"re-sealed {r.rekeyed} blob(s) ({size(r.rekeyed_bytes)}) with key "
+                   f"{r.key_id}; {r.current} already were; {r.plain} plain blob(s) left as "
+                   "they are" + ("" if r.failed else "; no blob needs the previous key now: "
+                                 "delete the secret repository/previous-key")),
+        "failed authentication and keep their old key")
 
 
 @app.command("decrypt")
 def decrypt_command(as_json: bool = JSON) -> None:
     """Turn every sealed blob back into a plain one (with SUTAZAI_REPOSITORY_ENCRYPTION=false)."""
-    from dataclasses import asdict
-
-    from sutazai.audit import audit
-
-    settings = load_settings()
-    repo = open_repository(settings)
-    with RichProgress(errors) as progress:
-        report = repo.decrypt_blobs(progress)
-    audit(settings, "repository.decrypt", str(repo.root),
-          result="error" if report.failed else "ok", details=asdict(report))
-    if as_json:
-        emit_json(asdict(report))
-    else:
-        console.print(f"decrypted {report.decrypted} blob(s) ({size(report.decrypted_bytes)}); "
-                      f"{report.already_plain} already were plain")
-    if report.failed:
-        raise IntegrityError(f"{len(report.failed)} blob(s) failed authentication and stay "
-                             "sealed: run 'sutazai models verify'")
+    _rewrite_blobs(
+        "decrypt", as_json, lambda repo, progress: repo.decrypt_blobs(progress),
+        lambda r: (f"decrypted {r.decrypted} blob(s) ({size(r.decrypted_bytes)}); "
+                   f"{r.already_plain} already were plain; {r.snapshots_relinked} "
+                   "snapshot(s) relinked"),
+        "failed authentication and stay sealed")
 
 
 @app.command("evict-plaintext")

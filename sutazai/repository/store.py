@@ -801,25 +801,14 @@ class Repository:
         plaintext is unchanged). A blob that fails authentication is left as it is and
         listed in ``failed`` (run verify). Holds the exclusive lock.
         """
-        current = self.key()
-        report = RekeyReport(key_id=current.key_id)
+        report = RekeyReport()
         with self.exclusive():
-            stale: list[tuple[Path, BlobHeader]] = []
-            for blob in sorted(self.blobs_dir.glob("*/*")):
-                try:
-                    header = read_header(blob, blob.name)
-                except IntegrityError:
-                    report.failed.append(blob.name)
-                    continue
-                if header is None:
-                    report.plain += 1
-                elif header.key_id == current.id_bytes:
-                    report.current += 1
-                else:
-                    self._key_that_sealed(header)  # a missing key fails before any change
-                    stale.append((blob, header))
-            current = self.key()  # key_for may have re-read a rotated key
+            sealed, report.plain = self._sealed_blobs(report.failed)
+            current = self.key()  # after key_for, which may have re-read a rotated key
             report.key_id = current.key_id
+            stale = [(blob, header) for blob, header in sealed
+                     if header.key_id != current.id_bytes]
+            report.current = len(sealed) - len(stale)
             report.rekeyed, report.rekeyed_bytes, failed = self._rewrite_sealed(
                 stale, current, progress.task("re-seal blobs",
                                               total=sum(h.plain_size for _, h in stale)))
@@ -839,18 +828,7 @@ class Repository:
                               "SUTAZAI_REPOSITORY_ENCRYPTION=false first, then decrypt")
         report = DecryptReport()
         with self.exclusive():
-            sealed: list[tuple[Path, BlobHeader]] = []
-            for blob in sorted(self.blobs_dir.glob("*/*")):
-                try:
-                    header = read_header(blob, blob.name)
-                except IntegrityError:
-                    report.failed.append(blob.name)
-                    continue
-                if header is None:
-                    report.already_plain += 1
-                else:
-                    self._key_that_sealed(header)  # a missing key fails before any change
-                    sealed.append((blob, header))
+            sealed, report.already_plain = self._sealed_blobs(report.failed)
             report.decrypted, report.decrypted_bytes, failed = self._rewrite_sealed(
                 sealed, None, progress.task("decrypt blobs",
                                             total=sum(h.plain_size for _, h in sealed)))
@@ -864,6 +842,25 @@ class Repository:
                     report.snapshots_relinked += 1
             self.plaintext.remove(plain_now)
         return report
+
+    def _sealed_blobs(self, unreadable: list[str]) -> tuple[list[tuple[Path, BlobHeader]], int]:
+        """The sealed blobs with their headers, and how many blobs are plain; blobs whose
+        header is damaged go to ``unreadable``. Every sealed blob's key is checked here,
+        so a missing key fails before anything changes."""
+        sealed: list[tuple[Path, BlobHeader]] = []
+        plain = 0
+        for blob in sorted(self.blobs_dir.glob("*/*")):
+            try:
+                header = read_header(blob, blob.name)
+            except IntegrityError:
+                unreadable.append(blob.name)
+                continue
+            if header is None:
+                plain += 1
+            else:
+                self._key_that_sealed(header)
+                sealed.append((blob, header))
+        return sealed, plain
 
     def _key_that_sealed(self, header: BlobHeader) -> RepositoryKey:
         key = self.key_for(header)
