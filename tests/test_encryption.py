@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -395,6 +396,69 @@ def test_bundles_carry_plaintext_and_are_sealed_again_on_import(
     assert sealed.verify([imported]) == []
     assert (sealed.ensure_snapshot(imported) / "model.safetensors").read_bytes() == WEIGHTS
     assert not any(p.is_file() for p in sealed.tmp_dir.rglob("*"))
+
+
+def test_sealed_bundles_carry_no_plaintext_and_need_the_key(
+    tmp_path: Path, enc_settings: Settings, key_text: str, write_catalog: Callable[..., Path],
+) -> None:
+    """`export --sealed`: a bundle for plain media. Its blobs are ciphertext (as stored,
+    or sealed on the way when plain), its SHA256SUMS checks with `sha256sum -c`, and only
+    a repository holding the key imports it: as-is when it seals with that key, as
+    plaintext otherwise. A wrong key or an altered blob publishes nothing."""
+    import subprocess
+    import tarfile
+
+    key = RepositoryKey.parse(key_text)
+    plain_first = Repository(enc_settings.repository_root, key=key,
+                             plaintext_dir=tmp_path / "plaintext-0")
+    old = pull_model(enc_settings, plain_first, write_catalog, "old", make_model(tmp_path / "o"))
+    repo = open_repo(enc_settings, tmp_path)
+    new = pull_model(enc_settings, repo, write_catalog, "new",
+                     make_model(tmp_path / "n", WEIGHTS[::-1]))
+    assert repo.blob_header(weights_of(old)) is None  # stored plain: sealed on export
+    bundle = tmp_path / "models.tar"
+    export_bundle(repo, [old, new], bundle, sealed=True)
+
+    data = bundle.read_bytes()
+    assert WEIGHTS[:4096] not in data and WEIGHTS[::-1][:4096] not in data
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(unpacked, filter="data")
+    assert json.loads((unpacked / "sutazai-bundle.json").read_text())["sealed_with_key"] == \
+        key.key_id
+    checked = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=unpacked,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    same_key = Repository(tmp_path / "same-key", encrypt=True, key=key,
+                          plaintext_dir=tmp_path / "plaintext-1")
+    assert [created for _, created in import_bundle(same_key, bundle)] == [True, True]
+    assert same_key.blob_path(weights_of(new)).read_bytes() == \
+        repo.blob_path(weights_of(new)).read_bytes()  # the ciphertext, kept as it was
+    assert (same_key.ensure_snapshot(new) / "model.safetensors").read_bytes() == WEIGHTS[::-1]
+    assert same_key.verify([old, new]) == []
+
+    plain_holder = Repository(tmp_path / "plain-with-key", key=key)
+    import_bundle(plain_holder, bundle)
+    assert plain_holder.blob_path(weights_of(old)).read_bytes() == WEIGHTS  # unsealed
+
+    stranger = Repository(tmp_path / "stranger", encrypt=True, key=RepositoryKey.generate())
+    with pytest.raises(WrongKeyError, match="repository/previous-key"):
+        import_bundle(stranger, bundle)
+    assert stranger.all_versions() == []
+
+    altered = tmp_path / "altered.tar"
+    with tarfile.open(bundle) as source, tarfile.open(altered, "w") as sink:
+        for member in source:
+            content = source.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == f"blobs/sha256/{weights_of(new)}":
+                content = content[:-1] + bytes([content[-1] ^ 1])
+            sink.addfile(member, io.BytesIO(content))
+    victim = Repository(tmp_path / "victim", encrypt=True, key=key)
+    with pytest.raises(BundleError, match="failed authentication"):
+        import_bundle(victim, altered)
+    assert victim.all_versions() == []
+    assert not any(p.is_file() for p in victim.tmp_dir.rglob("*"))
 
 
 def test_resumed_http_download_is_sealed_and_leaves_no_plaintext(

@@ -225,13 +225,17 @@ def evict_plaintext_command(
 def export_command(
     out: Path = typer.Argument(..., help="Bundle file to write (.tar)."),
     refs: list[str] = typer.Argument(None, help="NAME or NAME:VERSION; all when omitted."),
+    sealed: bool = typer.Option(False, "--sealed", help="Blobs encrypted with the "
+                                "repository key (secret repository/key); only a repository "
+                                "holding that key can import the bundle."),
 ) -> None:
     """Write an air-gapped bundle (one tar: manifests, blobs, checksums)."""
     repo = open_repository(load_settings())
     manifests = resolve_refs(repo, refs or [])
     with RichProgress(errors) as progress:
-        written = export_bundle(repo, manifests, out, progress)
-    console.print(f"exported {len(manifests)} version(s) to {out} ({size(written)})")
+        written = export_bundle(repo, manifests, out, progress, sealed=sealed)
+    console.print(f"exported {len(manifests)} version(s) to {out} ({size(written)})"
+                  + (", sealed" if sealed else ""))
 
 
 @app.command("import")

@@ -17,6 +17,7 @@ publishes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,6 +32,14 @@ from pydantic import ValidationError
 
 from sutazai.errors import BundleError
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.repository.crypto import (
+    HEADER_BYTES,
+    MAGIC,
+    BlobAuthenticationError,
+    BlobHeader,
+    RepositoryKey,
+    encrypt_stream,
+)
 from sutazai.repository.fsutil import hash_stream
 from sutazai.repository.manifest import Manifest, content_digest
 from sutazai.repository.store import Repository
@@ -44,18 +53,26 @@ MAX_SMALL_MEMBER = 16 * 1024 * 1024  # manifests, index and sums are small
 
 
 def export_bundle(
-    repo: Repository, manifests: list[Manifest], out: Path, progress: Progress = NULL_PROGRESS
+    repo: Repository, manifests: list[Manifest], out: Path, progress: Progress = NULL_PROGRESS,
+    *, sealed: bool = False,
 ) -> int:
-    """Write ``manifests`` and their blobs to ``out`` atomically; returns bytes written."""
+    """Write ``manifests`` and their blobs to ``out`` atomically; returns bytes written.
+
+    Blobs go in as plaintext (decrypted and authenticated on the way), so the bundle loads
+    into any repository. With ``sealed`` they go in encrypted with the repository's key
+    instead (as stored when that key sealed them, sealed on the way otherwise): the
+    bundle can cross a boundary on plain media, and only a repository holding that key
+    (as ``repository/key`` or ``repository/previous-key``) can import it."""
     if not manifests:
         raise BundleError("nothing to export: name at least one model or version")
+    key = repo.key() if sealed else None  # no key: fail before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     sums: list[str] = []
     digests = sorted({f.digest: f.size for m in manifests for f in m.files}.items())
     task = progress.task(f"export {out.name}", total=sum(size for _, size in digests))
     try:
-        _write_bundle(repo, manifests, partial, digests, sums, task)
+        _write_bundle(repo, manifests, partial, digests, sums, task, key)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -65,15 +82,16 @@ def export_bundle(
 
 
 def _write_bundle(repo: Repository, manifests: list[Manifest], partial: Path,
-                  digests: list[tuple[str, int]], sums: list[str], task: object) -> None:
-    """The tar itself. Blobs go in as plaintext (decrypted and authenticated on the way
-    when the repository encrypts them), so a bundle loads into any repository, whatever
-    its key; an importing repository with encryption on seals them again. Carry bundles
-    of encrypted models on encrypted media."""
+                  digests: list[tuple[str, int]], sums: list[str], task: object,
+                  key: RepositoryKey | None) -> None:
+    """The tar itself: blobs as plaintext, or sealed with ``key``. SHA256SUMS lists what
+    each member holds (for a sealed blob, its ciphertext), so ``sha256sum -c`` checks an
+    unpacked bundle either way; the blob's name is always its plaintext's digest."""
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         index = json.dumps({
             "format": BUNDLE_FORMAT, "version": 1, "created": datetime.now(UTC).isoformat(),
             "versions": [m.ref for m in manifests],
+            **({"sealed_with_key": key.key_id} if key else {}),
         }, indent=2).encode()
         _add_bytes(tar, INDEX, index, sums)
         for manifest in manifests:
@@ -84,27 +102,48 @@ def _write_bundle(repo: Repository, manifests: list[Manifest], partial: Path,
             if not blob.is_file():
                 raise BundleError(f"blob {digest[:12]} is missing from the repository; run "
                                   "'sutazai models verify' and pull the damaged models again")
-            info = tar.gettarinfo(str(blob), arcname=f"blobs/sha256/{digest}")
-            info.size = repo.blob_size(digest)
-            if info.size != size:
-                raise BundleError(f"blob {digest[:12]} holds {info.size} bytes, its manifest "
-                                  f"says {size}; run 'sutazai models verify'")
-            info.mode, info.uid, info.gid, info.uname, info.gname = 0o444, 0, 0, "", ""
-            with repo.open_blob(digest) as handle:
-                tar.addfile(info, _Counting(handle, task))
-            sums.append(f"{digest}  blobs/sha256/{digest}")
+            if repo.blob_size(digest) != size:
+                raise BundleError(f"blob {digest[:12]} holds {repo.blob_size(digest)} bytes, "
+                                  f"its manifest says {size}; run 'sutazai models verify'")
+            with contextlib.ExitStack() as stack:
+                handle, member_size = _member_source(repo, digest, size, key, stack)
+                info = tar.gettarinfo(str(blob), arcname=f"blobs/sha256/{digest}")
+                info.size = member_size
+                info.mode, info.uid, info.gid, info.uname, info.gname = 0o444, 0, 0, "", ""
+                counting = _Counting(handle, task, member_size / max(size, 1))
+                tar.addfile(info, counting)
+            sums.append(f"{counting.sha256.hexdigest()}  blobs/sha256/{digest}")
         _add_bytes(tar, SUMS, ("\n".join(sums) + "\n").encode(), None)
 
 
-class _Counting(io.RawIOBase):
-    """Reports progress while tarfile reads a blob."""
+def _member_source(repo: Repository, digest: str, size: int, key: RepositoryKey | None,
+                   stack: contextlib.ExitStack) -> tuple[BinaryIO, int]:
+    """What goes into the tar for one blob, and its size: the plaintext; or, sealed, the
+    stored file when ``key`` sealed it, else a copy sealed with ``key`` now."""
+    if key is None:
+        return stack.enter_context(repo.open_blob(digest)), size
+    header = repo.blob_header(digest)
+    blob = repo.blob_path(digest)
+    if header is None or header.key_id != key.id_bytes:
+        staged = repo.staging_path("export-seal")
+        stack.callback(staged.unlink, missing_ok=True)
+        with repo.open_blob(digest) as source, staged.open("wb") as sink:
+            encrypt_stream(source, sink, key, digest, size)
+        blob = staged
+    return stack.enter_context(blob.open("rb")), blob.stat().st_size
 
-    def __init__(self, handle: BinaryIO, task: object) -> None:
-        self.handle, self.task = handle, task
+
+class _Counting(io.RawIOBase):
+    """Hashes what tarfile reads of a member, and reports progress in plaintext bytes."""
+
+    def __init__(self, handle: BinaryIO, task: object, ratio: float = 1.0) -> None:
+        self.handle, self.task, self.ratio = handle, task, ratio
+        self.sha256 = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
         data = self.handle.read(size)
-        self.task.advance(len(data))  # type: ignore[attr-defined]
+        self.sha256.update(data)
+        self.task.advance(round(len(data) / self.ratio))  # type: ignore[attr-defined]
         return data
 
 
@@ -129,7 +168,7 @@ def import_bundle(
 ) -> list[tuple[Manifest, bool]]:
     """Verify and load a bundle; returns (manifest, created) for every version in it."""
     small: dict[str, bytes] = {}
-    blobs: set[str] = set()
+    blobs: dict[str, str | None] = {}  # digest -> sha256 of the member (None: not read)
     try:
         tar = tarfile.open(bundle, "r:*")  # noqa: SIM115 - closed by the 'with' below
     except (OSError, tarfile.TarError) as exc:
@@ -146,8 +185,7 @@ def import_bundle(
                                   "bundles hold regular files only (refusing to import)")
             blob = _BLOB.match(name)
             if blob:
-                _import_blob(repo, tar, member, blob.group(1), task)
-                blobs.add(blob.group(1))
+                blobs[blob.group(1)] = _import_blob(repo, tar, member, blob.group(1), task)
             elif _MANIFEST.match(name) or name in (INDEX, SUMS):
                 if name in small:
                     raise BundleError(f"{bundle}: member {name!r} appears twice")
@@ -172,26 +210,43 @@ _MANIFEST_DIR = re.compile(r"^manifests/[a-z0-9][a-z0-9._-]{0,63}$")
 
 def _import_blob(
     repo: Repository, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str, task: object
-) -> None:
+) -> str | None:
+    """Store one blob member; returns the sha256 of the member's bytes (to check against
+    SHA256SUMS), or None when the repository already had the blob and it was not read.
+    A sealed member (a sealed bundle's) is authenticated and re-hashed as plaintext."""
     handle = tar.extractfile(member)
     assert handle is not None
-    if repo.has_blob(digest, member.size):
-        task.advance(member.size)  # type: ignore[attr-defined]
-        return
+    head = handle.read(HEADER_BYTES)
+    header = BlobHeader.unpack(head) if head.startswith(MAGIC) and \
+        len(head) == HEADER_BYTES else None
+    plain_size = member.size if header is None else header.plain_size
+    if repo.has_blob(digest, plain_size):
+        task.advance(plain_size)  # type: ignore[attr-defined]
+        return None
     staged = repo.staging_path("import")
     try:
+        hasher = hashlib.sha256(head)
         with staged.open("wb") as sink:
-            actual, _ = hash_stream(handle, sink, task)  # type: ignore[arg-type]
+            sink.write(head)
+            actual, _ = hash_stream(handle, sink, task, hasher=hasher)  # type: ignore[arg-type]
+        if header is not None:
+            try:
+                repo.adopt_sealed(staged, digest)
+            except BlobAuthenticationError:
+                raise BundleError(f"sealed blob {digest[:12]}… failed authentication: the "
+                                  "bundle is corrupted or was altered; export it again") from None
+            return actual
         if actual != digest:
             raise BundleError(f"blob {digest[:12]}… in the bundle hashes to {actual[:12]}…: "
                               "the bundle is corrupted; export it again")
         repo.adopt(staged, digest)
+        return actual
     finally:
         staged.unlink(missing_ok=True)
 
 
 def _check_bundle(
-    repo: Repository, bundle: Path, small: dict[str, bytes], blobs: set[str]
+    repo: Repository, bundle: Path, small: dict[str, bytes], blobs: dict[str, str | None]
 ) -> list[Manifest]:
     if INDEX not in small or SUMS not in small:
         raise BundleError(f"{bundle} lacks {INDEX} or {SUMS}: not a SutazAI bundle")
@@ -209,9 +264,11 @@ def _check_bundle(
     for name, data in small.items():
         if name != SUMS and sums.get(name) != hashlib.sha256(data).hexdigest():
             raise BundleError(f"{bundle}: {name} does not match {SUMS}; the bundle was altered")
-    for digest in blobs:
-        if sums.get(f"blobs/sha256/{digest}") != digest:
-            raise BundleError(f"{bundle}: blob {digest[:12]}… is not listed in {SUMS}")
+    for digest, member_sha256 in blobs.items():
+        listed = sums.get(f"blobs/sha256/{digest}")
+        if listed is None or (member_sha256 is not None and listed != member_sha256):
+            raise BundleError(f"{bundle}: blob {digest[:12]}… is not listed in {SUMS} as it "
+                              "is; the bundle was altered")
     manifests = []
     for name, data in sorted(small.items()):
         match = _MANIFEST.match(name)

@@ -349,6 +349,40 @@ class Repository:
         finally:
             verified_file.unlink(missing_ok=True)
 
+    def adopt_sealed(self, sealed_file: Path, digest: str) -> bool:
+        """Move an encrypted blob made elsewhere (a sealed bundle's) into the store.
+
+        Every chunk is authenticated and the plaintext re-hashed against ``digest`` first.
+        The ciphertext is kept as it is when this repository seals with the same key;
+        otherwise the blob is stored from its plaintext (plain, or sealed with this
+        repository's key). A key that matches neither the current nor the previous one
+        raises :class:`WrongKeyError` saying which key to configure. The file is consumed.
+        """
+        try:
+            header = read_header(sealed_file, digest)
+            if header is None:
+                raise IntegrityError(f"{sealed_file.name} is not an encrypted blob")
+            if self.blob_path(digest).exists():
+                return False
+            key = self._key_that_sealed(header)
+            keep_sealed = self.encrypt and key.id_bytes == self.key().id_bytes
+            plain = self.staging_path("unseal")
+            try:
+                with io.BufferedReader(BlobReader(sealed_file, header, key),
+                                       buffer_size=CHUNK_BYTES) as source, \
+                        plain.open("wb") as sink:
+                    actual, size = hash_stream(source, None if keep_sealed else sink)
+                if actual != digest or size != header.plain_size:
+                    raise IntegrityError(f"encrypted blob {digest[:12]}… decrypts to "
+                                         f"{actual[:12]}… ({size} bytes): it is damaged")
+                if keep_sealed:
+                    return self._place(sealed_file, digest)
+                return self.adopt(plain, digest)
+            finally:
+                plain.unlink(missing_ok=True)
+        finally:
+            sealed_file.unlink(missing_ok=True)
+
     def ingest_file(
         self, path: Path, expected_digest: str | None = None, progress: Progress = NULL_PROGRESS
     ) -> tuple[str, int, bool]:
