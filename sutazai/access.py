@@ -46,6 +46,7 @@ from sutazai.errors import ConfigError, SutazAIError
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
+    from sutazai.shared_rate_limit import SharedRateLimiter
 
 LOG = logging.getLogger(__name__)
 
@@ -254,6 +255,11 @@ class RateLimiter:
             self.buckets[key] = (tokens, now)
             return (1.0 - tokens) / rate
 
+    async def acquire(self, key: str, rps: float | None = None, burst: int | None = None
+                      ) -> float:
+        """:meth:`take`, with the signature of the shared limiter."""
+        return self.take(key, rps, burst)
+
 
 # --- audited denials ------------------------------------------------------------------------
 
@@ -315,7 +321,10 @@ class AccessGuard:
         self.settings = settings
         self.store = store or KeyStore(settings)
         self.refresh_s = refresh_s
-        self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        from sutazai.shared_rate_limit import shared_limiter
+
+        local = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        self.limiter: RateLimiter | SharedRateLimiter = shared_limiter(settings, local) or local
         self.denials = DenialRecorder(settings)
         self.table = self.store.load()
         self.loaded_at = time.monotonic()
@@ -338,8 +347,8 @@ class AccessGuard:
             self.loaded_at = time.monotonic()
             self.reloading = False
 
-    def check(self, method: str, path: str, headers: MutableMapping[str, str]
-              ) -> Principal | Denial | None:
+    async def check(self, method: str, path: str, headers: MutableMapping[str, str]
+                    ) -> Principal | Denial | None:
         permission = permission_for(method, path)
         if permission is None:
             return None
@@ -348,7 +357,8 @@ class AccessGuard:
             return found
         if not found.allows(permission):
             return forbidden(found, permission, f"{method} {path}")
-        wait = self.limiter.take(found.id, found.rate_limit_rps, found.rate_limit_burst)
+        wait = await self.limiter.acquire(found.id, found.rate_limit_rps,
+                                          found.rate_limit_burst)
         if wait > 0:
             return Denial(429, "rate_limit_exceeded", f"API key {found.id} ({found.name}) is "
                           f"over its rate limit; retry in {wait:.2f} s", actor=found.actor,
@@ -381,7 +391,7 @@ class AccessMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers") or ()}
         method, path = scope["method"], scope["path"]
-        found = guard.check(method, path, headers)
+        found = await guard.check(method, path, headers)
         if isinstance(found, Denial):
             client = scope.get("client")
             details = {"client": client[0] if client else None}

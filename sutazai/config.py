@@ -279,6 +279,11 @@ class Settings(BaseSettings):
                                   "key may make (token bucket), unless its entry says more.")
     rate_limit_burst: int = Field(default=100, ge=1, description="Bucket size: requests a "
                                   "key may make at once after a quiet spell.")
+    rate_limit_store: str | None = Field(
+        default=None, description="redis:// URL of a Redis-compatible server holding the "
+        "buckets, so that every replica shares one rate per key (password: the secret "
+        "serving/rate-limit-password). Unset: each process keeps its own buckets.",
+    )
     tls: Literal["off", "files", "secrets"] = Field(
         default="off", description="HTTPS for SutazAI's servers: certificates from the "
         "tls_*_file settings, or from the secrets tls/cert, tls/key (and tls/ca).",
@@ -327,6 +332,18 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("rate_limit_store", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        from sutazai.shared_rate_limit import check_store_url
+
+        if not value:
+            return None
+        try:
+            return check_store_url(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @classmethod
     def settings_customise_sources(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 
 import httpx
+import pytest
 
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
@@ -19,9 +21,11 @@ from tests.helpers import upstream_engine
 
 
 class DropsFirstConnection:
-    """Reads each request; closes the first connection unanswered, answers the others."""
+    """Reads each request; closes the first connection unanswered (with a reset when
+    ``reset``: the client then sees a read error, not a clean end), answers the others."""
 
-    def __init__(self) -> None:
+    def __init__(self, reset: bool = False) -> None:
+        self.reset = reset
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.connections = 0
         self.bodies: list[dict[str, object]] = []
@@ -42,6 +46,9 @@ class DropsFirstConnection:
                 self.connections += 1
                 request = self._read_request(connection)
                 if self.connections == 1:
+                    if self.reset:  # SO_LINGER 0: close sends RST instead of FIN
+                        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
                     continue  # closed without a byte of answer
                 head, body = request.split(b"\r\n\r\n", 1)
                 self.heads.append(head.lower())
@@ -68,9 +75,11 @@ class DropsFirstConnection:
         self.listener.close()
 
 
-def test_a_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one() -> None:
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one(
+        reset: bool) -> None:
     """Also: the caller's key stays with the gateway; the engine never sees it."""
-    upstream = DropsFirstConnection()
+    upstream = DropsFirstConnection(reset)
     try:
         with GatewayThread(create_app(upstream_engine(upstream.url)), "127.0.0.1",
                            free_port()) as gateway:

@@ -333,15 +333,18 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         try:
             try:
                 answer = await client.send(upstream_request, stream=True)
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
-                # Refused, or a pooled connection the engine closed before it answered: the
-                # engine did no work for it, so one more try on a fresh connection is safe.
+            except httpx.TransportError:
+                # No answer at all: refused, or a pooled connection the engine closed as
+                # the request went out (seen under load as ReadError or "disconnected
+                # without sending a response"). An engine request changes nothing, so one
+                # more try on a fresh connection is safe.
                 answer = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             metrics.in_flight.dec()
             upstream.in_flight -= 1
             metrics.requests.labels(path, "502").inc()
-            return openai_error(502, f"engine {upstream.engine.engine} did not answer: {exc}",
+            return openai_error(502, f"engine {upstream.engine.engine} did not answer: "
+                                f"{type(exc).__name__}: {exc}",
                                 "engine_unavailable", "server_error")
         response_headers = {k: v for k, v in answer.headers.items()
                             if k.lower() not in HOP_BY_HOP}
