@@ -47,6 +47,9 @@ ALLOWED = {
     ("sutazai/repository/crypto.py", "Secret Keyword",
      "16d77125f60a6daf97184b88e496b81bf9ab82f9"):  # pragma: allowlist secret
         "PREVIOUS_KEY_SECRET is the secret's *name* repository/previous-key",
+    ("sutazai/shared_rate_limit.py", "Secret Keyword",
+     "b4be11f766949067c36984e4cc8b23b3df908aca"):  # pragma: allowlist secret
+        "PASSWORD_SECRET is the secret's *name* serving/rate-limit-password",
     ("tests/test_pipeline_metrics.py", "Basic Auth Credentials",
      "f3bbbd66a63d4bf1747940578ec3d0103530e21d"):  # pragma: allowlist secret
         "a made-up password in a Pushgateway URL, to test that logs redact it",
