@@ -34,11 +34,10 @@ from sutazai.errors import BundleError
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.crypto import (
     HEADER_BYTES,
-    MAGIC,
     BlobAuthenticationError,
-    BlobHeader,
     RepositoryKey,
     encrypt_stream,
+    peek_header,
 )
 from sutazai.repository.fsutil import hash_stream
 from sutazai.repository.manifest import Manifest, content_digest
@@ -217,8 +216,7 @@ def _import_blob(
     handle = tar.extractfile(member)
     assert handle is not None
     head = handle.read(HEADER_BYTES)
-    header = BlobHeader.unpack(head) if head.startswith(MAGIC) and \
-        len(head) == HEADER_BYTES else None
+    header = peek_header(head)  # checked by adopt_sealed
     plain_size = member.size if header is None else header.plain_size
     if repo.has_blob(digest, plain_size):
         task.advance(plain_size)  # type: ignore[attr-defined]

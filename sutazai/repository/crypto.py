@@ -161,9 +161,9 @@ def load_repository_key(settings: Settings) -> RepositoryKey:
 
     Cached for the life of the process, keyed by the home folder and the secret-provider
     configuration: a server keeps decrypting through a Vault outage, and the audit log
-    gets one ``secret.read`` per process instead of one per blob. A rotated key needs a
-    restart of long-running readers (see :func:`load_previous_repository_key`);
-    :func:`forget_repository_keys` drops the cache.
+    gets one ``secret.read`` per process instead of one per blob. After a rotation a
+    :class:`~sutazai.repository.store.Repository` that meets a blob of an unknown key
+    drops the cache (:func:`forget_repository_keys`) and reads the keys again.
     """
     from sutazai.secrets import SecretNotFoundError
 
@@ -255,6 +255,14 @@ class BlobHeader:
         return cls(version, shift, key_id, size, salt, digest.hex(), raw)
 
 
+def peek_header(raw: bytes) -> BlobHeader | None:
+    """The header at the start of ``raw`` (a blob's first bytes), unchecked; None when the
+    bytes are not an encrypted blob's. :func:`read_header` checks what it says."""
+    if len(raw) < HEADER_BYTES or not raw.startswith(MAGIC):
+        return None
+    return BlobHeader.unpack(raw[:HEADER_BYTES])
+
+
 def read_header(path: Path, digest: str) -> BlobHeader | None:
     """The header of the blob at ``path`` (named ``digest``), or None for a plain blob.
 
@@ -263,10 +271,9 @@ def read_header(path: Path, digest: str) -> BlobHeader | None:
     by accident: it would have to hold its own sha256 at offset 48.
     """
     with path.open("rb") as handle:
-        raw = handle.read(HEADER_BYTES)
-    if len(raw) < HEADER_BYTES or not raw.startswith(MAGIC):
+        header = peek_header(handle.read(HEADER_BYTES))
+    if header is None:
         return None
-    header = BlobHeader.unpack(raw)
     if header.digest != digest:
         raise IntegrityError(
             f"blob {digest[:12]}… holds the encrypted blob of {header.digest[:12]}… (a blob "

@@ -790,17 +790,8 @@ class Repository:
         key_holder = self.key()
         del key_holder  # fetched up front: a missing key fails before any change
         with self.exclusive():
-            plain: list[Path] = []
-            for blob in sorted(self.blobs_dir.glob("*/*")):
-                try:
-                    header = read_header(blob, blob.name)
-                except IntegrityError:
-                    report.failed.append(blob.name)
-                    continue
-                if header is None:
-                    plain.append(blob)
-                else:
-                    report.already_encrypted += 1
+            plain, sealed = self._scan_blobs(report.failed)
+            report.already_encrypted = len(sealed)
             task = progress.task("encrypt blobs", total=sum(b.stat().st_size for b in plain))
             for blob in plain:
                 digest, size = blob.name, blob.stat().st_size
@@ -837,7 +828,10 @@ class Repository:
         """
         report = RekeyReport()
         with self.exclusive():
-            sealed, report.plain = self._sealed_blobs(report.failed)
+            plain, sealed = self._scan_blobs(report.failed)
+            report.plain = len(plain)
+            for _, header in sealed:
+                self._key_that_sealed(header)  # a missing key fails before any change
             current = self.key()  # after key_for, which may have re-read a rotated key
             report.key_id = current.key_id
             stale = [(blob, header) for blob, header in sealed
@@ -862,7 +856,10 @@ class Repository:
                               "SUTAZAI_REPOSITORY_ENCRYPTION=false first, then decrypt")
         report = DecryptReport()
         with self.exclusive():
-            sealed, report.already_plain = self._sealed_blobs(report.failed)
+            plain, sealed = self._scan_blobs(report.failed)
+            report.already_plain = len(plain)
+            for _, header in sealed:
+                self._key_that_sealed(header)  # a missing key fails before any change
             report.decrypted, report.decrypted_bytes, failed = self._rewrite_sealed(
                 sealed, None, progress.task("decrypt blobs",
                                             total=sum(h.plain_size for _, h in sealed)))
@@ -877,12 +874,12 @@ class Repository:
             self.plaintext.remove(plain_now)
         return report
 
-    def _sealed_blobs(self, unreadable: list[str]) -> tuple[list[tuple[Path, BlobHeader]], int]:
-        """The sealed blobs with their headers, and how many blobs are plain; blobs whose
-        header is damaged go to ``unreadable``. Every sealed blob's key is checked here,
-        so a missing key fails before anything changes."""
+    def _scan_blobs(self, unreadable: list[str]
+                    ) -> tuple[list[Path], list[tuple[Path, BlobHeader]]]:
+        """Every blob, split into plain ones and sealed ones with their headers; blobs whose
+        header is damaged go to ``unreadable``."""
+        plain: list[Path] = []
         sealed: list[tuple[Path, BlobHeader]] = []
-        plain = 0
         for blob in sorted(self.blobs_dir.glob("*/*")):
             try:
                 header = read_header(blob, blob.name)
@@ -890,11 +887,10 @@ class Repository:
                 unreadable.append(blob.name)
                 continue
             if header is None:
-                plain += 1
+                plain.append(blob)
             else:
-                self._key_that_sealed(header)
                 sealed.append((blob, header))
-        return sealed, plain
+        return plain, sealed
 
     def _key_that_sealed(self, header: BlobHeader) -> RepositoryKey:
         key = self.key_for(header)
