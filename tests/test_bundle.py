@@ -13,11 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sutazai.config import Settings
-from sutazai.errors import BundleError
+from sutazai.errors import BundleError, SourceError
 from sutazai.repository import Repository, load_catalog, pull
 from sutazai.repository.bundle import export_bundle, import_bundle
+from sutazai.repository.manifest import FileEntry, Manifest
 from tests.helpers import entry, flip_byte
 
 
@@ -110,6 +112,111 @@ def test_blob_digest_mismatch_is_rejected_and_nothing_is_published(
     with pytest.raises(BundleError, match="corrupted"):
         import_bundle(target, rewrite(exported, tmp_path / "bad.tar", corrupt))
     assert target.all_versions() == []
+    assert not list(target.blobs_dir.glob("*/*"))  # nor the good blob stored before it
+
+
+def with_versions(bundle: Path, out: Path, versions: dict[str, list[str]]) -> Path:
+    """``bundle`` plus a manifest per ``{"name:version": [paths]}``, listed in SHA256SUMS
+    as an exporter would: its files reuse the blobs of tiny:1, whatever their paths."""
+    with tarfile.open(bundle) as tar:
+        tiny = json.loads(tar.extractfile("manifests/tiny/1.json").read())  # type: ignore[union-attr]
+    extra, sums = [], []
+    for ref, paths in versions.items():
+        name, version = ref.split(":")
+        files = [{**tiny["files"][i % len(tiny["files"])], "path": path}
+                 for i, path in enumerate(paths)]
+        canonical = [[f["path"], f["size"], f["digest"]]
+                     for f in sorted(files, key=lambda f: f["path"])]
+        digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode())
+        body = json.dumps({**tiny, "name": name, "version": int(version), "files": files,
+                           "digest": digest.hexdigest()}).encode()
+        member = f"manifests/{name}/{version}.json"
+        extra.append((tarfile.TarInfo(member), body))
+        sums.append(f"{hashlib.sha256(body).hexdigest()}  {member}\n")
+
+    def add_sums(member: tarfile.TarInfo, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+        return member, data + "".join(sums).encode() if member.name == "SHA256SUMS" else data
+
+    return rewrite(bundle, out, add_sums, extra)
+
+
+def stored(repo: Repository) -> list[str]:
+    """Everything a repository shows: versions, snapshot and manifest folders, blobs."""
+    return sorted(str(p.relative_to(repo.root)) for folder in
+                  (repo.manifests_dir, repo.snapshots_dir, repo.blobs_dir)
+                  for p in folder.rglob("*"))
+
+
+def test_colliding_paths_refuse_the_whole_bundle_and_store_nothing(
+    exported: Path, tmp_path: Path
+) -> None:
+    """tiny:1 and other:1 are valid, bbb:1 lists 'x' and 'x/y': none of them is imported,
+    and neither an empty snapshot folder nor a blob of the good versions stays."""
+    bad = with_versions(exported, tmp_path / "bad.tar", {"bbb:1": ["x", "x/y"]})
+    target = Repository(tmp_path / "target")
+    with pytest.raises(BundleError) as refused:
+        import_bundle(target, bad)
+    assert "bbb:1: path 'x' is both a file and the folder of 'x/y'" in str(refused.value)
+    assert "problems)" not in str(refused.value)
+    assert stored(target) == []
+
+
+def test_every_manifest_problem_is_named(exported: Path, tmp_path: Path) -> None:
+    bad = with_versions(exported, tmp_path / "bad.tar", {
+        "bbb:1": ["a", "a"], "ccc:1": ["../x", "ok", "ok"], "ddd:2": ["/abs", "y/z", "y"]})
+    with pytest.raises(BundleError) as refused:
+        import_bundle(Repository(tmp_path / "target"), bad)
+    message = str(refused.value)
+    for problem in ["bbb:1: path 'a' appears twice",
+                    "ccc:1: unsafe file path '../x'", "ccc:1: path 'ok' appears twice",
+                    "ddd:2: unsafe file path '/abs'",
+                    "ddd:2: path 'y' is both a file and the folder of 'y/z'"]:
+        assert problem in message
+    assert "\n" not in message
+
+
+def test_refused_bundle_keeps_what_the_repository_had(exported: Path, tmp_path: Path
+                                                      ) -> None:
+    target = Repository(tmp_path / "target")
+    import_bundle(target, exported)
+    before = stored(target)
+    with pytest.raises(BundleError, match="bbb:1"):
+        import_bundle(target, with_versions(exported, tmp_path / "bad.tar",
+                                            {"bbb:1": ["x", "x/y"]}))
+    assert stored(target) == before
+
+
+def test_a_failure_midway_through_publishing_publishes_nothing(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = Repository(tmp_path / "target")
+    publish, calls = target.publish, []
+
+    def fail_second(**kwargs: object) -> object:
+        calls.append(kwargs["name"])
+        if len(calls) == 2:
+            (target.snapshots_dir / str(kwargs["name"])).mkdir()  # as a real failure leaves
+            raise OSError(28, "No space left on device")
+        return publish(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(target, "publish", fail_second)
+    with pytest.raises(OSError, match="No space"):
+        import_bundle(target, exported)
+    assert len(calls) == 2 and stored(target) == []
+
+
+def test_published_files_must_form_one_folder(repo: Repository) -> None:
+    """Pulls publish through the same check: a source naming 'x' and 'x/y' is refused
+    before any folder is made."""
+    digest, size, _ = repo.ingest_file(Path(__file__))
+    files = [FileEntry(path=p, size=size, digest=digest) for p in ("x", "x/y")]
+    with pytest.raises(SourceError, match="path 'x' is both a file and the folder of 'x/y'"):
+        repo.publish(name="bbb", files=files, source="s", revision="r", format="other",
+                     tasks=[], license="mit")
+    assert repo.all_versions() == [] and not any(repo.snapshots_dir.iterdir())
+    with pytest.raises(ValidationError, match="appears twice"):
+        Manifest(name="bbb", version=1, digest=digest, source="s", revision="r",
+                 format="other", tasks=[], license="mit", files=[files[0], files[0]])
 
 
 def test_edited_manifest_is_rejected(exported: Path, tmp_path: Path) -> None:

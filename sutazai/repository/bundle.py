@@ -9,10 +9,12 @@ Layout of a bundle::
 
 The importer trusts nothing: a member must be a regular file at one of those paths
 (no absolute paths, '..', links or devices), every blob must hash to its name, every
-manifest and the index must match SHA256SUMS, and every manifest must reference only
-blobs the bundle or the repository holds. Blobs are verified into the store first and
-versions are published only after the whole bundle checked out, so a bad bundle
-publishes nothing.
+manifest and the index must match SHA256SUMS, and every manifest must be valid (safe
+paths that can form one folder) and reference only blobs the bundle or the repository
+holds. Blobs are verified into the store first and versions are published only after
+the whole bundle checked out, all or none: a refused bundle, or a failure while
+publishing, leaves the repository as it was (the versions it published are removed
+again, and so are the blobs it stored that nothing references).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -30,7 +33,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from sutazai.errors import BundleError
+from sutazai.errors import BundleError, SutazAIError
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.crypto import (
     HEADER_BYTES,
@@ -40,7 +43,7 @@ from sutazai.repository.crypto import (
     peek_header,
 )
 from sutazai.repository.fsutil import hash_stream
-from sutazai.repository.manifest import Manifest, content_digest
+from sutazai.repository.manifest import Manifest, PathProblems, content_digest
 from sutazai.repository.store import Repository
 
 BUNDLE_FORMAT = "sutazai-bundle"
@@ -49,6 +52,9 @@ SUMS = "SHA256SUMS"
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _MANIFEST = re.compile(r"^manifests/([a-z0-9][a-z0-9._-]{0,63})/([1-9][0-9]{0,8})\.json$")
 MAX_SMALL_MEMBER = 16 * 1024 * 1024  # manifests, index and sums are small
+MAX_LISTED_PROBLEMS = 20
+
+log = logging.getLogger(__name__)
 
 
 def export_bundle(
@@ -165,54 +171,100 @@ def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 def import_bundle(
     repo: Repository, bundle: Path, progress: Progress = NULL_PROGRESS
 ) -> list[tuple[Manifest, bool]]:
-    """Verify and load a bundle; returns (manifest, created) for every version in it."""
-    small: dict[str, bytes] = {}
-    blobs: dict[str, str | None] = {}  # digest -> sha256 of the member (None: not read)
+    """Verify and load a bundle; returns (manifest, created) for every version in it.
+
+    All or nothing: when any check fails, or publishing fails midway, the versions this
+    import published are removed and the blobs it stored that no version references are
+    deleted (under the exclusive lock, as ``gc`` does, so this waits for running pulls).
+    """
     try:
         tar = tarfile.open(bundle, "r:*")  # noqa: SIM115 - closed by the 'with' below
     except (OSError, tarfile.TarError) as exc:
         raise BundleError(f"{bundle} is not a readable tar bundle ({exc})") from None
-    with tar, repo.writing():
-        task = progress.task(f"import {bundle.name}", total=bundle.stat().st_size)
-        for member in tar:
-            name = member.name
-            if member.isdir() and (name.rstrip("/") in ("blobs", "blobs/sha256", "manifests")
-                                   or _MANIFEST_DIR.match(name.rstrip("/"))):
-                continue
-            if not member.isreg():
-                raise BundleError(f"{bundle}: member {name!r} is a link or special file; "
-                                  "bundles hold regular files only (refusing to import)")
-            blob = _BLOB.match(name)
-            if blob:
-                blobs[blob.group(1)] = _import_blob(repo, tar, member, blob.group(1), task)
-            elif _MANIFEST.match(name) or name in (INDEX, SUMS):
-                if name in small:
-                    raise BundleError(f"{bundle}: member {name!r} appears twice")
-                small[name] = _read_small(tar, member)
-            else:
-                raise BundleError(f"{bundle}: unexpected member {name!r} (path traversal or "
-                                  "not a SutazAI bundle); refusing to import")
-        task.close()
-        manifests = _check_bundle(repo, bundle, small, blobs)
-        return [
-            repo.publish(
+    added: set[str] = set()  # blobs this import wrote into the store
+    try:
+        with tar, repo.writing():
+            return _import_locked(repo, bundle, tar, added, progress)
+    except BaseException:
+        if added:  # after the shared lock is released: discarding takes the exclusive one
+            _discard(repo, added)
+        raise
+
+
+def _import_locked(repo: Repository, bundle: Path, tar: tarfile.TarFile, added: set[str],
+                   progress: Progress) -> list[tuple[Manifest, bool]]:
+    small: dict[str, bytes] = {}
+    blobs: dict[str, str | None] = {}  # digest -> sha256 of the member (None: not read)
+    task = progress.task(f"import {bundle.name}", total=bundle.stat().st_size)
+    for member in tar:
+        name = member.name
+        if member.isdir() and (name.rstrip("/") in ("blobs", "blobs/sha256", "manifests")
+                               or _MANIFEST_DIR.match(name.rstrip("/"))):
+            continue
+        if not member.isreg():
+            raise BundleError(f"{bundle}: member {name!r} is a link or special file; "
+                              "bundles hold regular files only (refusing to import)")
+        blob = _BLOB.match(name)
+        if blob:
+            blobs[blob.group(1)] = _import_blob(repo, tar, member, blob.group(1), task,
+                                                added)
+        elif _MANIFEST.match(name) or name in (INDEX, SUMS):
+            if name in small:
+                raise BundleError(f"{bundle}: member {name!r} appears twice")
+            small[name] = _read_small(tar, member)
+        else:
+            raise BundleError(f"{bundle}: unexpected member {name!r} (path traversal or "
+                              "not a SutazAI bundle); refusing to import")
+    task.close()
+    manifests = _check_bundle(repo, bundle, small, blobs)
+    return _publish_all(repo, manifests)
+
+
+def _publish_all(repo: Repository, manifests: list[Manifest]) -> list[tuple[Manifest, bool]]:
+    """Publish every checked manifest, or, when one fails, none: the versions published
+    so far are removed again, with the empty model folders a failed publish left."""
+    results: list[tuple[Manifest, bool]] = []
+    try:
+        for m in manifests:
+            results.append(repo.publish(
                 name=m.name, files=list(m.files), source=m.source, revision=m.revision,
                 format=m.format, tasks=list(m.tasks), license=m.license, parent=m.parent,
                 description=m.description, version=m.version,
-            )
-            for m in manifests
-        ]
+            ))
+    except BaseException:
+        for published, created in reversed(results):
+            if created:
+                repo.remove(published)
+        for name in {m.name for m in manifests}:
+            with repo.model_lock(name):
+                for folder in (repo.manifests_dir / name, repo.snapshots_dir / name):
+                    with contextlib.suppress(OSError):  # only when empty
+                        folder.rmdir()
+        raise
+    return results
+
+
+def _discard(repo: Repository, added: set[str]) -> None:
+    """Delete the blobs a failed import stored that no version references. A failure
+    here is logged, never raised: the import's own error is the one to report."""
+    try:
+        repo.discard_unreferenced(added)
+    except (SutazAIError, OSError) as exc:
+        log.warning("the failed import left %d blob(s) in the repository (%s); "
+                    "'sutazai models gc' removes them", len(added), exc)
 
 
 _MANIFEST_DIR = re.compile(r"^manifests/[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _import_blob(
-    repo: Repository, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str, task: object
+    repo: Repository, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str, task: object,
+    added: set[str],
 ) -> str | None:
     """Store one blob member; returns the sha256 of the member's bytes (to check against
     SHA256SUMS), or None when the repository already had the blob and it was not read.
-    A sealed member (a sealed bundle's) is authenticated and re-hashed as plaintext."""
+    A sealed member (a sealed bundle's) is authenticated and re-hashed as plaintext.
+    ``digest`` goes into ``added`` when this call wrote the blob into the store."""
     handle = tar.extractfile(member)
     assert handle is not None
     head = handle.read(HEADER_BYTES)
@@ -229,7 +281,8 @@ def _import_blob(
             actual, _ = hash_stream(handle, sink, task, hasher=hasher)  # type: ignore[arg-type]
         if header is not None:
             try:
-                repo.adopt_sealed(staged, digest)
+                if repo.adopt_sealed(staged, digest):
+                    added.add(digest)
             except BlobAuthenticationError:
                 raise BundleError(f"sealed blob {digest[:12]}… failed authentication: the "
                                   "bundle is corrupted or was altered; export it again") from None
@@ -237,7 +290,8 @@ def _import_blob(
         if actual != digest:
             raise BundleError(f"blob {digest[:12]}… in the bundle hashes to {actual[:12]}…: "
                               "the bundle is corrupted; export it again")
-        repo.adopt(staged, digest)
+        if repo.adopt(staged, digest):
+            added.add(digest)
         return actual
     finally:
         staged.unlink(missing_ok=True)
@@ -267,26 +321,49 @@ def _check_bundle(
         if listed is None or (member_sha256 is not None and listed != member_sha256):
             raise BundleError(f"{bundle}: blob {digest[:12]}… is not listed in {SUMS} as it "
                               "is; the bundle was altered")
-    manifests = []
+    manifests: list[Manifest] = []
+    problems: list[str] = []
     for name, data in sorted(small.items()):
         match = _MANIFEST.match(name)
-        if not match:
-            continue
-        try:
-            manifest = Manifest.model_validate_json(data)
-        except ValidationError as exc:
-            raise BundleError(f"{bundle}: {name} is not a valid manifest "
-                              f"({exc.error_count()} problems)") from None
-        if (manifest.name, str(manifest.version)) != (match.group(1), match.group(2)):
-            raise BundleError(f"{bundle}: {name} holds {manifest.ref}; names disagree")
-        if content_digest(list(manifest.files)) != manifest.digest:
-            raise BundleError(f"{bundle}: {name} has a digest that does not match its files")
-        for entry in manifest.files:
-            if not repo.has_blob(entry.digest, entry.size):
-                raise BundleError(f"{bundle}: {manifest.ref} needs blob {entry.digest[:12]}… "
-                                  f"({entry.path}), which neither the bundle nor the "
-                                  "repository holds")
-        manifests.append(manifest)
+        if match:
+            found = _manifest_problems(repo, f"{match.group(1)}:{match.group(2)}", data)
+            if isinstance(found, Manifest):
+                manifests.append(found)
+            else:
+                problems += found
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        raise BundleError(f"{bundle}: refused, nothing was imported: {listed}"
+                          + (f"; and {more} more problem(s)" if more > 0 else "")
+                          + "; export the bundle again from a repository that verifies")
     if not manifests:
         raise BundleError(f"{bundle} holds no manifests")
     return manifests
+
+
+def _manifest_problems(repo: Repository, ref: str, data: bytes) -> Manifest | list[str]:
+    """The manifest stored as ``ref`` (``name:version``), or each thing wrong with it."""
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            cause = (error.get("ctx") or {}).get("error")
+            if isinstance(cause, PathProblems):
+                problems += [f"{ref}: {problem}" for problem in cause.problems]
+            elif isinstance(cause, ValueError):
+                problems.append(f"{ref}: {cause}")
+            else:
+                where = ".".join(str(part) for part in error["loc"])
+                problems.append(f"{ref}: {where + ': ' if where else ''}{error['msg']}")
+        return problems
+    if manifest.ref != ref:
+        return [f"{ref}: the manifest stored as {ref} holds {manifest.ref}; names disagree"]
+    if content_digest(list(manifest.files)) != manifest.digest:
+        return [f"{ref}: its digest does not match its files"]
+    return [
+        f"{ref}: needs blob {entry.digest[:12]}… ({entry.path}), which neither the bundle "
+        "nor the repository holds"
+        for entry in manifest.files if not repo.has_blob(entry.digest, entry.size)
+    ] or manifest

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,6 +37,41 @@ def validate_relative_path(path: str) -> str:
     ):
         raise ValueError(f"unsafe file path {path!r}: must be relative, without '..'")
     return path
+
+
+class PathProblems(ValueError):
+    """The file paths of one version cannot form one folder; ``problems`` names each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def path_problems(paths: Iterable[str]) -> list[str]:
+    """Why ``paths`` cannot be the files of one folder, one line per problem: a path that
+    is unsafe (absolute, '..'), listed twice, or also the folder of another path ('x' and
+    'x/y'). Empty when they can."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for path in paths:
+        try:
+            validate_relative_path(path)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if path in seen:
+            twice = f"path {path!r} appears twice"
+            if twice not in problems:
+                problems.append(twice)
+        seen.add(path)
+    clashing: set[str] = set()  # each file that is also a folder, named once
+    for path in sorted(seen):
+        parts = path.split("/")
+        for folder in ("/".join(parts[:i]) for i in range(1, len(parts))):
+            if folder in seen and folder not in clashing:
+                clashing.add(folder)
+                problems.append(f"path {folder!r} is both a file and the folder of {path!r}")
+    return problems
 
 
 class FileEntry(BaseModel):
@@ -94,12 +131,27 @@ class Manifest(BaseModel):
             raise ValueError(f"invalid model name {value!r}")
         return value
 
+    @field_validator("files", mode="before")
+    @classmethod
+    def _all_path_problems(cls, value: Any) -> Any:
+        """Every path problem at once (an unsafe path and a collision, say), before each
+        entry's own check would stop at the first."""
+        if isinstance(value, list | tuple):
+            paths = [item.path if isinstance(item, FileEntry)
+                     else item.get("path") if isinstance(item, dict) else None
+                     for item in value]
+            if all(isinstance(path, str) for path in paths):
+                problems = path_problems(paths)  # type: ignore[arg-type]
+                if problems:
+                    raise PathProblems(problems)
+        return value
+
     @field_validator("files")
     @classmethod
     def _unique_paths(cls, value: list[FileEntry]) -> list[FileEntry]:
-        paths = [f.path for f in value]
-        if len(set(paths)) != len(paths):
-            raise ValueError("a file path appears twice")
+        problems = path_problems(f.path for f in value)
+        if problems:
+            raise PathProblems(problems)
         if not value:
             raise ValueError("a version needs at least one file")
         return value

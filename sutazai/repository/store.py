@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from filelock import FileLock
 from pydantic import ValidationError
 
-from sutazai.errors import ConfigError, IntegrityError, NotFoundError
+from sutazai.errors import ConfigError, IntegrityError, NotFoundError, SourceError
 from sutazai.progress import NULL_PROGRESS, Progress, ProgressTask
 from sutazai.repository.crypto import (
     CHUNK_BYTES,
@@ -64,7 +64,7 @@ from sutazai.repository.crypto import (
     read_header,
 )
 from sutazai.repository.fsutil import atomic_write_text, fsync_dir, hash_file, hash_stream
-from sutazai.repository.manifest import FileEntry, Manifest, content_digest
+from sutazai.repository.manifest import FileEntry, Manifest, content_digest, path_problems
 from sutazai.repository.plaintext import PlaintextCache
 
 if TYPE_CHECKING:
@@ -500,6 +500,10 @@ class Repository:
         so publishing is idempotent. ``version`` asks for a specific number (bundle
         import keeps numbers when they are free).
         """
+        problems = path_problems(f.path for f in files)
+        if problems:  # before a folder is made: 'x' and 'x/y' cannot both be linked
+            raise SourceError(f"{name}: its files cannot form one folder: "
+                              f"{'; '.join(problems)}; the source names them so, fix it")
         digest = content_digest(files)
         with self.model_lock(name):
             existing = self.find_digest(name, digest)
@@ -723,6 +727,26 @@ class Repository:
             for folder in (self.manifests_dir / manifest.name, self.snapshots_dir / manifest.name):
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
+
+    def discard_unreferenced(self, digests: set[str]) -> int:
+        """Delete those of ``digests``' blobs that no version references (what a failed
+        import stored); returns how many. Under the exclusive lock, as :meth:`gc`, so no
+        pull is between finding one of them and publishing it: call it without holding
+        :meth:`writing`."""
+        removed = 0
+        with self.exclusive():
+            referenced = {f.digest for m in self.all_versions() for f in m.files}
+            for digest in digests - referenced:
+                try:
+                    self.blob_path(digest).unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                try:
+                    self.blob_path(digest).parent.rmdir()  # only when empty
+                except OSError:
+                    pass
+        return removed
 
     def gc(self, dry_run: bool = False) -> GcReport:
         """Delete blobs that no manifest references, and their decrypted copies."""
