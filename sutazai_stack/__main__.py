@@ -32,10 +32,15 @@ SEED = Path(__file__).resolve().parent.parent / "examples" / "feedback-seed.json
 @app.command("up")
 def up() -> None:
     """Start MLflow, Prometheus and Airflow (standalone) and wait until each answers."""
+    from sutazai.embedded_db import first_use
+
     settings = load_settings()
-    stack.write_prometheus_config(settings)
-    for service in stack.services(settings):
-        console.print(f"{service.name:<11} {stack.start(settings, service):<18} {service.url}")
+    # MLflow and Airflow create and migrate their databases in the home as they start
+    with first_use(settings.home, "the local stack"):
+        stack.write_prometheus_config(settings)
+        for service in stack.services(settings):
+            console.print(f"{service.name:<11} {stack.start(settings, service):<18} "
+                          f"{service.url}")
     console.print(f"Airflow UI: http://127.0.0.1:{settings.airflow_port} (user "
                   f"{stack.ADMIN}, {stack.admin_password_hint(settings)})")
     console.print(f"MLflow UI:  http://127.0.0.1:{settings.mlflow_port}")

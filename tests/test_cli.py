@@ -104,3 +104,70 @@ def test_run_mirrors_verifies_registers_and_prints_a_summary(catalog_with_two_mo
     assert [o["unchanged"] for o in report["outcomes"]] == [True, True]
     assert [o["mlflow_version"] for o in report["outcomes"]] == ["1", "1"]
     assert report["problems"] == [] and report["versions"] == 2
+
+
+def test_two_first_pulls_in_a_new_home_both_succeed_and_leave_it_usable(
+        catalog_with_two_models: Path, tmp_path: Path) -> None:
+    """Two real processes set up a new home at once: MLflow's SQLite database must be
+    created and migrated once, not by both (alembic crashed, and a half-done migration
+    broke every later command)."""
+    env = {**os.environ, "SUTAZAI_HOME": str(tmp_path / "new-home")}
+    pulls = [subprocess.Popen([sys.executable, "-m", "sutazai.cli.main", "models", "pull",
+                               "alpha", "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(pull.communicate(timeout=300), pull.returncode) for pull in pulls]
+    for (_, stderr), code in results:
+        assert code == 0, stderr
+    outcomes = [json.loads(stdout)[0] for (stdout, _), _ in results]
+    assert sorted(o["created"] for o in outcomes) == [False, True]
+    assert {o["mlflow_version"] for o in outcomes} == {"1"}
+    listed = sutazai("models", "list", "--json", env={"SUTAZAI_HOME": env["SUTAZAI_HOME"]})
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_a_migration_cut_short_is_cleaned_up_by_the_next_command(
+        catalog_with_two_models: Path, settings: Settings) -> None:
+    """A home whose MLflow database was left half-migrated by a killed process: stopped
+    inside the batch migration of ``latest_metrics`` (revision 39d1c3be5f05), with its copy
+    table left behind. Every later command failed with 'table _alembic_tmp_latest_metrics
+    already exists'; the next one now cleans up and finishes the migration."""
+    import sqlite3
+
+    import sqlalchemy
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    database = settings.home / "mlflow.db"
+    database.parent.mkdir(parents=True)
+    url = f"sqlite:///{database}"
+    engine = sqlalchemy.create_engine(url)
+    InitialBase.metadata.create_all(engine)
+    with engine.begin() as connection:
+        config = _get_alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "a8c4a736bde6")  # the revision before the batch migration
+        connection.execute(sqlalchemy.text(
+            "CREATE TABLE _alembic_tmp_latest_metrics (key VARCHAR(250))"))
+    engine.dispose()
+
+    pulled = sutazai("models", "pull", "beta", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)[0]["mlflow_version"] == "1"
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "_alembic_tmp_latest_metrics" not in tables and "latest_metrics" in tables
+    assert sutazai("models", "list").returncode == 0
+
+
+def test_a_migration_cut_between_drop_and_rename_is_explained(
+        catalog_with_two_models: Path, settings: Settings) -> None:
+    import sqlite3
+
+    assert sutazai("models", "pull", "alpha").returncode == 0
+    with sqlite3.connect(settings.home / "mlflow.db") as connection:
+        connection.execute("ALTER TABLE latest_metrics RENAME TO _alembic_tmp_latest_metrics")
+    failed = sutazai("models", "pull", "beta")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "exists only as the copy '_alembic_tmp_latest_metrics'" in failed.stderr

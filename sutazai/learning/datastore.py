@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from sutazai.embedded_db import first_use_of
 from sutazai.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
@@ -280,12 +281,11 @@ class FeedbackStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self.engine)
+        with first_use_of(url, "the learning store"):  # two creators at once race
+            _Base.metadata.create_all(self.engine)
 
     @classmethod
     def open(cls, settings: Settings) -> FeedbackStore:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from sutazai.config import Settings
+from sutazai.embedded_db import first_use_of
 from sutazai.errors import NotFoundError, TrainingError
 from sutazai.learning import tinylm
 from sutazai.learning.search_space import (
@@ -162,7 +163,7 @@ def _storage(settings: Settings, heartbeat_s: int) -> optuna.storages.RDBStorage
         engine = {"connect_args": {"timeout": 60}}
     for attempt in range(5):
         try:
-            with _quiet():
+            with _quiet(), first_use_of(url, "the NAS study storage"):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                     grace_period=3 * heartbeat_s,

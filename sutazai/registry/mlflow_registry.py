@@ -74,9 +74,11 @@ class ModelRegistry:
                  artifacts_dir: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        from sutazai.registry import embedded_mlflow
         from sutazai.secrets import export_mlflow_credentials
 
         export_mlflow_credentials(tracking_uri)  # an http(s) server's login, from the provider
+        embedded_mlflow.prepare(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifacts_dir = artifacts_dir
