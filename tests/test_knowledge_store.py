@@ -172,3 +172,79 @@ def test_a_stalled_server_is_waited_for_until_the_deadline_then_named(tmp_path: 
             server._wait_ready()  # past one socket timeout, within the deadline
         finally:
             os.kill(pid, signal.SIGCONT)
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+import sutazai.serving.process as process
+from tests.knowledge_helpers import falkordb
+from tests.test_knowledge_store import entities
+if sys.argv[2] == "no-parent-death-signal":
+    process._prctl = None  # as on a kernel without prctl: the server outlives its owner
+with falkordb(Path(sys.argv[1])) as (server, store):
+    store.upsert_entities(entities(50, "owner"))
+    print(server.process.process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _killed_owner(data_dir: Path, mode: str) -> int:
+    """Run an owner of the embedded server in a real process, SIGKILL it once it has
+    written 50 entities; its server's pid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(data_dir), mode], cwd=root,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    assert owner.stdout is not None
+    server_pid = int(owner.stdout.readline())
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    return server_pid
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie not yet reaped by init counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_embedded_server_dies_with_its_killed_owner(tmp_path: Path) -> None:
+    """SIGKILL of the process that owns the server (``sutazai kg ingest``) must not leave
+    the server running as an orphan on the data folder."""
+    import time
+
+    server_pid = _killed_owner(tmp_path / "graph", "default")
+    deadline = time.monotonic() + 30
+    while not _gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(server_pid)  # SIGTERMed by the kernel, append-only file flushed
+    with falkordb(tmp_path / "graph") as (_, store):
+        assert counts(store) == (50, 0)
+
+
+def test_a_live_orphan_is_stopped_before_a_second_server_starts_on_its_folder(
+        tmp_path: Path) -> None:
+    """Two servers on one folder lose data: when the orphan rewrites the append-only file
+    (BGREWRITEAOF, which Redis also runs by itself as the file grows) the graph on disk goes
+    back to the orphan's state. The next owner stops the orphan (flushed by SIGTERM) first."""
+    from sutazai.knowledge.server import servers_on
+
+    data_dir = (tmp_path / "graph").resolve()
+    orphan = _killed_owner(data_dir, "no-parent-death-signal")
+    assert psutil.Process(orphan).is_running()  # the fault is real: an orphan lives on
+    with falkordb(data_dir) as (server, store):
+        assert _gone(orphan)
+        assert server.process is not None and server.process.process is not None
+        assert [p.pid for p in servers_on(data_dir)] == [server.process.process.pid]
+        assert counts(store) == (50, 0)
+        store.upsert_entities(entities(20, "next"))
+    with falkordb(data_dir) as (_, store):
+        assert counts(store) == (70, 0)

@@ -9,10 +9,18 @@ through a configuration file that exists, readable by the owner only, just while
 server starts, so it never shows in a process list or a log. A file lock lets one process
 at a time own the data folder: a second waits, then fails with what to do; read-only
 commands connect to the owner's server instead (``server.json`` says where it listens).
+
+One data folder never has two servers. The server dies with its owner (the kernel's
+parent-death signal SIGTERMs it, and redis-server flushes its append-only file on SIGTERM),
+and whoever takes the lock first stops any server still running on the folder: with the
+lock free, such a server can only be an orphan of a killed owner. Left alive, an orphan
+would rewrite the append-only file from its own, older state and undo the next owner's
+writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +36,8 @@ from sutazai.secrets import GRAPH_PASSWORD, read_secret
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
 if TYPE_CHECKING:
+    import psutil
+
     from sutazai.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,39 @@ def running_server(data_dir: Path) -> tuple[str, int] | None:
     return host, port
 
 
+def servers_on(data_dir: Path) -> list[psutil.Process]:
+    """Every redis-server whose working folder is ``data_dir`` (SutazAI starts it there)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name", "cwd"]):
+        name, cwd = process.info["name"] or "", process.info["cwd"]
+        if "redis-server" in name and cwd is not None and Path(cwd) == data_dir:
+            found.append(process)
+    return found
+
+
+def stop_orphans(data_dir: Path, grace_s: float = 30.0) -> list[int]:
+    """SIGTERM every server left running on ``data_dir`` (call with the folder's lock held),
+    SIGKILL it after ``grace_s``; the pids stopped. SIGTERM lets redis-server flush its
+    append-only file, so what the orphan accepted is kept."""
+    import psutil
+
+    orphans = servers_on(data_dir)
+    for process in orphans:
+        logger.warning("stopping FalkorDB pid %d left running on %s by a process that did "
+                       "not stop it (killed?)", process.pid, data_dir)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    (data_dir / SERVER_INFO).unlink(missing_ok=True)
+    return [process.pid for process in orphans]
+
+
 class EmbeddedFalkorDB:
     """A FalkorDB server owned by this process; use as a context manager."""
 
@@ -109,6 +152,7 @@ class EmbeddedFalkorDB:
         return self.data_dir / SERVER_INFO
 
     def start(self) -> EmbeddedFalkorDB:
+        self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the graph holds the documents' text
         try:
@@ -119,6 +163,7 @@ class EmbeddedFalkorDB:
                 f"over {self.lock_timeout_s:.0f}s; wait for it to finish, or run a FalkorDB or "
                 "Neo4j server and set SUTAZAI_KG_URI") from None
         try:
+            stop_orphans(self.data_dir)
             self._start()
         except BaseException:
             self.stop()
@@ -143,7 +188,8 @@ class EmbeddedFalkorDB:
         try:
             self.process = ManagedProcess(
                 "falkordb", [str(server), str(config)], self.log_path,
-                url=f"redis://{self.host}:{self.port}", cwd=self.data_dir).start()
+                url=f"redis://{self.host}:{self.port}", cwd=self.data_dir,
+                die_with_owner=True).start()
             self._wait_ready()
         finally:
             config.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ peak-RSS sample of the whole process tree for the benchmark's resource figures.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +26,26 @@ import urllib3
 from sutazai.errors import EngineError, PortInUseError
 
 LOG_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # looked up before any fork
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that asks the kernel to SIGTERM the child when its parent dies.
+
+    A server that outlives a SIGKILLed owner keeps its data folder open while the next
+    command starts a second server on it (two FalkorDBs on one append-only file lose data).
+    The signal is tied to the thread that forks, so start such children from a thread that
+    lives as long as they do. If the parent died before the call took effect, exit at once.
+    """
+
+    def set_parent_death_signal() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 def free_port() -> int:
@@ -69,7 +90,10 @@ class ManagedProcess:
         health_path: str = "/health",
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        die_with_owner: bool = False,
     ) -> None:
+        """``die_with_owner``: the kernel stops the process (SIGTERM) when this one dies,
+        even by SIGKILL, so it cannot live on as an orphan."""
         self.name = name
         self.command = list(command)
         self.log_path = log_path
@@ -77,6 +101,7 @@ class ManagedProcess:
         self.health_path = health_path
         self.env = dict(env) if env is not None else dict(os.environ)
         self.cwd = cwd
+        self.die_with_owner = die_with_owner
         self.process: subprocess.Popen[bytes] | None = None
         self.owner_pid = os.getpid()
         self.started_at = 0.0
@@ -92,6 +117,7 @@ class ManagedProcess:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=True,
+                preexec_fn=_die_with(os.getpid()) if self.die_with_owner else None,
             )
         self.started_at = time.monotonic()
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True,
