@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     kg_chunk_overlap: int = Field(default=0, ge=0, description="Characters chunks share.")
     kg_max_document_mib: float = Field(default=32.0, gt=0,
                                        description="Larger documents are refused.")
+    kg_follow_links: bool = Field(
+        default=False, description="Follow links (to files or folders) that lead out of a "
+        "folder being ingested; off, they are skipped and reported ('sutazai kg ingest "
+        "--follow-links' turns it on for one run).",
+    )
     kg_entity_types: list[str] = Field(
         default_factory=lambda: ["PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT",
                                  "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"],

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import logging
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sutazai.cli import kg
+from sutazai.config import Settings
 from sutazai.errors import DocumentError
+from sutazai.knowledge import service
 from sutazai.knowledge.documents import chunk, expand, load
-from sutazai.knowledge.models import LoadedDocument
+from sutazai.knowledge.models import IngestReport, LoadedDocument, SkippedLink
 from tests.knowledge_helpers import DOC_B, tiny_pdf, write_corpus
 from tests.servers import Nginx
 
@@ -128,3 +133,125 @@ def test_a_document_over_http_is_fetched(tmp_path: Path) -> None:
             load(f"{server.url}/apple.html", max_bytes=100)
     finally:
         server.stop()
+
+
+# --- links: a folder ingest does not leave its folder unless asked ------------------------
+
+def linked_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """docs/ (the corpus) and outside/ next to it: a secret without a suffix, like
+    /etc/passwd, and a folder of documents."""
+    docs = write_corpus(tmp_path / "docs")
+    outside = tmp_path / "outside"
+    (outside / "shared").mkdir(parents=True)
+    (outside / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (outside / "shared" / "notes.md").write_text("Ada Lovelace wrote notes.")
+    return docs, outside
+
+
+def names(sources: list[str]) -> list[str]:
+    return [Path(s).name for s in sources]
+
+
+def test_a_link_to_a_file_outside_is_skipped_and_reported(tmp_path: Path) -> None:
+    docs, outside = linked_folder(tmp_path)
+    (docs / "secret-link.txt").symlink_to(outside / "passwd")
+    skipped: list[SkippedLink] = []
+    sources = list(expand([str(docs)], skipped=skipped))
+    assert names(sources) == ["amazon.md", "apple.html", "curie.txt"]
+    assert all(Path(s).is_relative_to(docs) for s in sources)
+    assert skipped == [SkippedLink(path=str(docs / "secret-link.txt"),
+                                   target=str(outside / "passwd"),
+                                   reason="leads outside the folder")]
+
+
+def test_a_link_to_a_folder_outside_is_skipped_and_reported(tmp_path: Path) -> None:
+    docs, outside = linked_folder(tmp_path)
+    (docs / "shared").symlink_to(outside / "shared", target_is_directory=True)
+    skipped: list[SkippedLink] = []
+    assert names(list(expand([str(docs)], skipped=skipped))) == [
+        "amazon.md", "apple.html", "curie.txt"]
+    assert [(Path(s.path).name, s.reason) for s in skipped] == [
+        ("shared", "leads outside the folder")]
+
+
+def test_links_inside_the_folder_are_followed_once(tmp_path: Path) -> None:
+    docs, _ = linked_folder(tmp_path)
+    (docs / "sub").mkdir()
+    (docs / "sub" / "real.md").write_text("Marie Curie was born in Warsaw.")
+    (docs / "latest.md").symlink_to(docs / "sub" / "real.md")
+    (docs / "alias").symlink_to(docs / "sub", target_is_directory=True)
+    (docs / ".private").mkdir()
+    (docs / ".private" / "secret.txt").write_text("excluded")
+    (docs / "hidden-link.txt").symlink_to(docs / ".private" / "secret.txt")  # still excluded
+    skipped: list[SkippedLink] = []
+    sources = list(expand([str(docs)], skipped=skipped))
+    assert sources == [str(docs / "sub" / "real.md"), str(docs / "amazon.md"),
+                       str(docs / "apple.html"), str(docs / "curie.txt")]
+    assert skipped == []
+
+
+def test_follow_links_leaves_the_folder_but_not_for_excluded_files(tmp_path: Path) -> None:
+    docs, outside = linked_folder(tmp_path)
+    (docs / "secret-link.txt").symlink_to(outside / "passwd")
+    (docs / "shared").symlink_to(outside / "shared", target_is_directory=True)
+    (outside / ".netrc").write_text("machine x password y")
+    (docs / "rc.txt").symlink_to(outside / ".netrc")  # a hidden target is never taken
+    (docs / "image.png").symlink_to(outside / "shared" / "notes.md")  # nor a wrong suffix
+    sources = list(expand([str(docs)], follow_links=True))
+    assert sources == [str(docs / "amazon.md"), str(docs / "apple.html"),
+                       str(docs / "curie.txt"), str(outside / "passwd"),
+                       str(outside / "shared" / "notes.md")]
+
+
+def test_link_loops_end(tmp_path: Path) -> None:
+    docs, _ = linked_folder(tmp_path)
+    (docs / "sub").mkdir()
+    (docs / "sub" / "up").symlink_to(docs, target_is_directory=True)
+    (docs / "again").symlink_to(docs / "sub", target_is_directory=True)
+    (docs / "self.txt").symlink_to(docs / "self.txt")
+    (docs / "ping.md").symlink_to(docs / "pong.md")
+    (docs / "pong.md").symlink_to(docs / "ping.md")
+    (tmp_path / "outside" / "back").symlink_to(docs, target_is_directory=True)
+    (docs / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
+    for follow in (False, True):
+        skipped: list[SkippedLink] = []
+        sources = names(list(expand([str(docs)], follow_links=follow, skipped=skipped)))
+        assert sources[:3] == ["amazon.md", "apple.html", "curie.txt"]
+        assert {Path(s.path).name for s in skipped if "loop" in s.reason} == {
+            "ping.md", "pong.md", "self.txt"}
+
+
+def test_skipped_links_are_logged_once_and_the_setting_follows_them(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    docs, outside = linked_folder(tmp_path)
+    for index in range(3):
+        (docs / f"link{index}.txt").symlink_to(outside / "passwd")
+    report = IngestReport()
+    with caplog.at_level(logging.WARNING, logger="sutazai.knowledge.service"):
+        sources = service._expand(settings, [str(docs)], None, report)
+    assert str(outside / "passwd") not in sources and len(report.links_skipped) == 3
+    [record] = caplog.records
+    assert "skipped 3 link(s)" in record.getMessage()
+    assert "--follow-links" in record.getMessage()
+    following = settings.model_copy(update={"kg_follow_links": True})
+    assert str(outside / "passwd") in service._expand(following, [str(docs)], None,
+                                                      IngestReport())
+    assert str(outside / "passwd") not in service._expand(following, [str(docs)], False,
+                                                          IngestReport())
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], None), (["--follow-links"], True),
+                                                (["--no-follow-links"], False)])
+def test_the_cli_passes_follow_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     flag: list[str], expected: bool | None) -> None:
+    calls: list[object] = []
+
+    def fake_ingest(settings: Settings, paths: list[str], **options: object) -> IngestReport:
+        calls.append(options["follow_links"])
+        return IngestReport()
+
+    monkeypatch.setattr(service, "ingest", fake_ingest)
+    done = CliRunner().invoke(kg.app, ["ingest", str(tmp_path), *flag, "--json"])
+    assert done.exit_code == 0, done.output
+    assert calls == [expected]

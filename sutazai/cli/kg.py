@@ -24,6 +24,10 @@ def ingest_command(
     paths: list[str] = typer.Argument(..., help="Files, folders (txt, md, html, pdf) or URLs."),
     relations: str = typer.Option("svo", help="svo (spaCy), llm (the served model), both, "
                                               "or none"),
+    follow_links: bool | None = typer.Option(
+        None, "--follow-links/--no-follow-links", show_default=False,
+        help="Follow links that lead out of a folder given (default: the setting "
+             "kg_follow_links, off); links inside a folder are always followed."),
     as_json: bool = JSON,
 ) -> None:
     """Extract entities and relations and upsert them; unchanged documents are skipped."""
@@ -32,7 +36,8 @@ def ingest_command(
 
     settings = load_settings()
     with RichProgress(errors) as progress:
-        report = ingest(settings, paths, relations=relations, progress=progress)
+        report = ingest(settings, paths, relations=relations, follow_links=follow_links,
+                        progress=progress)
     if as_json:
         emit_json(report.model_dump(mode="json"))
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from sutazai.errors import DocumentError
-from sutazai.knowledge.models import Chunk, LoadedDocument
+from sutazai.knowledge.models import Chunk, LoadedDocument, SkippedLink
 
 SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
             ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
@@ -28,11 +28,19 @@ _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "ar
                "title", "dd", "dt", "hr"}
 
 
-def expand(paths: list[str]) -> Iterator[str]:
+def expand(paths: list[str], *, follow_links: bool = False,
+           skipped: list[SkippedLink] | None = None) -> Iterator[str]:
     """Files named, and supported files inside folders (sorted), URIs as they are.
 
     Files named explicitly are kept whatever their suffix (their content decides); inside
     folders only known suffixes are taken, so a folder of mixed files just works.
+
+    A folder is not left through links: a link (to a file or a folder) whose target lies
+    outside the folder is skipped unless ``follow_links``, and so is a broken or looping
+    one; each skipped link goes into ``skipped``. Links that stay inside are followed.
+    Exclusions hold for links either way: a link with a hidden name or an unsupported
+    suffix, or to a hidden target (``notes.txt -> ~/.netrc``, or anything hidden inside
+    the folder), is never taken. Each file is yielded once, as its resolved path.
     """
     for raw in paths:
         if is_url(raw):
@@ -40,14 +48,76 @@ def expand(paths: list[str]) -> Iterator[str]:
             continue
         path = Path(raw[7:] if raw.startswith("file://") else raw).expanduser()
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                # hidden files and folders *inside* the folder are skipped; the folder
-                # itself may live under a hidden one (the default .sutazai/documents)
-                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-                if child.is_file() and child.suffix.lower() in SUFFIXES and not hidden:
-                    yield str(child.resolve())
+            root = path.resolve()
+            walk = _Walk(root, follow_links, skipped if skipped is not None else [])
+            yield from walk.folder(path, root)
         else:
             yield str(path.resolve()) if path.exists() else raw
+
+
+def _excluded(relative: Path) -> bool:
+    """Hidden files and folders *inside* the folder are skipped; the folder itself may
+    live under a hidden one (the default .sutazai/documents)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+class _Walk:
+    """One folder's walk: sorted, depth first, each real folder and file visited once (so
+    link loops end), leaving the folder only when ``follow_links``."""
+
+    def __init__(self, root: Path, follow_links: bool, skipped: list[SkippedLink]) -> None:
+        self.root, self.follow_links, self.skipped = root, follow_links, skipped
+        self.folders: set[Path] = set()
+        self.files: set[Path] = set()
+
+    def folder(self, folder: Path, real: Path) -> Iterator[str]:
+        if real in self.folders:
+            return
+        self.folders.add(real)
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:  # unreadable (or gone): nothing in it to take
+            return
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            target = self._target(child)
+            if target is None:
+                continue
+            if target.is_dir():
+                yield from self.folder(child, target)
+            elif (target.is_file() and target not in self.files
+                  and child.suffix.lower() in SUFFIXES):
+                self.files.add(target)
+                yield str(target)
+
+    def _target(self, child: Path) -> Path | None:
+        """Where ``child`` really is, or None when it is a link not to follow."""
+        if not child.is_symlink():
+            return child.resolve()
+        try:
+            target = child.resolve(strict=True)
+        except (OSError, RuntimeError):  # broken, or a loop of links (RuntimeError < 3.13)
+            if child.suffix.lower() in SUFFIXES:
+                self.skipped.append(SkippedLink(path=str(child), target=_readlink(child),
+                                                reason="broken, or a loop of links"))
+            return None
+        inside = target.is_relative_to(self.root)
+        if target.name.startswith(".") or (inside and _excluded(target.relative_to(self.root))):
+            return None  # excluded wherever the link points
+        if inside or self.follow_links:
+            return target
+        if target.is_dir() or child.suffix.lower() in SUFFIXES:
+            self.skipped.append(SkippedLink(path=str(child), target=str(target),
+                                            reason="leads outside the folder"))
+        return None
+
+
+def _readlink(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:
+        return "?"
 
 
 def is_url(value: str) -> bool:

@@ -131,6 +131,15 @@ class FailedDocument(BaseModel):
     error: str
 
 
+class SkippedLink(BaseModel):
+    """A link inside a folder that an ingest did not follow, and why (it leads outside the
+    folder and following links was not asked for, or it is broken or a loop)."""
+
+    path: str
+    target: str
+    reason: str
+
+
 class IngestReport(BaseModel):
     """What one ingest did; ``documents_failed`` never stops the rest of the batch."""
 
@@ -138,6 +147,7 @@ class IngestReport(BaseModel):
     documents_unchanged: int = 0
     documents_replaced: int = 0
     documents_failed: list[FailedDocument] = Field(default_factory=list)
+    links_skipped: list[SkippedLink] = Field(default_factory=list)
     chunks: int = 0
     entities: int = 0  # distinct entities written (created or updated)
     mentions: int = 0

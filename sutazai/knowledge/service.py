@@ -32,6 +32,7 @@ from sutazai.knowledge.models import (
     GraphStats,
     IngestReport,
     LoadedDocument,
+    SkippedLink,
 )
 from sutazai.knowledge.resolve import Resolver
 from sutazai.knowledge.stores.base import GraphStore
@@ -112,17 +113,20 @@ def store_label(settings: Settings) -> str:
 
 
 def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
+           follow_links: bool | None = None,
            progress: Progress = NULL_PROGRESS) -> IngestReport:
     """Ingest files, folders (txt, md, html, pdf inside) and http(s) URIs.
 
     ``relations``: ``svo`` (spaCy dependencies), ``llm`` (the served model, constrained to
     the declared types), ``both``, or ``none`` (entities only). Unchanged documents are
     skipped; a changed one (same path or URI) replaces its previous version.
+    ``follow_links``: follow links out of the folders given (default the setting
+    ``kg_follow_links``, off); the links skipped are listed in ``links_skipped``.
     """
     _check_relations(relations)
     started = time.monotonic()
     report = IngestReport(store=store_label(settings))
-    sources = list(documents.expand(paths))
+    sources = _expand(settings, paths, follow_links, report)
     with open_store(settings) as store:
         pipeline = _Pipeline(settings, store, relations)
         for source in _each(sources, progress):
@@ -139,6 +143,7 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
 
 @traced("extract_documents")
 def extract_documents(settings: Settings, paths: list[str], *, relations: str = "svo",
+                      follow_links: bool | None = None,
                       progress: Progress = NULL_PROGRESS) -> ExtractionBatch:
     """The compute half of an ingest, with no writes: load, chunk, extract.
 
@@ -151,7 +156,7 @@ def extract_documents(settings: Settings, paths: list[str], *, relations: str = 
     batch = ExtractionBatch(report=IngestReport(store=store_label(settings)))
     with open_store(settings, read_only=True) as store:
         pipeline = _Pipeline(settings, store, relations)
-        for source in _each(list(documents.expand(paths)), progress):
+        for source in _each(_expand(settings, paths, follow_links, batch.report), progress):
             try:
                 doc = pipeline.load(source)
                 if pipeline.is_stored(doc):
@@ -190,6 +195,22 @@ def upsert_documents(settings: Settings, batch: ExtractionBatch,
             bar.close()
     report.seconds = round(report.seconds + time.monotonic() - started, 3)
     return report
+
+
+def _expand(settings: Settings, paths: list[str], follow_links: bool | None,
+            report: IngestReport) -> list[str]:
+    """The documents ``paths`` name; links a folder ingest skipped go into the report and,
+    once with their count, into the log."""
+    follow = settings.kg_follow_links if follow_links is None else follow_links
+    skipped: list[SkippedLink] = []
+    sources = list(documents.expand(paths, follow_links=follow, skipped=skipped))
+    if skipped:
+        report.links_skipped = skipped
+        shown = ", ".join(f"{link.path} ({link.reason})" for link in skipped[:5])
+        log.warning("skipped %d link(s): %s%s; links leading outside the folder are followed "
+                    "only with --follow-links (kg_follow_links)", len(skipped), shown,
+                    ", ..." if len(skipped) > 5 else "")
+    return sources
 
 
 def _check_relations(relations: str) -> None:
