@@ -72,6 +72,44 @@ def test_file_level_problems(tmp_path: Path) -> None:
         load_catalog(tmp_path / "list.yaml")
 
 
+DIGITS = "1234567890" * 6 + "1234"  # a sha256 can be all digits: YAML reads a number
+
+
+def catalog_file(tmp_path: Path, **fields: str) -> Path:
+    """A one-entry catalog with ``fields`` written into the YAML exactly as given."""
+    lines = {"name": "gemma", "source": "pypi:gemma-weights", "revision": "'1.0'",
+             "format": "gguf", "tasks": "[chat]", "license": "mit", **fields}
+    path = tmp_path / "catalog.yaml"
+    body = "".join(f"    {key}: {value}\n" for key, value in lines.items())
+    path.write_text("models:\n  - " + body[4:])
+    return path
+
+
+@pytest.mark.parametrize(("field", "written", "expected"), [
+    ("sha256", DIGITS, f'entry 1 (gemma): field \'sha256\' was read as a number; quote it in '
+                       f'the catalog: sha256: "{DIGITS}"'),
+    ("sha256", "0" + "1234567" * 9, 'sha256: "0' + "1234567" * 9 + '"'),  # octal: as written
+    ("revision", "1.10", "field 'revision' was read as a number; quote it in the catalog: "
+                         'revision: "1.10"'),
+    ("revision", "20240131", 'revision: "20240131"'),
+    ("revision", "2024-01-31", "field 'revision' was read as a date; quote it in the "
+                               'catalog: revision: "2024-01-31"'),
+    ("description", "yes", "field 'description' was read as true or false"),
+    ("include", "[7]", "field 'include.0' was read as a number; quote it in the catalog: \"7\""),
+])
+def test_unquoted_numbers_say_to_quote_them(tmp_path: Path, field: str, written: str,
+                                            expected: str) -> None:
+    with pytest.raises(CatalogError) as error:
+        load_catalog(catalog_file(tmp_path, **{field: written}))
+    assert expected in str(error.value)
+
+
+def test_quoted_as_the_hint_says_a_catalog_loads(tmp_path: Path) -> None:
+    entry = load_catalog(catalog_file(tmp_path, sha256=f'"{DIGITS}"', revision='"1.10"')
+                         ).models[0]
+    assert (entry.sha256, entry.revision) == (DIGITS, "1.10")
+
+
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
 ENTRIES = st.fixed_dictionaries(
     {

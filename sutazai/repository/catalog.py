@@ -7,6 +7,7 @@ worse than a failed run. Every error names the entry and the field, and says wha
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,12 +143,17 @@ def _describe(err: Any, raw_models: Any) -> str:
             name = item.get("name") if isinstance(item, dict) else None
         where = f"entry {index + 1}" + (f" ({name})" if isinstance(name, str) else "")
         loc = loc[2:]
+    field = ".".join(str(p) for p in loc)
+    read_as = _read_as(err["input"]) if err["type"] == "string_type" else None
+    if read_as:
+        key = f"{loc[-1]}: " if loc and isinstance(loc[-1], str) else ""
+        return (f"{where}: field {field!r} was read as {read_as}; quote it in the catalog: "
+                f"{key}\"{_as_written(err['input'])}\"")
     message = str(err["msg"]).removeprefix("Value error, ")
     if message.startswith("field '"):
         return f"{where}: {message}"
     if err["type"] == "extra_forbidden":
         message = "unknown field; remove it or check its spelling"
-    field = ".".join(str(p) for p in loc)
     return f"{where}: field {field!r}: {message}" if field else f"{where}: {message}"
 
 
@@ -172,6 +178,52 @@ def parse_catalog(data: Any, origin: str = "catalog") -> Catalog:
     return catalog
 
 
+def _read_as(value: Any) -> str | None:
+    """What YAML made of an unquoted value where text was expected, or None."""
+    if isinstance(value, bool):
+        return "true or false (YAML reads unquoted yes, no, on, off so)"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, date):
+        return "a date"
+    return None
+
+
+def _as_written(value: Any) -> str:
+    if isinstance(value, bool):
+        return "..."  # yes, on or true: YAML does not say which
+    return str(getattr(value, "written", value))
+
+
+class _WrittenInt(int):
+    written: str
+
+
+class _WrittenFloat(float):
+    written: str
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps how each number was written: ``revision: 1.10`` is read as
+    1.1 and ``sha256: 0123…`` (digits 0-7 only) as octal, so an error quotes the text."""
+
+
+def _int_as_written(loader: _Loader, node: yaml.ScalarNode) -> int:
+    kept = _WrittenInt(loader.construct_yaml_int(node))
+    kept.written = str(node.value)
+    return kept
+
+
+def _float_as_written(loader: _Loader, node: yaml.ScalarNode) -> float:
+    kept = _WrittenFloat(loader.construct_yaml_float(node))
+    kept.written = str(node.value)
+    return kept
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_as_written)
+_Loader.add_constructor("tag:yaml.org,2002:float", _float_as_written)
+
+
 def load_catalog(path: Path) -> Catalog:
     """Read and validate a catalog file."""
     try:
@@ -184,7 +236,7 @@ def load_catalog(path: Path) -> Catalog:
         raise CatalogError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                            "save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path} is not valid YAML: {exc}") from None
     return parse_catalog(data, origin=str(path))
