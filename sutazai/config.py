@@ -265,6 +265,12 @@ class Settings(BaseSettings):
         "'stdout' or 'stderr' (for a Loki/ELK collector) or to a file path (a store the "
         "writer cannot rewrite).",
     )
+    audit_anchor: Path | None = Field(
+        default=None, description="File where every audit append publishes the record count "
+        "and last hash, so a log cut short, emptied or stripped of its head fails 'sutazai "
+        "audit verify' and refuses new records; best on another volume or append-only "
+        "(chattr +a). Default <home>/audit-anchor/audit.jsonl.anchor.",
+    )
 
     # access control (sutazai.access): API keys held in the secret provider, mapped to roles
     auth_required: bool = Field(

@@ -90,3 +90,12 @@ class OptimizationError(SutazAIError):
 
 class DataError(SutazAIError):
     """A data file, row or rating cannot go into the store (the message says which and why)."""
+
+
+class AuditError(SutazAIError):
+    """The audit log or its anchor cannot be written or read."""
+
+
+class AuditChainError(AuditError):
+    """The audit log no longer matches its chain, head or anchor (records edited, cut off
+    or emptied away): nothing is appended to it until an admin has investigated."""

@@ -41,6 +41,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "keys create": "admin",
     "keys list": "admin",
     "keys revoke": "admin",
+    "audit accept": "admin",  # re-anchors the audit log after an investigation
 }
 READ_ONLY = frozenset({
     "report", "models list", "models show", "models verify", "models export", "bench leaderboard",
