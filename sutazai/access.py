@@ -302,8 +302,8 @@ class DenialRecorder:
 
 
 def permission_for(method: str, path: str) -> Permission | None:
-    """What a request needs; None for the unauthenticated liveness probe only."""
-    if path == "/health":
+    """What a request needs; None for the unauthenticated health probes only."""
+    if path in ("/health", "/health/live", "/health/ready"):
         return None
     if path in ("/metrics", "/openapi.json", "/v1/models") or path.startswith("/v1/models/"):
         return "read"

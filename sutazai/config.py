@@ -101,6 +101,24 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How often `sutazai serve` (of the champion) checks "
         "for a new champion and switches to it without downtime; 0 turns it off.",
     )
+    # self-healing: `sutazai serve` restarts an engine process that died
+    engine_restart_max: int = Field(
+        default=5, ge=0, description="Restarts of a dead engine `sutazai serve` tries within "
+        "engine_restart_window_s; then it gives up and /health/ready stays 503 with the "
+        "reason. 0: never restart.",
+    )
+    engine_restart_window_s: float = Field(
+        default=900.0, gt=0, description="The window engine_restart_max counts restarts in.")
+    engine_restart_backoff_s: float = Field(
+        default=1.0, ge=0, description="Wait before the second restart within the window (the "
+        "first is immediate); it doubles for each further one.",
+    )
+    engine_restart_backoff_max_s: float = Field(
+        default=60.0, ge=0, description="Longest wait between two restarts.")
+    engine_wait_s: float = Field(
+        default=30.0, ge=0, description="How long a request that arrives while the engine "
+        "restarts waits for it; then a 503 with Retry-After.",
+    )
     engine_threads: int = Field(
         # All cores: on 2 cores, 2 threads gave P95 TTFT 99 ms and 34 tok/s through the
         # gateway against 168 ms and 22 tok/s with 1 (sutazai bench run, profile latency).

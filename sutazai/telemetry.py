@@ -42,7 +42,7 @@ TRACEPARENT_ENV = "TRACEPARENT"
 TRACESTATE_ENV = "TRACESTATE"
 ExporterKind = Literal["none", "otlp", "console"]
 # Scraped every few seconds: a span each would drown the requests worth seeing.
-UNTRACED_PATHS = frozenset({"/metrics", "/health"})
+UNTRACED_PATHS = frozenset({"/metrics", "/health", "/health/live", "/health/ready"})
 ATTRIBUTE_TYPES = (str, bool, int, float)
 
 P = ParamSpec("P")

@@ -390,8 +390,12 @@ def test_serving_runs_vllm_on_a_gpu_with_health_probes() -> None:
     assert "--engine vllm" in " ".join(gateway.get("command", []) + gateway.get("args", []))
     assert spec["nodeSelector"]
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert gateway[probe]["httpGet"]["path"] == "/health", probe
+    # liveness asks only whether the gateway answers; readiness (and startup) whether the
+    # engine answers or is busy (sutazai.serving.gateway)
+    probes = {probe: gateway[probe]["httpGet"]["path"]
+              for probe in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert probes == {"readinessProbe": "/health/ready", "livenessProbe": "/health/live",
+                      "startupProbe": "/health/ready"}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["vault.hashicorp.com/agent-inject"] == "true"

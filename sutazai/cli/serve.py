@@ -29,7 +29,7 @@ def serve_command(
         errors.print(
             f"serving [bold]{running.manifest.ref}[/] on {running.engine} (loaded in "
             f"{running.load_seconds:.1f}s; {abilities}) at {url}/v1 — metrics at {url}/metrics, "
-            "health at /health; Ctrl-C stops", highlight=False)
+            "liveness at /health, readiness at /health/ready; Ctrl-C stops", highlight=False)
 
     serve_forever(settings, target, engine, host or settings.serve_host,
                   port or settings.serve_port, announce)

@@ -13,8 +13,9 @@ gateway itself adds (the interaction-id header, OpenAI-style errors).
 ``null`` (and llama.cpp also ``0``) as "until the context is full", which turns one
 request into seconds of generation; the contract leaves that out on purpose.
 
-``auth`` adds the API-key security scheme of :mod:`sutazai.access`: every route but
-``/health`` then needs ``Authorization: Bearer <key>`` or ``X-API-Key``, and documents 401
+``auth`` adds the API-key security scheme of :mod:`sutazai.access`: every route but the
+health probes (``/health``, ``/health/live``, ``/health/ready``) then needs
+``Authorization: Bearer <key>`` or ``X-API-Key``, and documents 401
 (no or bad key), 403 (role lacks the permission) and 429 (rate limit, with Retry-After).
 """
 
@@ -221,10 +222,19 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "engine", "model", "version"],
-        "properties": {"status": {"enum": ["ok", "unavailable"]},
-                       "engine": {"type": "string"}, "model": {"type": "string"},
-                       "version": {"type": "string", "description": "name:version served"}},
+        "required": ["status", "engine", "model", "version", "in_flight", "restarts", "reason"],
+        "properties": {
+            "status": {"enum": ["ok", "busy", "degraded", "restarting", "failed"],
+                       "description": "ok: the engine answers; busy: it has requests in "
+                       "flight (too busy to answer a probe is not a failure); degraded: it "
+                       "does not answer; restarting: it died and is being restarted; failed: "
+                       "its restarts are exhausted"},
+            "engine": {"type": "string"}, "model": {"type": "string"},
+            "version": {"type": "string", "description": "name:version served"},
+            "in_flight": {"type": "integer", "minimum": 0},
+            "restarts": {"type": "integer", "minimum": 0,
+                         "description": "Times the gateway restarted a dead engine"},
+            "reason": {**_NULLABLE_STRING, "description": "Why it is not ok, else null"}},
     },
 }
 
@@ -254,6 +264,15 @@ _STREAM = {"text/event-stream": {"schema": {
                    "event": {"type": "string"}, "id": {"type": "string"}},
 }}}
 _ENGINE_DOWN = _error("The engine did not answer (code engine_unavailable).")
+_ENGINE_RESTARTING = {
+    **_error("The engine died: with this request in flight (code engine_failed), or it is "
+             "being restarted and did not come back within engine_wait_s (code "
+             "engine_restarting), or its restarts are exhausted (code engine_failed); a "
+             "stream already started ends with an error event of code engine_failed instead."),
+    "headers": {"Retry-After": {"description": "Seconds until the engine is expected back",
+                                "schema": {"type": "integer", "minimum": 1}}},
+}
+HEALTH_PATHS = ("/health", "/health/live", "/health/ready")
 
 
 def _generation(summary: str, request: str, reply: str, stream: bool) -> dict[str, Any]:
@@ -273,6 +292,7 @@ def _generation(summary: str, request: str, reply: str, stream: bool) -> dict[st
                           "completions_not_supported)."),
             "404": _error("The request names another model (code model_not_found)."),
             "502": _ENGINE_DOWN,
+            "503": _ENGINE_RESTARTING,
         },
     }}
 
@@ -280,10 +300,22 @@ def _generation(summary: str, request: str, reply: str, stream: bool) -> dict[st
 def _paths() -> dict[str, Any]:
     return {
         "/health": {"get": {
-            "summary": "Liveness and readiness: whether the engine answers",
+            "summary": "Liveness: the gateway answers (200 while it runs, whatever the "
+                       "engine's state, which the body reports without asking the engine)",
             "operationId": "health",
-            "responses": {"200": _json("The engine answers", "Health"),
-                          "503": _json("The engine is down", "Health")},
+            "responses": {"200": _json("The gateway is alive", "Health")},
+        }},
+        "/health/live": {"get": {
+            "summary": "Liveness, as /health",
+            "operationId": "healthLive",
+            "responses": {"200": _json("The gateway is alive", "Health")},
+        }},
+        "/health/ready": {"get": {
+            "summary": "Readiness: the engine answers (ok) or is busy with requests in flight",
+            "operationId": "healthReady",
+            "responses": {"200": _json("Ready: status ok or busy", "Health"),
+                          "503": _json("Not ready: status degraded, restarting or failed, "
+                                       "with the reason", "Health")},
         }},
         "/metrics": {"get": {
             "summary": "Prometheus metrics of the gateway",
@@ -294,7 +326,8 @@ def _paths() -> dict[str, Any]:
         "/v1/models": {"get": {
             "summary": "The model served (OpenAI list format)",
             "operationId": "listModels",
-            "responses": {"200": _json("The served model", "ModelList"), "502": _ENGINE_DOWN},
+            "responses": {"200": _json("The served model", "ModelList"), "502": _ENGINE_DOWN,
+                          "503": _ENGINE_RESTARTING},
         }},
         "/v1/completions": _generation("Text completion", "CompletionRequest", "Completion",
                                        stream=True),
@@ -338,8 +371,8 @@ def _secure(spec: dict[str, Any]) -> None:
     }
     for path, item in spec["paths"].items():
         for operation in item.values():
-            if path == "/health":
-                operation["security"] = []  # the liveness probe needs no key
+            if path in HEALTH_PATHS:
+                operation["security"] = []  # the probes need no key
                 continue
             operation["responses"].update(copy.deepcopy(denials))
 

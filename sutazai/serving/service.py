@@ -21,7 +21,13 @@ from sutazai.mirror import open_registry, open_repository
 from sutazai.registry.task_aliases import TaskAliases
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.serving.engines import RunningEngine, engine_for
-from sutazai.serving.gateway import FeedbackSink, GatewayThread, create_app
+from sutazai.serving.gateway import (
+    EngineRestart,
+    FeedbackSink,
+    GatewayThread,
+    RestartOutcome,
+    create_app,
+)
 from sutazai.serving.process import free_port, require_free_port
 from sutazai.telemetry import instrument_app
 from sutazai.tls import ServerTLS
@@ -70,24 +76,49 @@ def start_engine(settings: Settings, manifest: Manifest, engine_name: str | None
     return engine.start(manifest, model_dir, engine_workdir(settings, manifest, engine.name))
 
 
+def engine_restart(settings: Settings) -> EngineRestart:
+    """How a gateway restarts a dead engine: the same version on the same engine, started as
+    at first, with the settings' limits; each attempt is audited (``engine.restart``)."""
+
+    def start_like(dead: RunningEngine) -> RunningEngine:
+        return start_engine(settings, dead.manifest, dead.engine)
+
+    def record(engine: RunningEngine, outcome: RestartOutcome, details: dict[str, object]
+               ) -> None:
+        audit(settings, "engine.restart", engine.manifest.ref,
+              result=outcome, details=details)
+
+    return EngineRestart(start_like, max_restarts=settings.engine_restart_max,
+                         window_s=settings.engine_restart_window_s,
+                         backoff_s=settings.engine_restart_backoff_s,
+                         backoff_max_s=settings.engine_restart_backoff_max_s,
+                         wait_s=settings.engine_wait_s, record=record)
+
+
 @contextlib.contextmanager
 def serving(settings: Settings, manifest: Manifest, engine_name: str | None = None,
-            host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[RunningEngine, str]]:
+            host: str = "127.0.0.1", port: int = 0, *, heal: bool = False
+            ) -> Iterator[tuple[RunningEngine, str]]:
     """The engine plus SutazAI's gateway in a background thread; yields (engine, base URL).
 
-    Port 0 picks a free port for the gateway.
+    Port 0 picks a free port for the gateway. ``heal`` restarts the engine when it dies, as
+    ``sutazai serve`` does (off for benchmarks: a restarted engine would skew them; the
+    engine yielded is then the first one).
     """
     if port:
         require_free_port(host, port)
     running = start_engine(settings, manifest, engine_name)
+    app = None
     try:
         if not port:
             port = free_port()
-        app = create_app(running)
+        app = create_app(running, restart=engine_restart(settings) if heal else None)
         instrument_app(app, settings)
         with GatewayThread(app, host, port) as gateway:
             yield running, gateway.url
     finally:
+        if app is not None:
+            app.state.gateway.engine.stop()
         running.stop()
 
 
@@ -129,7 +160,7 @@ def _serve(settings: Settings, target: Target, running: RunningEngine, engine_na
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     try:
         app = create_app(running, owns_engine=True, feedback=feedback_sink(settings),
-                         guard=guard)
+                         guard=guard, restart=engine_restart(settings))
         instrument_app(app, settings)
         if target.task and not engine_name and settings.serve_watch_interval_s > 0:
             watcher = ChampionWatcher(
