@@ -162,7 +162,12 @@ class AuditLog:
     def __init__(self, path: Path, sink: str | None = None,
                  anchor: AnchorStore | Path | str | None = None) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
+        try:
+            is_dir = self.path.is_dir()
+        except OSError as exc:  # a name too long, a loop of links
+            raise AuditError(f"{self.path} cannot be an audit log ({exc.strerror or exc}): give "
+                             "another path") from exc
+        if is_dir:
             raise AuditError(f"{self.path} is a folder: give the audit log's file, e.g. "
                              f"{self.path / 'audit.jsonl'}")
         self.head_path = self.path.with_name(self.path.name + ".head")
@@ -398,7 +403,11 @@ class AuditLog:
         except AuditError as exc:
             return VerifyResult(ok=False, records=0, reason=str(exc), problem="anchor",
                                 anchor=self.anchor.location)
-        return self._verify(anchor)
+        try:
+            return self._verify(anchor)
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path} ({exc.strerror or exc}): "
+                             "fix its permissions, then verify again") from exc
 
     def _verify(self, anchor: Anchor | None) -> VerifyResult:
         head = self._head()

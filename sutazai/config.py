@@ -356,7 +356,7 @@ class Settings(BaseSettings):
     @field_validator("home", "catalog", "repository_dir", "vllm_venv", "benchmark_data_dir",
                      "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
                      "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_cert_file",
-                     "tls_client_key_file", "repository_plaintext_dir",
+                     "tls_client_key_file", "repository_plaintext_dir", "audit_anchor",
                      mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
