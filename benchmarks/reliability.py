@@ -117,7 +117,9 @@ def stored_documents(home: Path) -> int:
 def ingest_drill(workdir: Path, rounds: int, rng: random.Random) -> dict[str, Any]:
     home = workdir / "ingest-home"
     folders = real_documents(workdir / "documents", rounds)
-    lost, orphans, kill_points, failed_reruns = [], 0, [], 0
+    lost: list[int] = []
+    kill_points: list[float | None] = []
+    orphans, failed_reruns, broken = 0, 0, ""
     for index, folder in enumerate(folders):
         ingest = sutazai(home, "kg", "ingest", str(folder), "--json")
         kill_at = rng.uniform(1.5, 9.0)  # spaCy loads in ~1 s, 30 documents take ~10 s
@@ -138,13 +140,19 @@ def ingest_drill(workdir: Path, rounds: int, rng: random.Random) -> dict[str, An
         if left:
             rewrite_orphans(home)
         expected = DOCS_PER_ROUND * (index + 1)
-        lost.append(expected - stored_documents(home))
+        try:
+            lost.append(expected - stored_documents(home))
+        except RuntimeError as exc:  # the graph no longer opens: everything is lost
+            broken = f"after round {index + 1}: {str(exc).splitlines()[0][:200]}"
+            lost.append(expected)
+            print(f"ingest round {index + 1}: the graph is broken ({broken})", file=sys.stderr)
+            break
         print(f"ingest round {index + 1}: killed at {kill_points[-1]} s, orphans {left}, "
               f"lost {lost[-1]}" + (f", re-run failed: {err.strip()[-200:]}" if code else ""),
               file=sys.stderr)
-    return {"rounds": rounds, "killed_at_s": kill_points, "orphans": orphans,
-            "failed_reruns": failed_reruns, "documents_lost": sum(max(0, n) for n in lost),
-            "documents_expected": DOCS_PER_ROUND * rounds}
+    return {"rounds": len(lost), "killed_at_s": kill_points, "orphans": orphans,
+            "failed_reruns": failed_reruns, "documents_lost": max(0, lost[-1]),
+            "documents_expected": DOCS_PER_ROUND * len(lost), "graph_broken": broken}
 
 
 # ---------------------------------------------------------------- concurrent first pulls
@@ -223,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row("", "documents lost", f"{ingest['documents_lost']} of "
                       f"{ingest['documents_expected']}")
         table.add_row("", "orphaned servers", str(ingest["orphans"]))
-        table.add_row("", "re-runs that failed", str(ingest["failed_reruns"]), end_section=True)
+        table.add_row("", "re-runs that failed", str(ingest["failed_reruns"]))
+        table.add_row("", "graph broken", ingest["graph_broken"] or "no", end_section=True)
     if pull:
         table.add_row("concurrent first pulls", "pairs", str(pull["pairs"]))
         table.add_row("", "pulls that crashed", str(pull["crashed_pulls"]))
