@@ -28,6 +28,10 @@ class IntegrityError(SutazAIError):
     """Bytes did not match their expected size or sha256 digest."""
 
 
+class DiskFullError(SutazAIError):
+    """A folder has too little free space for what must be written there."""
+
+
 class UnsafeFormatError(SutazAIError):
     """A file could execute code when loaded (pickle) and the catalog did not allow it."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sutazai.audit import audit
@@ -38,6 +38,7 @@ class MirrorOutcome:
     downloaded_bytes: int = 0
     written_bytes: int = 0
     resumed_bytes: int = 0
+    repaired: list[str] = field(default_factory=list)  # damaged files fetched again
     mlflow_version: str | None = None
     seconds: float = 0.0
     error: str | None = None
@@ -84,9 +85,13 @@ def mirror_catalog(
             outcome.downloaded_bytes = result.downloaded_bytes
             outcome.written_bytes = result.written_bytes
             outcome.resumed_bytes = result.resumed_bytes
+            outcome.repaired = result.repaired
             if result.created:
                 audit(settings, "model.pull", manifest.ref, after=manifest.digest,
                       details={"source": manifest.source, "bytes": manifest.size})
+            if result.repaired:
+                audit(settings, "model.repair", manifest.ref, after=manifest.digest,
+                      details={"files": result.repaired})
             if registry is not None:
                 registered = register_version(repo, registry, manifest, result.seconds)
                 outcome.mlflow_version = registered.version
@@ -94,8 +99,12 @@ def mirror_catalog(
                     audit(settings, "model.register", manifest.ref,
                           after=f"mlflow {registered.name} v{registered.version}")
         except SutazAIError as exc:
-            log.error("mirroring %s failed: %s", entry.name, exc)
-            outcome.error = str(exc)
+            # The outcome carries the error and every caller reports it (the CLI once, a
+            # pipeline step by failing), so the log does not repeat it at a level users see.
+            # The model's name is in the outcome already: it is not repeated in the text.
+            message = str(exc)
+            outcome.error = message.removeprefix(f"{entry.name}: ")
+            log.debug("mirroring %s failed: %s", entry.name, outcome.error)
         outcome.seconds = time.monotonic() - started
         outcomes.append(outcome)
     return outcomes

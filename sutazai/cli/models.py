@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sutazai.cli.output import console, emit_json, errors, short, size
@@ -23,6 +24,7 @@ from sutazai.mirror import (
 )
 from sutazai.repository.bundle import export_bundle, import_bundle
 from sutazai.repository.manifest import parse_ref
+from sutazai.repository.store import repair_hint
 
 app = typer.Typer(help="Mirror, inspect, verify and move models in the offline repository.",
                   no_args_is_help=True)
@@ -35,7 +37,9 @@ def outcome_table(outcomes: list[MirrorOutcome], title: str) -> Table:
         table.add_column(column, justify="right" if column in ("size", "seconds") else "left")
     for o in outcomes:
         status = ("[red]failed[/]" if o.error else "unchanged" if o.unchanged
-                  else "[green]new[/]" if o.created else "stored")
+                  else "[green]new[/]" if o.created
+                  else f"[yellow]repaired[/] {len(o.repaired)} file(s)" if o.repaired
+                  else "stored")
         table.add_row(o.name, str(o.version or "-"), short(o.digest), size(o.size),
                       o.mlflow_version or "-", status, f"{o.seconds:.1f}")
     return table
@@ -43,8 +47,9 @@ def outcome_table(outcomes: list[MirrorOutcome], title: str) -> Table:
 
 def report_failures(outcomes: list[MirrorOutcome]) -> None:
     failed = [o for o in outcomes if o.error]
-    for o in failed:
-        errors.print(f"[bold red]error:[/] {o.name}: {o.error}", highlight=False)
+    for o in failed:  # printed once, here: the library logs it at DEBUG only
+        errors.print(f"[bold red]error:[/] {escape(o.name)}: {escape(o.error or '')}",
+                     highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -126,10 +131,9 @@ def verify_command(refs: list[str] = typer.Argument(None, help="Versions; all wh
         console.print(f"verified {len(manifests)} version(s), "
                       f"{sum(len(m.files) for m in manifests)} file(s): {verdict}")
     if problems:
-        raise IntegrityError(
-            "the repository has missing or corrupted files; pull the affected models again "
-            "(sutazai models pull NAME) or import them from a bundle"
-        )
+        damaged = [m for m in manifests if m.ref in {p.ref for p in problems}]
+        raise IntegrityError(f"the repository has missing or corrupted files; "
+                             f"{repair_hint(damaged)}")
 
 
 @app.command("rm")
@@ -143,13 +147,15 @@ def rm_command(ref: str = typer.Argument(..., help="NAME:VERSION"),
 
 @app.command("gc")
 def gc_command(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = JSON) -> None:
-    """Delete blobs no version references."""
+    """Delete blobs no version references and what interrupted pulls left behind."""
     report = open_repository(load_settings()).gc(dry_run=dry_run)
     if as_json:
         emit_json(report.__dict__ | {"dry_run": dry_run})
     else:
         verb = "would free" if dry_run else "freed"
-        console.print(f"{report.removed_blobs} unreferenced blob(s), {verb} "
+        partial = (f", {report.removed_partial} partial download(s) of interrupted pulls"
+                   if report.removed_partial else "")
+        console.print(f"{report.removed_blobs} unreferenced blob(s){partial}, {verb} "
                       f"{size(report.freed_bytes)}")
 
 

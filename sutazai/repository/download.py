@@ -6,12 +6,18 @@ is interrupted (network error, SIGKILL) leaves ``tmp/downloads/<key>.part`` and 
 JSON record of the server's validators; the next attempt re-hashes what is there and
 asks only for the rest with an HTTP ``Range`` request guarded by ``If-Range``, so a
 changed file on the server restarts cleanly instead of producing a spliced one.
+
+Space is checked before the body is written, when the server says how large it is, and a
+write that still runs out of space (something else filled the disk meanwhile) deletes the
+partial file and says so: "run it again" cannot help until space is freed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -23,7 +29,13 @@ from urllib3.util import Retry
 
 from sutazai.errors import IntegrityError, SourceError
 from sutazai.progress import NULL_PROGRESS, Progress, ProgressTask
-from sutazai.repository.fsutil import hash_stream
+from sutazai.repository.fsutil import (
+    disk_full,
+    ensure_free_space,
+    hash_stream,
+    human_bytes,
+    is_disk_full,
+)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -39,7 +51,26 @@ class Downloaded:
     resumed_from: int  # bytes that were already on disk from an earlier attempt
 
 
+class _RetriesAtDebug(logging.Filter):
+    """urllib3 logs every retry as a WARNING ("Retrying (Retry(total=2, ...)) after
+    connection broken by ..."): an unreachable host printed six of them before the one
+    error that matters. Retries are routine; they are logged at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Retrying"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_retries() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _RetriesAtDebug) for f in logger.filters):
+        logger.addFilter(_RetriesAtDebug())
+
+
 def make_pool(timeout_s: float) -> urllib3.PoolManager:
+    _quiet_retries()
     retries = Retry(
         total=3, connect=3, read=2, backoff_factor=0.5, status_forcelist=(502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False, redirect=5,
@@ -60,10 +91,14 @@ def request(
     try:
         return pool.request(method, url, headers=headers or {}, **kwargs)
     except urllib3.exceptions.HTTPError as exc:
-        raise SourceError(
-            f"cannot reach {url}: {exc.__class__.__name__}: {exc}; check the URL, the "
-            "network, or the mirror"
-        ) from None
+        raise unreachable(url, exc) from None
+
+
+def unreachable(url: str, exc: Exception) -> SourceError:
+    """The error for a request that failed without an answer (after its retries)."""
+    reason = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last failure
+    return SourceError(f"cannot reach {url}: {reason.__class__.__name__}: {reason}; check "
+                       "the URL, the network, or the mirror")
 
 
 class HttpDownloader:
@@ -77,10 +112,14 @@ class HttpDownloader:
         chunk_bytes: int = 4 * 1024 * 1024,
         progress: Progress = NULL_PROGRESS,
         pool: urllib3.PoolManager | None = None,
+        space_factor: int = 1,
     ) -> None:
+        """``space_factor``: how many times its size a download needs on this disk until
+        it is stored (2 when the repository seals it into a second file)."""
         self.staging_dir = staging_dir / "downloads"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.chunk_bytes = chunk_bytes
+        self.space_factor = space_factor
         self.progress = progress
         self.pool = pool or make_pool(timeout_s)
 
@@ -140,11 +179,23 @@ class HttpDownloader:
                     f"{url} is {total} bytes, expected {expected_size}: the mirror serves a "
                     "different file; fix the mirror or the catalog entry"
                 )
+            if total is not None:
+                ensure_free_space(self.staging_dir, (total - offset) * self.space_factor,
+                                  f"downloading {label} ({human_bytes(total)})")
             _write_record(record_path, url, response.headers, total)
             task = self.progress.task(label, total=total)
             task.reset(completed=offset, total=total)
-            hasher, transferred = self._stream(response, part, offset, task)
-            task.close()
+            try:
+                hasher, transferred = self._stream(response, part, offset, task)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                part.unlink(missing_ok=True)
+                record_path.unlink(missing_ok=True)
+                raise disk_full(self.staging_dir, f"downloading {label}; the partial "
+                                "download was deleted") from exc
+            finally:
+                task.close()
         finally:
             response.release_conn()
         return self._finish(part, record_path, hasher.hexdigest(), transferred, offset,
@@ -167,16 +218,19 @@ class HttpDownloader:
                 # read1 returns what the socket has (up to chunk_bytes), so progress and
                 # the resumable partial file advance steadily even on slow links.
                 while chunk := response.read1(self.chunk_bytes):
-                    sink.write(chunk)
+                    if sink.write(chunk) != len(chunk):  # a short write: the disk is full
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(part))
                     digest.update(chunk)
                     transferred += len(chunk)
                     task.advance(len(chunk))
+                os.fsync(sink.fileno())
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if is_disk_full(exc):
+                    raise
                 raise SourceError(
                     f"download interrupted after {offset + transferred} bytes ({exc}); "
                     "run the pull again to resume where it stopped"
                 ) from None
-            os.fsync(sink.fileno())
         return digest, transferred
 
     def _finish(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sutazai.errors import DiskFullError
 from sutazai.progress import ProgressTask
 
 # 1 MiB: the buffer is read into, hashed and written from while it is still in the CPU
@@ -71,3 +74,47 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Room kept free beyond what a download needs (manifests, links, the filesystem's own
+# bookkeeping, and whatever else writes to that disk): 1% of it, at least 1 MiB.
+MIN_MARGIN = 1024 * 1024
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+WHERE_TO = "free space there, or set SUTAZAI_HOME (or SUTAZAI_REPOSITORY_DIR) to a larger disk"
+
+
+def human_bytes(count: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as the CLI's tables print sizes)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``folder``'s filesystem."""
+    return shutil.disk_usage(folder).free
+
+
+def ensure_free_space(folder: Path, need: int, what: str) -> None:
+    """Raise DiskFullError unless ``folder`` has room for ``need`` bytes and a margin."""
+    wanted = need + max(MIN_MARGIN, need // 100)
+    free = free_bytes(folder)
+    if wanted > free:
+        raise DiskFullError(
+            f"{what} needs {human_bytes(wanted)} in {folder} but only {human_bytes(free)} is "
+            f"free; {WHERE_TO}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+def disk_full(folder: Path, what: str) -> DiskFullError:
+    """The error for a write that ran out of space (ENOSPC, or a quota) in ``folder``."""
+    try:
+        free = f" ({human_bytes(free_bytes(folder))} free now)"
+    except OSError:
+        free = ""
+    return DiskFullError(f"{folder} ran out of space while {what}{free}; {WHERE_TO}")

@@ -3,23 +3,31 @@
 The whole pull holds the model's lock (a second concurrent pull of the same model waits,
 then finds the work done) and the repository's shared lock (``gc`` cannot remove blobs
 that are stored but not yet published).
+
+A pull also repairs: the blobs of the version it would publish are checked (hashed only
+when they changed since they were last found intact, see
+:mod:`sutazai.repository.integrity`), and damaged or missing ones are fetched again. A
+pull of an unchanged model whose published version lost a byte re-fetches that file and
+keeps the version (and its number) as it was.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sutazai.config import Settings
 from sutazai.errors import IntegrityError, SourceError
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.catalog import CatalogEntry
-from sutazai.repository.manifest import Manifest, content_digest
+from sutazai.repository.fsutil import disk_full, is_disk_full
+from sutazai.repository.manifest import FileEntry, Manifest, content_digest
 from sutazai.repository.sources import source_for
 from sutazai.repository.sources.base import (
     UNVERSIONED,
     FetchContext,
     Resolution,
+    Source,
     refuse_pickle,
     refuse_pickle_content,
 )
@@ -35,6 +43,7 @@ class PullResult:
     written_bytes: int
     resumed_bytes: int
     seconds: float
+    repaired: list[str] = field(default_factory=list)  # paths of damaged files fetched again
 
 
 def _is_published(latest: Manifest | None, entry: CatalogEntry, resolution: Resolution) -> bool:
@@ -60,14 +69,29 @@ def pull(
     """Mirror ``entry``; idempotent, resumable, and safe to run concurrently."""
     started = time.monotonic()
     source = source_for(entry, settings)
+    try:
+        return _pull(entry, repo, settings, progress, source, started)
+    except OSError as exc:  # a full disk while unpacking, sealing or publishing
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(repo.root, f"pulling {entry.name}") from exc
+
+
+def _pull(entry: CatalogEntry, repo: Repository, settings: Settings, progress: Progress,
+          source: Source, started: float) -> PullResult:
     with repo.writing(), repo.model_lock(entry.name):
         resolution = source.resolve(entry)
         latest = repo.latest(entry.name)
+        repaired: list[str] = []
         if _is_published(latest, entry, resolution):
             assert latest is not None
-            return PullResult(latest, False, True, 0, 0, 0, time.monotonic() - started)
+            damaged = repo.check_blobs(latest.files)
+            if not damaged:
+                return PullResult(latest, False, True, 0, 0, 0, time.monotonic() - started)
+            repo.discard_blobs(set(damaged))
+            repaired = [f.path for f in latest.files if f.digest in damaged]
         ctx = FetchContext(repo=repo, settings=settings, progress=progress)
-        files = source.fetch(entry, resolution, ctx)
+        files = _fetch_intact(source, entry, resolution, ctx)
         if not files:
             raise SourceError(f"{entry.name}: the source yielded no files to store")
         refuse_pickle([f.path for f in files], entry)
@@ -90,5 +114,23 @@ def pull(
         )
     return PullResult(
         manifest, created, False, ctx.stats.downloaded, ctx.stats.written, ctx.stats.resumed,
-        time.monotonic() - started,
+        time.monotonic() - started, repaired,
     )
+
+
+def _fetch_intact(source: Source, entry: CatalogEntry, resolution: Resolution,
+                  ctx: FetchContext) -> list[FileEntry]:
+    """Fetch, then make sure every blob the file list names is intact: a source skips
+    blobs that are already stored, and a stored one may be damaged. Damaged ones are
+    deleted and the fetch runs once more, which stores them again."""
+    files = source.fetch(entry, resolution, ctx)
+    damaged = ctx.repo.check_blobs(files)
+    if damaged:
+        ctx.repo.discard_blobs(set(damaged))
+        files = source.fetch(entry, resolution, ctx)
+        damaged = ctx.repo.check_blobs(files)
+    if damaged:
+        paths = ", ".join(f.path for f in files if f.digest in damaged)
+        raise IntegrityError(f"{entry.name}: {paths} stayed damaged after fetching them "
+                             "again; check the disk (sutazai models verify)")
+    return files

@@ -9,10 +9,20 @@ On-disk layout (``<root>`` is ``.sutazai/repository`` by default)::
     tmp/                              staging and resumable partial downloads
     locks/                            per-model pull locks and the repository lock
     plaintext/                        decrypted copies of encrypted blobs (see below)
+    retired/<name>.json               numbers of removed versions, never given out again
+    verified.db                       files hashed and found intact (:mod:`.integrity`)
 
 A version is visible exactly when its manifest exists. Everything a manifest references
 is written, verified and linked before the manifest is atomically renamed into place,
-so a crash at any point leaves either no version or a complete one.
+so a crash at any point leaves either no version or a complete one. Version numbers are
+never given out twice: removing ``name:3`` retires 3, so a number names one content for
+good, and the MLflow registry (which never reuses a number either) keeps the same ones.
+
+Integrity: ``verify`` re-hashes everything; pulls and engine starts check the blobs they
+rely on through :class:`~sutazai.repository.integrity.VerifiedCache`, which hashes a file
+only when it changed since it was last found intact. A pull re-fetches a published
+version's damaged blobs; :meth:`Repository.ensure_snapshot` with ``verify=True`` refuses
+to hand out damaged bytes (and re-makes damaged decrypted copies from their blobs).
 
 Concurrency: pulls of one model serialise on ``locks/<name>.lock``; every writer holds a
 shared lock on ``locks/repository.lock`` and ``gc`` an exclusive one, so garbage
@@ -34,6 +44,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -64,6 +75,7 @@ from sutazai.repository.crypto import (
     read_header,
 )
 from sutazai.repository.fsutil import atomic_write_text, fsync_dir, hash_file, hash_stream
+from sutazai.repository.integrity import VerifiedCache
 from sutazai.repository.manifest import FileEntry, Manifest, content_digest, path_problems
 from sutazai.repository.plaintext import PlaintextCache
 
@@ -92,6 +104,7 @@ class GcReport:
     freed_bytes: int = 0
     removed_paths: list[str] = field(default_factory=list)
     removed_plaintext: int = 0  # decrypted copies of blobs no version references
+    removed_partial: int = 0  # partial downloads and staging folders of interrupted pulls
 
 
 @dataclass
@@ -156,6 +169,7 @@ class Repository:
         self._key: RepositoryKey | None = key if isinstance(key, RepositoryKey) else None
         self._previous_key_source = previous_key
         self.plaintext = PlaintextCache(root, plaintext_dir)
+        self.verified = VerifiedCache(root / "verified.db")
         self.blobs_dir = root / "blobs" / "sha256"
         self.manifests_dir = root / "manifests"
         self.snapshots_dir = root / "snapshots"
@@ -293,6 +307,7 @@ class Repository:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(staged, 0o444)
         os.replace(staged, target)
+        self.verified.record(target, digest)  # every caller hashed what it places
         return True
 
     def _seal(
@@ -498,7 +513,9 @@ class Repository:
 
         Content already published under ``name`` is returned as it is (created False),
         so publishing is idempotent. ``version`` asks for a specific number (bundle
-        import keeps numbers when they are free).
+        import keeps numbers when they are free). New numbers follow the highest ever
+        given, removed ones included; a removed number is given back only when asked for
+        with the content it had.
         """
         problems = path_problems(f.path for f in files)
         if problems:  # before a folder is made: 'x' and 'x/y' cannot both be linked
@@ -516,8 +533,9 @@ class Repository:
                         "has the wrong size; pull again"
                     )
             taken = {m.version for m in self.versions(name)}
-            if version is None or version in taken:
-                version = max(taken, default=0) + 1
+            retired = self.retired_versions(name)  # only the same content may have one back
+            if version is None or version in taken or retired.get(version, digest) != digest:
+                version = max(taken | set(retired), default=0) + 1
             manifest = Manifest(
                 name=name, version=version, digest=digest, source=source, revision=revision,
                 format=format, tasks=tasks, license=license, parent=parent,
@@ -604,6 +622,7 @@ class Repository:
                     f"{size}; run 'sutazai models verify' and restore the blob")
             os.chmod(tmp, 0o400)
             os.replace(tmp, final)
+            self.verified.record(final, digest)  # authenticated chunk by chunk, see above
             return final
         finally:
             tmp.unlink(missing_ok=True)
@@ -617,7 +636,7 @@ class Repository:
                 written += count
         return written
 
-    def ensure_snapshot(self, manifest: Manifest) -> Path:
+    def ensure_snapshot(self, manifest: Manifest, verify: bool = False) -> Path:
         """The version's folder, rebuilt if it was deleted or damaged.
 
         For encrypted blobs this is where the plaintext appears: each file is decrypted
@@ -625,13 +644,53 @@ class Repository:
         ``<root>/plaintext``, both private to the user) and linked. A tampered blob raises
         IntegrityError and no snapshot is made. Call :meth:`evict_plaintext` to remove the
         decrypted copies when the version is no longer served.
+
+        ``verify`` (an engine start) also checks the bytes the links lead to, the files an
+        engine will load: plain blobs, or the decrypted copies of encrypted ones. Each is
+        hashed only when it changed since it was last found intact (a model just pulled
+        or served costs nothing). A damaged decrypted copy is made again from its blob; a
+        damaged or missing blob raises IntegrityError naming the command that repairs it.
         """
         path = self.snapshot_path(manifest)
-        if self._snapshot_problems(manifest):
-            with self.writing(), self.model_lock(manifest.name):
-                if self._snapshot_problems(manifest):  # another process may have made it
-                    self._write_snapshot(manifest)
+        if verify:
+            for entry in manifest.files:  # damaged copies go: the snapshot is remade below
+                copy = self.plaintext.find(entry.digest, entry.size)
+                if copy is not None and not self._copy_intact(copy, entry.digest):
+                    copy.unlink(missing_ok=True)
+        try:
+            if self._snapshot_problems(manifest):
+                with self.writing(), self.model_lock(manifest.name):
+                    if self._snapshot_problems(manifest):  # another process may have made it
+                        self._write_snapshot(manifest)
+        except BlobAuthenticationError as exc:
+            if not verify:
+                raise
+            raise IntegrityError(f"{manifest.ref}: {exc}; {repair_hint([manifest])}") from None
+        damaged = self._serving_problems(manifest) if verify else []
+        if damaged:
+            raise IntegrityError(
+                f"{manifest.ref} is damaged ({'; '.join(damaged)}): refusing to load it; "
+                f"{repair_hint([manifest])}")
         return path
+
+    def _serving_problems(self, manifest: Manifest) -> list[str]:
+        """What is wrong with the files an engine would load from the snapshot."""
+        problems = []
+        for entry in manifest.files:
+            try:
+                header = self._header_or_none(entry.digest)
+            except IntegrityError:
+                problems.append(f"{entry.path}: corrupt blob header")
+                continue
+            if header is None:
+                found = self._checked_blob(entry)
+                if found is not None:
+                    problems.append(f"{entry.path}: {found[0]}")
+                continue
+            copy = self.plaintext.find(entry.digest, entry.size)
+            if copy is None or not self._copy_intact(copy, entry.digest):
+                problems.append(f"{entry.path}: decrypted copy damaged")
+        return problems
 
     def _snapshot_problems(self, manifest: Manifest) -> list[str]:
         base = self.snapshot_path(manifest)
@@ -672,7 +731,7 @@ class Repository:
             encrypted = False
             for entry in manifest.files:
                 if entry.digest not in checked:
-                    checked[entry.digest] = self._check_blob(entry, task)
+                    checked[entry.digest] = self._checked_blob(entry, task, fresh=True)
                 found = checked[entry.digest]
                 if found is not None:
                     problems.append(FileProblem(manifest.ref, entry.path, *found))
@@ -686,15 +745,71 @@ class Repository:
             for entry in manifest.files if encrypted else []:
                 copy = self.plaintext.find(entry.digest, entry.size)
                 if copy is not None and entry.digest not in copies:
-                    copies[entry.digest] = hash_file(copy)[0]
+                    copies[entry.digest] = self._hash_and_record(copy, entry.digest)
                 if copy is not None and copies[entry.digest] != entry.digest:
                     problems.append(FileProblem(manifest.ref, entry.path, "snapshot",
                                                 entry.digest, f"decrypted copy {copy} modified; "
-                                                "run evict_plaintext"))
+                                                "the next engine start makes it again (or run "
+                                                "evict_plaintext)"))
         task.close()
         return problems
 
-    def _check_blob(self, entry: FileEntry, task: ProgressTask) -> tuple[str, str, str] | None:
+    def check_blobs(self, files: list[FileEntry]) -> dict[str, tuple[str, str, str]]:
+        """The damaged or missing blobs behind ``files``: {digest: (problem, expected,
+        actual)}, empty when all are intact. Cheap when nothing changed: a blob is hashed
+        only when it changed since it was last found intact (see :mod:`.integrity`)."""
+        problems: dict[str, tuple[str, str, str]] = {}
+        for entry in {f.digest: f for f in files}.values():
+            found = self._checked_blob(entry)
+            if found is not None:
+                problems[entry.digest] = found
+        return problems
+
+    def discard_blobs(self, digests: set[str]) -> None:
+        """Delete damaged blobs so that a pull stores them again (hold :meth:`writing`).
+        Open readers (an engine's mmap) keep the old bytes until they close them."""
+        for digest in digests:
+            self.blob_path(digest).unlink(missing_ok=True)
+        self.verified.forget(self.blob_path(d) for d in digests)
+
+    def _checked_blob(self, entry: FileEntry, task: ProgressTask | None = None,
+                      fresh: bool = False) -> tuple[str, str, str] | None:
+        """:meth:`_check_blob` through the verified-files cache: skipped when the blob is
+        unchanged since it was found intact, unless ``fresh``; the cache learns the result."""
+        blob = self.blob_path(entry.digest)
+        if not fresh and self.verified.verified(blob, entry.digest):
+            return None
+        try:
+            before = blob.stat()
+        except FileNotFoundError:
+            return "missing", entry.digest, ""
+        found = self._check_blob(entry, task)
+        if found is None:
+            self.verified.record(blob, entry.digest, before)
+        else:
+            self.verified.forget([blob])
+        return found
+
+    def _hash_and_record(self, path: Path, digest: str) -> str:
+        """sha256 of ``path``; the cache learns whether it is ``digest``."""
+        before = path.stat()
+        actual = hash_file(path)[0]
+        if actual == digest:
+            self.verified.record(path, digest, before)
+        else:
+            self.verified.forget([path])
+        return actual
+
+    def _copy_intact(self, copy: Path, digest: str) -> bool:
+        """Whether a decrypted copy holds ``digest`` (hashed only when it changed)."""
+        try:
+            return (self.verified.verified(copy, digest)
+                    or self._hash_and_record(copy, digest) == digest)
+        except FileNotFoundError:  # evicted meanwhile
+            return False
+
+    def _check_blob(self, entry: FileEntry, task: ProgressTask | None = None
+                    ) -> tuple[str, str, str] | None:
         """(problem, expected, actual) for one blob, or None when it is intact."""
         blob = self.blob_path(entry.digest)
         if not blob.is_file():
@@ -719,9 +834,26 @@ class Repository:
                 return "corrupt", entry.digest, str(exc)
         return None if actual == entry.digest else ("digest", entry.digest, actual)
 
+    def retired_versions(self, name: str) -> dict[int, str]:
+        """Numbers of ``name``'s removed versions, with the content digest each had."""
+        try:
+            data = json.loads((self.root / "retired" / f"{name}.json").read_text())
+            return {int(number): str(digest) for number, digest in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError) as exc:
+            raise IntegrityError(f"{self.root / 'retired' / f'{name}.json'} is damaged "
+                                 f"({exc}); restore it or write {{}} into it") from None
+
     def remove(self, manifest: Manifest) -> None:
-        """Unpublish a version: manifest first (it disappears atomically), then its folder."""
+        """Unpublish a version: manifest first (it disappears atomically), then its folder.
+
+        Its number is retired first: a later version never gets it, so ``name:N`` keeps
+        meaning one content, in the repository and in MLflow alike."""
         with self.model_lock(manifest.name):
+            retired = self.retired_versions(manifest.name) | {manifest.version: manifest.digest}
+            atomic_write_text(self.root / "retired" / f"{manifest.name}.json",
+                              json.dumps({str(k): v for k, v in sorted(retired.items())}))
             self.manifest_path(manifest.name, manifest.version).unlink(missing_ok=True)
             shutil.rmtree(self.snapshot_path(manifest), ignore_errors=True)
             for folder in (self.manifests_dir / manifest.name, self.snapshots_dir / manifest.name):
@@ -749,9 +881,23 @@ class Repository:
         return removed
 
     def gc(self, dry_run: bool = False) -> GcReport:
-        """Delete blobs that no manifest references, and their decrypted copies."""
+        """Delete blobs that no manifest references, their decrypted copies, and what
+        interrupted pulls left in tmp/ (partial downloads, pip's staging folders).
+
+        Every pull holds the shared lock while it writes there, and this holds the
+        exclusive one, so whatever is left there now belongs to no running pull (a pull
+        that starts later waits, and then downloads from the start)."""
         report = GcReport()
         with self.exclusive():
+            for leftover in self._interrupted_pull_files():
+                report.removed_partial += 1
+                report.freed_bytes += _tree_size(leftover)
+                report.removed_paths.append(str(leftover.relative_to(self.root)))
+                if not dry_run:
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
             referenced = {f.digest for m in self.all_versions() for f in m.files}
             for blob in self.blobs_dir.glob("*/*"):
                 if blob.name in referenced:
@@ -769,7 +915,16 @@ class Repository:
                 report.removed_paths.append(str(copy))
                 if not dry_run:
                     copy.unlink(missing_ok=True)
+            if not dry_run:
+                self.verified.prune()
         return report
+
+    def _interrupted_pull_files(self) -> list[Path]:
+        """What only a pull writes in tmp/ (under the shared lock): resumable downloads
+        (``downloads/<key>.part`` and their ``.json`` records) and ``pypi-*`` folders."""
+        downloads = self.tmp_dir / "downloads"  # HttpDownloader's folder
+        found = sorted(downloads.glob("*.part")) + sorted(downloads.glob("*.json"))
+        return found + sorted(p for p in self.tmp_dir.glob("pypi-*") if p.is_dir())
 
     # -------------------------------------------------------------- encryption
     def evict_plaintext(self, manifests: list[Manifest] | None = None) -> tuple[int, int]:
@@ -961,6 +1116,25 @@ class Repository:
                 staged.unlink(missing_ok=True)
         task.close()
         return done, done_bytes, failed
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes in a file, or in the files under a folder."""
+    try:
+        if not path.is_dir():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def repair_hint(manifests: list[Manifest]) -> str:
+    """What repairs missing or damaged files of ``manifests``: a pull of the model fetches
+    a published version's damaged files again; a version that is not in the catalog (a
+    derived one, or an older revision) comes back from a bundle."""
+    names = " ".join(sorted({m.name for m in manifests}))
+    return (f"run 'sutazai models pull {names}' to fetch the damaged files again, or "
+            "'sutazai models import BUNDLE' for a version the catalog no longer gives")
 
 
 def _changed(path: Path, actual: str, expected: str) -> IntegrityError:

