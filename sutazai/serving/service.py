@@ -72,7 +72,7 @@ def start_engine(settings: Settings, manifest: Manifest, engine_name: str | None
     """Start the engine for ``manifest`` (the format's default unless named)."""
     engine = engine_for(settings, manifest, engine_name)
     repo = open_repository(settings)
-    model_dir = repo.ensure_snapshot(manifest)
+    model_dir = repo.ensure_snapshot(manifest, verify=True)  # the bytes it will load
     return engine.start(manifest, model_dir, engine_workdir(settings, manifest, engine.name))
 
 
