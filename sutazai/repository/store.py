@@ -49,7 +49,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -874,10 +874,8 @@ class Repository:
                 except FileNotFoundError:
                     continue
                 removed += 1
-                try:
+                with suppress(OSError):
                     self.blob_path(digest).parent.rmdir()  # only when empty
-                except OSError:
-                    pass
         return removed
 
     def gc(self, dry_run: bool = False) -> GcReport:
