@@ -100,9 +100,13 @@ def rewrite_orphans(home: Path) -> int:
             if connection.status == psutil.CONN_LISTEN:
                 client = redis.Redis(host="127.0.0.1", port=connection.laddr.port,
                                      password=password, socket_timeout=10)
-                client.bgrewriteaof()
-                client.close()
-                count += 1
+                try:
+                    client.bgrewriteaof()
+                    count += 1
+                except redis.RedisError as exc:  # e.g. a rewrite already running
+                    print(f"orphan {server.pid}: {exc}", file=sys.stderr)
+                finally:
+                    client.close()
     time.sleep(2)  # let the rewrite finish
     return count
 
