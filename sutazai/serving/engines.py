@@ -15,6 +15,7 @@ here, so a wrong pairing fails before anything starts, with the engines that wou
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -126,13 +127,21 @@ def single_file(model_dir: Path, suffix: str, manifest: Manifest) -> Path:
 
 
 def gguf_has_chat_template(path: Path) -> bool:
-    """Whether a GGUF file carries a chat template (read with the vocabulary only, ~0.4 s)."""
+    """Whether a GGUF file carries a chat template (read with the vocabulary only, ~0.4 s,
+    once per file: a restarted engine does not pay it again)."""
+    stat = path.stat()
+    return _gguf_has_chat_template(str(path.resolve()), stat.st_ino, stat.st_size,
+                                   stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_has_chat_template(path: str, inode: int, size: int, mtime_ns: int) -> bool:
     from llama_cpp import Llama
 
     try:
-        model = Llama(str(path), vocab_only=True, verbose=False)
+        model = Llama(path, vocab_only=True, verbose=False)
     except ValueError as exc:  # llama.cpp could not parse the file
-        raise EngineError(f"{path.name} is not a GGUF file llama.cpp can read ({exc}); "
+        raise EngineError(f"{Path(path).name} is not a GGUF file llama.cpp can read ({exc}); "
                           "check the catalog entry's format and files") from None
     try:
         return "tokenizer.chat_template" in model.metadata

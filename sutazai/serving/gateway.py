@@ -448,7 +448,7 @@ class Gateway:
                             engine.engine, engine.manifest.ref, downtime, engine.load_seconds)
                 await self._record(engine, "ok", {
                     "died": death, "attempt": earlier + 1, "downtime_s": round(downtime, 3),
-                    "load_s": round(engine.load_seconds, 3)})
+                    "load_s": round(engine.load_seconds, 3), "backoff_s": delay})
                 await dead.client.aclose()
                 return
         finally:
