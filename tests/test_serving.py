@@ -368,28 +368,31 @@ def test_an_engine_that_cannot_restart_leaves_readiness_503_with_the_reason(
         tries.append(dead)
         raise EngineError(f"{dead.manifest.ref}: the GGUF file is corrupt")
 
-    restart = EngineRestart(cannot_start, max_restarts=2, backoff_s=0.05, wait_s=30)
-    app = create_app(engine, owns_engine=True, restart=restart)
-    with GatewayThread(app, "127.0.0.1", free_port()) as gateway:
-        assert engine.process is not None and engine.process.process is not None
-        os.kill(engine.process.process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while (ready := httpx.get(f"{gateway.url}/health/ready")).json()["status"] != "failed":
-            assert time.monotonic() < deadline, ready.text
-            time.sleep(0.05)
-        assert ready.status_code == 503
-        reason = ready.json()["reason"]
-        assert "killed by SIGKILL" in reason and "gave up after 2 restarts" in reason
-        assert "the GGUF file is corrupt" in reason
-        assert len(tries) == 2
-        live = httpx.get(f"{gateway.url}/health")
-        assert live.status_code == 200 and live.json()["reason"] == reason
-        started = time.monotonic()
-        answer = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": "x",
-                                                                  "max_tokens": 1})
-        assert time.monotonic() - started < 5  # no wait for a restart that will not come
-        assert answer.status_code == 503 and answer.headers["retry-after"]
-        assert answer.json()["error"]["code"] == "engine_failed"
-        assert "gave up" in answer.json()["error"]["message"]
-        assert metric(gateway.url, 'sutazai_engine_restarts_total{outcome="failed"}') == 2.0
-        assert metric(gateway.url, "sutazai_engine_up") == 0.0
+    try:
+        restart = EngineRestart(cannot_start, max_restarts=2, backoff_s=0.05, wait_s=30)
+        app = create_app(engine, owns_engine=True, restart=restart)
+        with GatewayThread(app, "127.0.0.1", free_port()) as gateway:
+            assert engine.process is not None and engine.process.process is not None
+            os.kill(engine.process.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while (ready := httpx.get(f"{gateway.url}/health/ready")).json()["status"] != "failed":
+                assert time.monotonic() < deadline, ready.text
+                time.sleep(0.05)
+            assert ready.status_code == 503
+            reason = ready.json()["reason"]
+            assert "killed by SIGKILL" in reason and "gave up after 2 restarts" in reason
+            assert "the GGUF file is corrupt" in reason
+            assert len(tries) == 2
+            live = httpx.get(f"{gateway.url}/health")
+            assert live.status_code == 200 and live.json()["reason"] == reason
+            started = time.monotonic()
+            answer = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": "x",
+                                                                      "max_tokens": 1})
+            assert time.monotonic() - started < 5  # no wait for a restart that will not come
+            assert answer.status_code == 503 and answer.headers["retry-after"]
+            assert answer.json()["error"]["code"] == "engine_failed"
+            assert "gave up" in answer.json()["error"]["message"]
+            assert metric(gateway.url, 'sutazai_engine_restarts_total{outcome="failed"}') == 2.0
+            assert metric(gateway.url, "sutazai_engine_up") == 0.0
+    finally:
+        engine.stop()  # also when the test fails before the gateway owns it
