@@ -195,8 +195,8 @@ def _ready(url: str) -> dict[str, Any] | None:
 
 def _audit_records(env: Mapping[str, str]) -> list[Any]:
     """The audit log the server writes (its home: ``SUTAZAI_HOME`` of its environment)."""
-    from sutazai.audit import open_audit_log
     from sutazai.config import load_settings
+    from sutazai.security.audit import open_audit_log
 
     home = env.get("SUTAZAI_HOME")
     return open_audit_log(load_settings(**({"home": home} if home else {}))).records()

@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     from sutazai.benchmark.profiles import LoadProfile
     from sutazai.benchmark.prompts import load_corpus, make_prompts
     from sutazai.config import Settings, load_settings
-    from sutazai.mirror import mirror_catalog, open_repository
-    from sutazai.serving.service import resolve_target, start_engine
+    from sutazai.repository import open_repository
+    from sutazai.serving.engines import start_engine
+    from sutazai.serving.service import resolve_target
+    from sutazai.workflows.mirror import mirror_catalog
     from tests.tiny_llama import make_tiny_llama
 
     err = Console(stderr=True)

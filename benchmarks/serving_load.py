@@ -49,8 +49,8 @@ PROMPTS = ["The capital of France is", "Water boils at", "The largest planet is"
 def run_gateway(engine: Any, port: int, home: str | None) -> None:
     import uvicorn
 
-    from sutazai.access import AccessGuard
     from sutazai.config import load_settings
+    from sutazai.security.access import AccessGuard
     from sutazai.serving.gateway import create_app
 
     guard = AccessGuard(load_settings(home=Path(home))).require_keys() if home else None
@@ -152,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sutazai.access import KeyTable, new_key
     from sutazai.config import load_settings
+    from sutazai.security.access import KeyTable, new_key
+    from sutazai.serving.engines import start_engine
     from sutazai.serving.process import free_port
-    from sutazai.serving.service import resolve_target, start_engine
+    from sutazai.serving.service import resolve_target
 
     settings = load_settings()
     manifest = resolve_target(settings, args.model).manifest

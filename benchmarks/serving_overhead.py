@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from sutazai.benchmark.profiles import LoadProfile
     from sutazai.benchmark.prompts import load_corpus, make_prompts
     from sutazai.config import load_settings
+    from sutazai.serving.engines import start_engine
     from sutazai.serving.process import free_port
-    from sutazai.serving.service import resolve_target, start_engine
+    from sutazai.serving.service import resolve_target
 
     settings = load_settings()
     manifest = resolve_target(settings, args.model).manifest

@@ -16,7 +16,7 @@ def convert_models(synced: list[dict]) -> list[str]:
     conversions that failed; they do not stop the cycle.
     """
     from sutazai.config import load_settings
-    from sutazai.jobs import derive_for_vllm
+    from sutazai.workflows.nightly import derive_for_vllm
 
     return derive_for_vllm(load_settings())
 
@@ -29,7 +29,7 @@ def plan_benchmarks(conversion_failures: list[str]) -> list[dict]:
     The report recomputes what was skipped and why.
     """
     from sutazai.config import load_settings
-    from sutazai.jobs import plan_benchmarks as plan
+    from sutazai.workflows.nightly import plan_benchmarks as plan
 
     return [item.model_dump() for item in plan(load_settings()).items]
 
@@ -44,7 +44,7 @@ def benchmark_model(ref: str, engine: str, profile: str, metrics: Output[Metrics
     the others' benchmarks.
     """
     from sutazai.config import load_settings
-    from sutazai.jobs import BenchmarkItem, run_benchmark
+    from sutazai.workflows.nightly import BenchmarkItem, run_benchmark
 
     outcome = run_benchmark(load_settings(), BenchmarkItem(ref=ref, engine=engine),
                             profile or None)
@@ -70,7 +70,7 @@ def select_champions(benchmarks: list[str], profile: str,
                      explanation: Output[Markdown]) -> list[dict]:
     """Select champion and challenger of every benchmarked task; set the MLflow aliases."""
     from sutazai.config import load_settings
-    from sutazai.jobs import BenchmarkOutcome, select_tasks
+    from sutazai.workflows.nightly import BenchmarkOutcome, select_tasks
 
     outcomes = [BenchmarkOutcome.model_validate_json(b) for b in benchmarks]
     tasks = [o.summary.task for o in outcomes if o.summary is not None]

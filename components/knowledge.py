@@ -50,6 +50,6 @@ def upsert_documents(extracted: Input[Artifact], metrics: Output[Metrics]) -> di
 def graph_statistics(ingested: dict) -> dict:
     """Counts of the graph after the ingest (``ingested`` orders this step after it)."""
     from sutazai.config import load_settings
-    from sutazai.jobs import graph_statistics as measure_graph
+    from sutazai.workflows.nightly import graph_statistics as measure_graph
 
     return measure_graph(load_settings(), ingested).model_dump(mode="json", exclude_none=True)

@@ -20,7 +20,7 @@ def validate_training_data(selections: list[dict], gate_report: Output[Markdown]
     from pathlib import Path
 
     from sutazai.config import load_settings
-    from sutazai.learning.nightly import prepare_data
+    from sutazai.workflows.improvement import prepare_data
 
     data = prepare_data(load_settings())
     report = Path(data.gate_report) if data.gate_report else None
@@ -34,7 +34,7 @@ def finetune_and_challenge(data: dict, decision: Output[Markdown]) -> dict:
     """Fine-tune the champion on the gated data, quantise it for the champion's engine,
     and promote it only if it beats the champion on held-out data within the SLOs."""
     from sutazai.config import load_settings
-    from sutazai.learning.nightly import DataOutcome, improve_champion
+    from sutazai.workflows.improvement import DataOutcome, improve_champion
 
     outcome = improve_champion(load_settings(), DataOutcome.model_validate(data))
     with open(decision.path, "w") as handle:
@@ -46,7 +46,7 @@ def finetune_and_challenge(data: dict, decision: Output[Markdown]) -> dict:
 def search_architectures(data: dict, worker: int) -> dict:
     """This worker's share of tonight's architecture search; workers share the study."""
     from sutazai.config import load_settings
-    from sutazai.learning.nightly import DataOutcome, search_architectures
+    from sutazai.workflows.improvement import DataOutcome, search_architectures
 
     outcome = DataOutcome.model_validate(data)
     if outcome.snapshot is None:
@@ -60,7 +60,7 @@ def register_architecture(data: dict) -> dict:
     """Register the finished study's best architecture (the pipeline runs it after the
     search workers)."""
     from sutazai.config import load_settings
-    from sutazai.learning.nightly import DataOutcome, register_searched
+    from sutazai.workflows.improvement import DataOutcome, register_searched
 
     outcome = DataOutcome.model_validate(data)
     if outcome.snapshot is None:
@@ -73,8 +73,8 @@ def monitor_champions(selections: list[dict], improvement: dict) -> list[dict]:
     """Compare each champion's measurements with earlier nights; the regressions found
     (and, with a Pushgateway, each champion's figures pushed for the alerts)."""
     from sutazai.config import load_settings
-    from sutazai.jobs import SelectionOutcome, monitor_champions
-    from sutazai.learning.nightly import ImprovementOutcome
+    from sutazai.workflows.improvement import ImprovementOutcome
+    from sutazai.workflows.nightly import SelectionOutcome, monitor_champions
 
     chosen = [SelectionOutcome.model_validate(s) for s in selections]
     tried = ImprovementOutcome.model_validate(improvement) if improvement else None

@@ -28,7 +28,8 @@ def pull_model(name: str, model: Output[Model]) -> dict:
 
     from sutazai.config import load_settings
     from sutazai.errors import SutazAIError
-    from sutazai.mirror import mirror_catalog, open_repository
+    from sutazai.repository import open_repository
+    from sutazai.workflows.mirror import mirror_catalog
 
     settings = load_settings()
     (outcome,) = mirror_catalog(settings, [name], register=False)
@@ -48,7 +49,7 @@ def verify_model(model: Input[Model]) -> str:
     """Re-hash every file of the pulled version; fail on any missing or changed byte."""
     from sutazai.config import load_settings
     from sutazai.errors import IntegrityError
-    from sutazai.mirror import verify_repository
+    from sutazai.workflows.mirror import verify_repository
 
     ref = str(model.metadata["ref"])
     _, problems = verify_repository(load_settings(), [ref])
@@ -61,9 +62,11 @@ def verify_model(model: Input[Model]) -> str:
 def register_model(ref: str, pulled: dict) -> dict:
     """Register the verified version in MLflow's model registry (once per digest)."""
     from sutazai.config import load_settings
-    from sutazai.mirror import open_registry, open_repository, register_version
-    from sutazai.pipeline_metrics import push_repository_metrics
+    from sutazai.observability.metrics import push_repository_metrics
+    from sutazai.registry import open_registry
+    from sutazai.repository import open_repository
     from sutazai.repository.manifest import parse_ref
+    from sutazai.workflows.mirror import register_version
 
     settings = load_settings()
     repo = open_repository(settings)

@@ -20,7 +20,11 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
     from pydantic import TypeAdapter
 
     from sutazai.config import load_settings
-    from sutazai.jobs import (
+    from sutazai.learning.monitoring import Regression
+    from sutazai.repository import open_repository
+    from sutazai.workflows.improvement import DataOutcome, ImprovementOutcome, SearchOutcome
+    from sutazai.workflows.mirror import MirrorOutcome
+    from sutazai.workflows.nightly import (
         BenchmarkOutcome,
         SelectionOutcome,
         ServedAnswer,
@@ -28,9 +32,6 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
         plan_benchmarks,
         save_report,
     )
-    from sutazai.learning.monitoring import Regression
-    from sutazai.learning.nightly import DataOutcome, ImprovementOutcome, SearchOutcome
-    from sutazai.mirror import MirrorOutcome, open_repository
 
     settings = load_settings()
     result = assemble_report(

@@ -15,7 +15,7 @@ def deploy_champion(selections: list[dict]) -> dict:
     the cluster is rolled by the deployment manifests in ``infra/``.
     """
     from sutazai.config import load_settings
-    from sutazai.jobs import ask_champion
+    from sutazai.workflows.nightly import ask_champion
 
     settings = load_settings()
     if not any(s["task"] == settings.default_task and s.get("champion") for s in selections):

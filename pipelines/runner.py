@@ -26,8 +26,8 @@ from pydantic import BaseModel
 from sutazai.config import Settings, load_settings
 from sutazai.environ import overlaid
 from sutazai.errors import SutazAIError
-from sutazai.mirror import open_registry
-from sutazai.pipeline_metrics import pipeline_run, push_repository_metrics
+from sutazai.observability.metrics import pipeline_run, push_repository_metrics
+from sutazai.registry import open_registry
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +69,26 @@ def pipeline_function(name: str) -> Any:
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """The settings a step's process must see, as absolute ``SUTAZAI_*`` variables."""
-    return {
-        "SUTAZAI_HOME": str(settings.home),
-        "SUTAZAI_CATALOG": str(settings.catalog),
-        "SUTAZAI_MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "SUTAZAI_BENCHMARK_DATA_DIR": str(settings.benchmark_data_dir),
-        "SUTAZAI_VLLM_VENV": str(settings.vllm_venv),
-        "SUTAZAI_REPOSITORY_DIR": str(settings.repository_root),
-        "SUTAZAI_DOCUMENTS_DIR": str(settings.documents_root),
-        # where steps send metrics and spans, when set (a config file is not inherited)
-        **{f"SUTAZAI_{name.upper()}": str(value) for name, value in (
-            ("pushgateway_url", settings.pushgateway_url),
-            ("otel_exporter", settings.otel_exporter if settings.otel_exporter != "none"
-             else None),
-            ("otel_endpoint", settings.otel_endpoint),
-            ("otel_service_name", settings.otel_service_name)) if value},
-    }
+    """Every setting, as the ``SUTAZAI_*`` variables a step's process reads back.
+
+    The whole settings object travels, serialised once (paths absolute, derived defaults
+    such as the tracking URI resolved, lists and models as JSON), so a step sees exactly
+    what the caller saw; a hand-kept list let a forgotten setting fall back to its default
+    inside the step. Settings hold no secrets (those come from the secret provider).
+    Settings left at their defaults are left out, so the step's own defaults (the same
+    code) apply and ``secrets_*`` fields stay unset, as ``secrets_config`` expects.
+    """
+    values = settings.model_dump(mode="json", exclude_defaults=True)
+    values.update(home=str(settings.home), repository_dir=str(settings.repository_root),
+                  mlflow_tracking_uri=settings.tracking_uri,
+                  documents_dir=str(settings.documents_root))
+    environment = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        environment[f"SUTAZAI_{name.upper()}"] = text
+    return environment
 
 
 def compile_pipeline(name: str, path: Path) -> Path:
@@ -187,7 +190,7 @@ def _submit(name: str, arguments: dict[str, Any], settings: Settings) -> tuple[s
     """Submit the compiled pipeline to Kubeflow and wait for its end."""
     import kfp
 
-    from sutazai.secrets import KUBEFLOW_TOKEN, optional_secret
+    from sutazai.security.secrets import KUBEFLOW_TOKEN, optional_secret
 
     host = settings.kfp_host or ""
     secret = optional_secret(settings, KUBEFLOW_TOKEN)

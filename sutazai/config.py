@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -23,7 +24,7 @@ from pydantic_settings import (
 
 from sutazai.benchmark.metrics import SLO
 from sutazai.errors import ConfigError
-from sutazai.selection import Weights
+from sutazai.selection.rules import Weights
 
 
 def _settings_file() -> Path | None:
@@ -290,7 +291,7 @@ class Settings(BaseSettings):
         "(chattr +a). Default <home>/audit-anchor/audit.jsonl.anchor.",
     )
 
-    # access control (sutazai.access): API keys held in the secret provider, mapped to roles
+    # access control (sutazai.security.access): API keys in the secret provider, mapped to roles
     auth_required: bool = Field(
         default=True, description="Every SutazAI HTTP endpoint but /health asks for an API "
         "key (Authorization: Bearer, or X-API-Key). Off only for a private loopback test.",
@@ -339,7 +340,7 @@ class Settings(BaseSettings):
         "Kubernetes, an emptyDir with medium: Memory.",
     )
 
-    # observability (sutazai.telemetry, sutazai.pipeline_metrics)
+    # observability (sutazai.observability.tracing, sutazai.observability.metrics)
     otel_exporter: Literal["none", "otlp", "console"] = Field(
         default="none", description="Where OpenTelemetry traces go: an OTLP/HTTP collector "
         "(Jaeger, Tempo; endpoint from otel_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT), the "
@@ -365,14 +366,17 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_store", mode="after")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        from sutazai.shared_rate_limit import check_store_url
-
         if not value:
             return None
-        try:
-            return check_store_url(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"rate_limit_store {value!r} is not a redis:// or rediss:// URL "
+                             "of a Redis-compatible server (e.g. redis://10.0.0.5:6379/0)")
+        if parts.password:
+            raise ValueError("rate_limit_store must not carry a password (it would show in "
+                             "settings and logs): store it as the secret "
+                             "'serving/rate-limit-password'")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -17,7 +17,7 @@ import urllib3
 
 from sutazai.config import Settings
 from sutazai.errors import ConfigError
-from sutazai.secrets import (
+from sutazai.security.secrets import (
     AIRFLOW_ADMIN_PASSWORD,
     AIRFLOW_FERNET_KEY,
     AIRFLOW_JWT_SECRET,
@@ -257,7 +257,7 @@ def write_prometheus_config(settings: Settings) -> None:
 
 def metrics_key_file(settings: Settings) -> Path:
     """A viewer API key for Prometheus, made once (0600) and added to the key table."""
-    from sutazai.access import KeyStore, new_key
+    from sutazai.security.access import KeyStore, new_key
 
     path = stack_dir(settings) / "metrics-key"
     if not path.exists():

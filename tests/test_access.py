@@ -18,7 +18,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sutazai.access import (
+from sutazai.cli.main import app
+from sutazai.cli.permissions import COMMAND_PERMISSIONS, READ_ONLY
+from sutazai.config import Settings, load_settings
+from sutazai.errors import ConfigError, SutazAIError
+from sutazai.repository import open_repository
+from sutazai.security.access import (
     PERMISSIONS,
     AccessGuard,
     ApiKey,
@@ -34,16 +39,10 @@ from sutazai.access import (
     permission_for,
     presented_key,
 )
-from sutazai.audit import AuditRecord, open_audit_log
-from sutazai.cli.main import app
-from sutazai.cli.permissions import COMMAND_PERMISSIONS, READ_ONLY
-from sutazai.config import Settings, load_settings
-from sutazai.errors import ConfigError, SutazAIError
-from sutazai.mirror import open_repository
-from sutazai.serving.engines import RunningEngine
+from sutazai.security.audit import AuditRecord, open_audit_log
+from sutazai.serving.engines import RunningEngine, start_engine
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
-from sutazai.serving.service import start_engine
 from tests.test_benchmark_run import publish
 
 runner = CliRunner()
@@ -389,7 +388,7 @@ def _certificates(folder: Path) -> dict[str, Path]:
 def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(
         engine: tuple[Settings, RunningEngine], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from sutazai.tls import client_ssl, server_tls
+    from sutazai.security.tls import client_ssl, server_tls
 
     _, running = engine
     pem = _certificates(tmp_path)
@@ -433,7 +432,7 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(
 def test_tls_certificates_can_come_from_the_secret_provider(
         engine: tuple[Settings, RunningEngine], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from sutazai.tls import server_tls
+    from sutazai.security.tls import server_tls
 
     _, running = engine
     pem = _certificates(tmp_path)

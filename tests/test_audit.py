@@ -15,7 +15,9 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from sutazai.audit import (
+from sutazai.cli.audit import app
+from sutazai.config import Settings
+from sutazai.security.audit import (
     GENESIS,
     AuditChainError,
     AuditError,
@@ -24,9 +26,7 @@ from sutazai.audit import (
     open_audit_log,
     record_hash,
 )
-from sutazai.audit_anchor import FileAnchor, default_anchor_path
-from sutazai.cli.audit import app
-from sutazai.config import Settings
+from sutazai.security.audit_anchor import FileAnchor, default_anchor_path
 
 
 def filled(path: Path, n: int = 5) -> AuditLog:

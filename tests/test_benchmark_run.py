@@ -24,12 +24,14 @@ from sutazai.benchmark.profiles import LoadProfile
 from sutazai.benchmark.runner import benchmark
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError, NotFoundError
-from sutazai.mirror import mirror_catalog, open_registry, open_repository
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import TaskAliases
-from sutazai.selection import Weights
-from sutazai.selection_store import latest_summaries, select_and_promote
+from sutazai.repository import open_repository
+from sutazai.selection.rules import Weights
+from sutazai.selection.store import latest_summaries, select_and_promote
 from sutazai.serving.process import free_port
 from sutazai.serving.service import resolve_target
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from sutazai.config import Settings
 from sutazai.errors import ConversionError
-from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.optimize.derive import convert_to_safetensors
 from sutazai.optimize.gguf_to_hf import convert_gguf_to_hf
+from sutazai.repository import open_repository
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 
 pytestmark = pytest.mark.slow

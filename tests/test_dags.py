@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sutazai.config import Settings, load_settings
-from sutazai.mirror import open_registry
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import TaskAliases
 from sutazai_stack.services import airflow_environment
 from tests.helpers import spacy_entry

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from sutazai.audit import audit_path, open_audit_log
 from sutazai.config import Settings, load_settings
 from sutazai.errors import BundleError, ConfigError, IntegrityError
 from sutazai.repository import Repository, load_catalog, pull
@@ -38,7 +37,8 @@ from sutazai.repository.crypto import (
     load_repository_key,
 )
 from sutazai.repository.manifest import Manifest
-from sutazai.secrets import SecretNotFoundError
+from sutazai.security.audit import audit_path, open_audit_log
+from sutazai.security.secrets import SecretNotFoundError
 from tests.helpers import entry, flip_byte
 from tests.openbao import ROOT_TOKEN, running_openbao
 from tests.servers import Nginx
@@ -573,7 +573,7 @@ def test_the_cli_encrypts_an_existing_repository_and_audits_it(
     from typer.testing import CliRunner
 
     from sutazai.cli.main import app
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
 
     manifest = pull_model(settings, open_repository(settings), write_catalog, "tiny",
                           make_model(tmp_path / "src"))

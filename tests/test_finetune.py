@@ -23,9 +23,10 @@ from sutazai.config import Settings
 from sutazai.errors import TrainingError
 from sutazai.learning import finetune as ft
 from sutazai.learning.finetune import FinetuneResult, LoraOptions, evaluate_loss, finetune
-from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.progress import NULL_PROGRESS, ProgressTask
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 from tests.tiny_llama import _corpus, make_tiny_llama
 

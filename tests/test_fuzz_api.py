@@ -36,12 +36,12 @@ from starlette.routing import Route
 
 from sutazai.config import Settings
 from sutazai.learning.datastore import FeedbackStore
-from sutazai.mirror import mirror_catalog, open_repository
-from sutazai.serving.engines import RunningEngine
+from sutazai.repository import open_repository
+from sutazai.serving.engines import RunningEngine, start_engine
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.openapi import HEALTH_PATHS, openapi_spec
 from sutazai.serving.process import free_port
-from sutazai.serving.service import start_engine
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 
 pytestmark = pytest.mark.slow
@@ -191,7 +191,7 @@ AUTH_SCHEMA = schemathesis.openapi.from_dict(fuzz_spec(auth=True))
 def guarded(engine: tuple[Settings, RunningEngine, FeedbackStore]
             ) -> Iterator[tuple[str, dict[str, str]]]:
     """A gateway that needs keys, and the Authorization header of each kind of caller."""
-    from sutazai.access import AccessGuard, KeyTable, new_key
+    from sutazai.security.access import AccessGuard, KeyTable, new_key
 
     config, running, store = engine
     keys = {role: new_key(f"fuzz-{role}", role) for role in ("viewer", "operator")}

@@ -34,7 +34,7 @@ from sutazai.repository.sources.hf import _repo_id
 from sutazai.repository.sources.http import file_name
 from sutazai.repository.sources.local import local_path
 from sutazai.repository.sources.oci import layer_files, parse_reference
-from sutazai.secrets import check_name, env_var
+from sutazai.security.secrets import check_name, env_var
 from sutazai.serving.service import resolve_target
 
 FAST = settings(max_examples=200, deadline=None, database=None,
@@ -80,7 +80,7 @@ def test_a_version_is_ascii_digits_above_zero(ref: str) -> None:
 
 def planted_outside(settings: Settings) -> None:
     """A valid manifest outside the repository's manifest folder, where '../x' would lead."""
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
 
     repo = open_repository(settings)
     manifest = Manifest(name="planted", version=1, digest="0" * 64, source="file:x",

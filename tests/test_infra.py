@@ -520,8 +520,8 @@ def test_the_local_stack_scrapes_the_gateway_with_a_viewer_key_and_the_pushgatew
         tmp_path: Path) -> None:
     """make up's Prometheus: a valid config with infra's rules, a viewer key (0600) that
     the key table knows, and the Pushgateway scraped with honor_labels."""
-    from sutazai.access import KeyStore, Principal, authenticate
     from sutazai.config import load_settings
+    from sutazai.security.access import KeyStore, Principal, authenticate
     from sutazai_stack import services as stack
 
     settings = load_settings(home=tmp_path / ".sutazai")

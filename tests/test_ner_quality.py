@@ -15,7 +15,8 @@ from sutazai.benchmark.quality import ner_quality
 from sutazai.benchmark.runner import benchmark
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError
-from sutazai.mirror import mirror_catalog, open_repository
+from sutazai.repository import open_repository
+from sutazai.workflows.mirror import mirror_catalog
 from tests.helpers import spacy_model_folder
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
@@ -55,10 +56,10 @@ def test_a_pipeline_without_ner_scores_zero_and_a_missing_one_is_clear(tmp_path:
 def test_ner_champion_is_selected_on_quality_alone(settings: Settings) -> None:
     """NER has no latency figures: the latency SLOs do not apply, the quality floor does."""
     from sutazai.benchmark.metrics import SLO
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
     from sutazai.registry.task_aliases import TaskAliases
-    from sutazai.selection import Weights
-    from sutazai.selection_store import select_and_promote
+    from sutazai.selection.rules import Weights
+    from sutazai.selection.store import select_and_promote
 
     settings.catalog.write_text(yaml.safe_dump({"models": [{
         "name": "en-core-web-sm", "source": f"file:{spacy_model_folder()}", "format": "spacy",

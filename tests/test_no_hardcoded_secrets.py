@@ -1,7 +1,7 @@
 """No secret is committed, and no secret SutazAI reads leaks into its records.
 
 The scan runs detect-secrets' default plugins over every tracked file. What it flags is
-either a real problem (fix the code: read it through ``sutazai.secrets``) or a reviewed
+either a real problem (fix the code: read it through ``sutazai.security.secrets``) or a reviewed
 false positive listed below with its reason. Allowed findings are keyed by detect-secrets'
 hash of the flagged string, so changing the value (or adding a new one) fails again and
 gets reviewed again.
@@ -18,9 +18,9 @@ from secrets import token_urlsafe
 
 import pytest
 
-from sutazai.audit import open_audit_log
 from sutazai.config import Settings
-from sutazai.secrets import SecretNotFoundError, provider_from
+from sutazai.security.audit import open_audit_log
+from sutazai.security.secrets import SecretNotFoundError, provider_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ ALLOWED = {
     ("sutazai/repository/crypto.py", "Secret Keyword",
      "16d77125f60a6daf97184b88e496b81bf9ab82f9"):  # pragma: allowlist secret
         "PREVIOUS_KEY_SECRET is the secret's *name* repository/previous-key",
-    ("sutazai/shared_rate_limit.py", "Secret Keyword",
+    ("sutazai/security/rate_limit.py", "Secret Keyword",
      "b4be11f766949067c36984e4cc8b23b3df908aca"):  # pragma: allowlist secret
         "PASSWORD_SECRET is the secret's *name* serving/rate-limit-password",
     ("tests/test_pipeline_metrics.py", "Basic Auth Credentials",
@@ -120,7 +120,7 @@ def test_no_secret_is_committed() -> None:
                   for name, kind, digest, line in found if (name, kind, digest) not in ALLOWED]
     assert not unexpected, (
         "detect-secrets flags these tracked files; move real secrets to the secrets provider "
-        "(sutazai.secrets), or, for a reviewed false positive, add it to ALLOWED with its "
+        "(sutazai.security.secrets), or, for a reviewed false positive, add it to ALLOWED with its "
         "reason:\n" + "\n".join(unexpected))
     stale = set(ALLOWED) - {(name, kind, digest) for name, kind, digest, _ in found}
     assert not stale, f"ALLOWED entries no longer found (remove them): {sorted(stale)}"
@@ -132,7 +132,7 @@ def test_no_secret_is_committed() -> None:
 def test_a_read_secret_stays_out_of_logs_audit_and_mlflow(
         settings: Settings, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
 
     caplog.set_level(logging.DEBUG)
     from_env, from_file = "e-" + token_urlsafe(20), "f-" + token_urlsafe(20)

@@ -14,9 +14,8 @@ import urllib3
 import yaml
 
 from sutazai.config import Settings
-from sutazai.jobs import SelectionOutcome, graph_statistics, monitor_champions
 from sutazai.knowledge.service import ingest
-from sutazai.pipeline_metrics import (
+from sutazai.observability.metrics import (
     pipeline_label,
     pipeline_run,
     push_repository_metrics,
@@ -25,8 +24,9 @@ from sutazai.pipeline_metrics import (
 )
 from sutazai.repository.manifest import FileEntry
 from sutazai.repository.store import Repository
-from sutazai.selection import Candidate
+from sutazai.selection.rules import Candidate
 from sutazai.serving.process import free_port
+from sutazai.workflows.nightly import SelectionOutcome, graph_statistics, monitor_champions
 from tests.knowledge_helpers import write_corpus
 from tests.pushgateway import RULES, Pushgateway, RulesPrometheus, labels
 
@@ -103,10 +103,11 @@ def test_nothing_is_pushed_without_a_url_and_an_unreachable_one_only_warns(
     assert not push_repository_metrics(settings)
     nowhere = settings.model_copy(update={
         "pushgateway_url": f"http://ops:hunter2@127.0.0.1:{free_port()}"})
-    with caplog.at_level(logging.WARNING, logger="sutazai.pipeline_metrics"), \
+    with caplog.at_level(logging.WARNING, logger="sutazai.observability.metrics"), \
             pipeline_run(nowhere, "nightly"):
         pass  # the run itself succeeds; only the push fails
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "sutazai.pipeline_metrics"]
+    [warning] = [r.getMessage() for r in caplog.records
+                 if r.name == "sutazai.observability.metrics"]
     assert "could not push sutazai-pipelines" in warning and "goes on" in warning
     assert "hunter2" not in warning and "ops:***@127.0.0.1" in warning
     assert redacted("https://pushgw:9091") == "https://pushgw:9091"
@@ -270,7 +271,7 @@ def test_every_contract_metric_is_emitted_with_its_type_and_labels(tmp_path: Pat
     registries pushed here hold exactly its metrics, as gauges with exactly its labels
     (``job`` and the group label are added by the Pushgateway's grouping key)."""
     from sutazai.knowledge.models import GraphStats, IngestReport
-    from sutazai.pipeline_metrics import (
+    from sutazai.observability.metrics import (
         ChampionFigures,
         champion_registry,
         graph_registry,

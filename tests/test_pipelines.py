@@ -17,10 +17,11 @@ from pipelines.definitions import PIPELINES
 from pipelines.runner import COMPILED_DIR, PipelineError, compile_pipeline, run_pipeline
 from sutazai.cli.main import app
 from sutazai.config import Settings, load_settings
-from sutazai.jobs import load_report
-from sutazai.mirror import open_registry, open_repository
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import TaskAliases
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import parse_ref
+from sutazai.workflows.nightly import load_report
 from tests.conftest import gemma_entry
 from tests.helpers import spacy_entry
 from tests.kfp_endpoint import KfpEndpoint
@@ -236,3 +237,31 @@ def test_knowledge_ingest_pipeline_runs_locally(local_settings: Settings, tmp_pa
     assert stats["entities_by_type"]["PERSON"] >= 1
     again = run_pipeline("knowledge_ingest", {"paths": [str(documents)]}, local_settings)
     assert again.output == stats  # unchanged documents change nothing
+
+
+def test_every_setting_reaches_a_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's process rebuilds the caller's settings from the environment it is given:
+    every field, not a hand-kept list (a forgotten one fell back to its default)."""
+    import os
+
+    from pipelines.runner import settings_environment
+    from sutazai.benchmark.metrics import SLO
+    from sutazai.config import Settings
+
+    caller = Settings(
+        home=tmp_path / "home", catalog=tmp_path / "catalog.yaml", kg_batch_size=17,
+        kg_entity_types=["PERSON", "ORG"], selection_slo=SLO(ttft_p95_ms=123.0),
+        engine_restart_max=2, nightly_learning=False, rate_limit_rps=3.5,
+        pushgateway_url="http://127.0.0.1:9/", benchmark_profile="smoke")
+    environment = settings_environment(caller)
+    for name in [k for k in os.environ if k.startswith("SUTAZAI_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    step = Settings()
+    resolved = {"repository_dir", "mlflow_tracking_uri", "documents_dir"}  # sent resolved
+    assert step.model_dump(exclude=resolved) == caller.model_dump(exclude=resolved)
+    assert (step.repository_root, step.tracking_uri, step.documents_root) == (
+        caller.repository_root, caller.tracking_uri, caller.documents_root)
+    # defaults stay defaults: secrets_config reads the secrets_* fields a caller set
+    assert not [n for n in environment if n.startswith("SUTAZAI_SECRETS_")]

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sutazai.audit import open_audit_log
 from sutazai.benchmark.metrics import SLO
 from sutazai.config import Settings
 from sutazai.learning.challenge import evaluate_and_promote, heldout_data_dir
-from sutazai.learning.promotion import Evaluation, decide, hold_or_replace
-from sutazai.mirror import open_registry, open_repository
 from sutazai.optimize.derive import publish_derived
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases, task_model_name
-from sutazai.selection import Candidate, Weights, select
+from sutazai.repository import open_repository
+from sutazai.security.audit import open_audit_log
+from sutazai.selection.promotion import Evaluation, decide, hold_or_replace
+from sutazai.selection.rules import Candidate, Weights, select
 from tests.test_benchmark_run import publish
 
 TASK = "text-generation"

@@ -23,9 +23,9 @@ import pytest
 
 from sutazai.config import Settings
 from sutazai.errors import DiskFullError, IntegrityError
-from sutazai.mirror import mirror_catalog, remove_version
 from sutazai.repository import Repository, load_catalog, pull
 from sutazai.repository.crypto import RepositoryKey, forget_repository_keys
+from sutazai.workflows.mirror import mirror_catalog, remove_version
 from tests.helpers import entry, flip_byte
 from tests.servers import Nginx
 from tests.test_cli import sutazai
@@ -124,7 +124,7 @@ def test_engine_start_refuses_damaged_bytes_and_names_the_repair(
     tmp_path: Path, settings: Settings, repo: Repository, write_catalog: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sutazai.serving import service
+    from sutazai.serving import engines as service
 
     manifest = pull_tiny(settings, repo, write_catalog, make_model(tmp_path / "src")).manifest
     engine = FakeEngine()

@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 
 from sutazai.config import Settings
 from sutazai.errors import ConversionError, OptimizationError
-from sutazai.mirror import mirror_catalog, open_repository
 from sutazai.optimize.derive import publish_derived
 from sutazai.optimize.hf_to_gguf import convert_hf_to_gguf, permute_qk
 from sutazai.optimize.variants import optimize_model, variant_path
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 from tests.tiny_llama import make_tiny_llama
 

@@ -11,8 +11,9 @@ from mlflow import MlflowClient
 
 from sutazai.config import Settings
 from sutazai.errors import InUseError
-from sutazai.mirror import mirror_catalog, open_registry, remove_version, sync_registry
+from sutazai.registry import open_registry
 from sutazai.repository import Repository
+from sutazai.workflows.mirror import mirror_catalog, remove_version, sync_registry
 from tests.helpers import entry
 from tests.servers import MlflowServer
 

@@ -12,14 +12,15 @@ import pytest
 
 from sutazai.config import Settings
 from sutazai.learning.datastore import FeedbackStore
-from sutazai.mirror import open_registry, open_repository
 from sutazai.optimize.derive import publish_derived
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import CHAMPION, TaskAliases
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
+from sutazai.serving.engines import start_engine
 from sutazai.serving.gateway import INTERACTION_HEADER, GatewayThread, create_app
 from sutazai.serving.process import free_port
 from sutazai.serving.rollout import ChampionWatcher
-from sutazai.serving.service import start_engine
 from tests.test_benchmark_run import publish
 
 pytestmark = pytest.mark.slow

@@ -20,9 +20,9 @@ from secrets import token_urlsafe
 import pytest
 from pydantic import SecretStr
 
-from sutazai.audit import open_audit_log
 from sutazai.config import Settings
-from sutazai.secrets import (
+from sutazai.security.audit import open_audit_log
+from sutazai.security.secrets import (
     AIRFLOW_ADMIN_PASSWORD,
     AIRFLOW_JWT_SECRET,
     GRAPH_PASSWORD,
@@ -87,7 +87,7 @@ def test_no_secret_reaches_logs_mlflow_audit_or_dumps(
     from mlflow.tracking import MlflowClient
 
     from sutazai.knowledge.service import open_store
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
     from sutazai_stack.services import airflow_environment
 
     caplog = every_logger

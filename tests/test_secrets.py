@@ -12,10 +12,10 @@ from secrets import token_urlsafe
 import pytest
 from pydantic import SecretStr
 
-from sutazai.audit import open_audit_log
 from sutazai.config import Settings
 from sutazai.errors import ConfigError
-from sutazai.secrets import (
+from sutazai.security.audit import open_audit_log
+from sutazai.security.secrets import (
     AuditedProvider,
     ChainProvider,
     EnvProvider,

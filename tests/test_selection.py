@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sutazai.benchmark.metrics import SLO
-from sutazai.selection import Candidate, Weights, dominates, select, slo_misses
+from sutazai.selection.rules import Candidate, Weights, dominates, select, slo_misses
 
 
 def candidate(engine: str, concurrency: int, ttft: float | None, throughput: float,

@@ -19,15 +19,16 @@ import psutil
 import pytest
 import yaml
 
-from sutazai.audit import open_audit_log
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError, EngineError, NotFoundError, PortInUseError
-from sutazai.mirror import mirror_catalog, open_repository
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
-from sutazai.serving.engines import RunningEngine, engine_for
+from sutazai.security.audit import open_audit_log
+from sutazai.serving.engines import RunningEngine, engine_for, start_engine
 from sutazai.serving.gateway import EngineRestart, GatewayThread, create_app
 from sutazai.serving.process import free_port
-from sutazai.serving.service import resolve_target, serving, start_engine
+from sutazai.serving.service import resolve_target, serving
+from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 
 pytestmark = pytest.mark.slow

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sutazai.access import AccessGuard, RateLimiter, new_key
 from sutazai.config import Settings, load_settings
 from sutazai.errors import ConfigError
 from sutazai.knowledge.server import EmbeddedFalkorDB
-from sutazai.secrets import env_var
+from sutazai.security.access import AccessGuard, new_key
+from sutazai.security.rate_limit import PASSWORD_SECRET, RateLimiter, SharedRateLimiter
+from sutazai.security.secrets import env_var
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
-from sutazai.shared_rate_limit import PASSWORD_SECRET, SharedRateLimiter
 from tests.helpers import upstream_engine
 from tests.test_access import write_table
 
@@ -79,7 +79,7 @@ def test_a_store_that_stops_answering_falls_back_to_local_buckets(
     assert [w == 0 for w in asyncio.run(takes(3))] == [True, True, False]
     assert not limiter.fallback.buckets  # the store answered
     store.stop()
-    with caplog.at_level(logging.WARNING, logger="sutazai.shared_rate_limit"):
+    with caplog.at_level(logging.WARNING, logger="sutazai.security.rate_limit"):
         waits = asyncio.run(takes(4))
     assert [w == 0 for w in waits] == [True, True, False, False]  # a fresh local bucket
     assert "k" in limiter.fallback.buckets

@@ -26,12 +26,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 
-from sutazai import telemetry
 from sutazai.config import Settings, load_settings
-from sutazai.jobs import plan_benchmarks
-from sutazai.pipeline_metrics import pipeline_run
+from sutazai.observability import tracing as telemetry
+from sutazai.observability.metrics import pipeline_run
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
+from sutazai.workflows.nightly import plan_benchmarks
 from tests.conftest import gemma_entry
 from tests.helpers import spacy_entry, upstream_engine
 
@@ -68,7 +68,7 @@ def test_off_means_no_sdk_no_provider_no_middleware(settings: Settings) -> None:
     code = """
 import sys
 from starlette.applications import Starlette
-from sutazai import telemetry
+from sutazai.observability import tracing as telemetry
 from sutazai.config import load_settings
 app = Starlette()
 assert telemetry.instrument_app(app, load_settings()) is False
@@ -233,8 +233,9 @@ def test_a_real_engine_behind_the_traced_gateway(
         spans: InMemorySpanExporter, settings: Settings, gemma_gguf: Path) -> None:
     """llama.cpp with the real Gemma 3 270M: the completion's span carries the status, the
     served version and the duration of the whole answer, streamed or not."""
-    from sutazai.mirror import mirror_catalog, open_repository
-    from sutazai.serving.service import start_engine
+    from sutazai.repository import open_repository
+    from sutazai.serving.engines import start_engine
+    from sutazai.workflows.mirror import mirror_catalog
 
     settings.catalog.write_text(yaml.safe_dump({"models": [gemma_entry(gemma_gguf)]}))
     [outcome] = mirror_catalog(settings, register=False)
@@ -344,7 +345,7 @@ def test_a_step_subprocess_exports_into_its_parents_trace(
     env = dict(os.environ, SUTAZAI_OTEL_EXPORTER="otlp", SUTAZAI_OTEL_ENDPOINT=receiver.url,
                SUTAZAI_OTEL_SERVICE_NAME="sutazai-step", TRACEPARENT=TRACEPARENT)
     code = ("from sutazai.config import load_settings\n"
-            "from sutazai.jobs import plan_benchmarks\n"
+            "from sutazai.workflows.nightly import plan_benchmarks\n"
             "print(len(plan_benchmarks(load_settings()).items))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, env=env, timeout=120)
@@ -364,7 +365,7 @@ def test_a_local_kfp_run_is_one_trace(receiver: OtlpReceiver, tmp_path: Path,
     step runs in a subprocess of its own, configures tracing from the SUTAZAI_* variables
     it inherits and exports its span as a child of the run's root span."""
     from pipelines.runner import run_pipeline
-    from sutazai.mirror import mirror_catalog
+    from sutazai.workflows.mirror import mirror_catalog
 
     monkeypatch.setenv("SUTAZAI_VLLM_VENV", str(tmp_path / "no-vllm"))
     monkeypatch.setenv("SUTAZAI_BENCHMARK_PROFILE", "smoke")

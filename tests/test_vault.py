@@ -24,17 +24,17 @@ import hvac
 import pytest
 from pydantic import SecretStr
 
-from sutazai.audit import open_audit_log
 from sutazai.config import Settings
-from sutazai.secrets import (
+from sutazai.security.audit import open_audit_log
+from sutazai.security.secrets import (
     SecretError,
     SecretNotFoundError,
     SecretUnavailableError,
     provider_from,
     settings_provider,
 )
+from sutazai.security.vault import TokenAuth, VaultProvider
 from sutazai.serving.process import free_port
-from sutazai.vault import TokenAuth, VaultProvider
 from tests.openbao import ROOT_TOKEN, OpenBao, running_openbao
 
 POLICY = 'path "secret/data/sutazai/*" { capabilities = ["read"] }'

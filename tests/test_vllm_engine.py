@@ -18,9 +18,10 @@ import yaml
 
 from sutazai.benchmark.quality import ApiScorer, embedding_quality, text_generation_quality
 from sutazai.config import Settings
-from sutazai.mirror import mirror_catalog, open_repository
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
 from sutazai.serving.service import serving
+from sutazai.workflows.mirror import mirror_catalog
 from tests.tiny_llama import make_tiny_llama
 
 pytestmark = pytest.mark.slow

@@ -34,8 +34,9 @@ from sutazai.benchmark.quality import (
 )
 from sutazai.config import Settings
 from sutazai.errors import BenchmarkError
-from sutazai.mirror import open_registry, open_repository
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry import open_registry
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
 from sutazai.serving.engines import EMBEDDING_TASKS, GENERATION_TASKS, single_file
 from sutazai.serving.service import serving

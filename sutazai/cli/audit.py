@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sutazai.audit import AuditLog, anchor_store, audit_path, open_audit_log
 from sutazai.cli.output import console, emit_json, errors
+from sutazai.security.audit import AuditLog, anchor_store, audit_path, open_audit_log
 
 app = typer.Typer(help="Verify and read the hash-chained audit log.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
@@ -65,8 +65,8 @@ def accept_command(
     anchor or head lost). A chain broken inside is refused: move that log aside first,
     then this starts a new one. Either way the decision is itself an audit record.
     """
-    from sutazai.access import cli_principal
     from sutazai.config import load_settings
+    from sutazai.security.access import cli_principal
 
     log = _log(path, anchor)
     record = log.accept(reason, actor=cli_principal(load_settings()).actor)

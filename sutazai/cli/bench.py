@@ -57,7 +57,8 @@ def run_command(
     """Serve a model version, load it, score it, and log the run to MLflow."""
     from sutazai.benchmark.profiles import get_profile
     from sutazai.benchmark.runner import benchmark
-    from sutazai.mirror import open_repository, resolve_refs
+    from sutazai.repository import open_repository
+    from sutazai.workflows.mirror import resolve_refs
 
     settings = load_settings()
     [manifest] = resolve_refs(open_repository(settings), [model])
@@ -80,7 +81,7 @@ def leaderboard_command(
     as_json: bool = JSON,
 ) -> None:
     """The newest benchmark of every model version and engine, best throughput first."""
-    from sutazai.selection_store import latest_summaries
+    from sutazai.selection.store import latest_summaries
 
     summaries = latest_summaries(load_settings(), task, profile)
     summaries.sort(key=lambda s: (s.task, s.profile.name,
@@ -101,7 +102,7 @@ def select_command(
     as_json: bool = JSON,
 ) -> None:
     """Choose the champion and challenger of a task under the SLOs; set the MLflow aliases."""
-    from sutazai.selection_store import select_and_promote
+    from sutazai.selection.store import select_and_promote
 
     settings = load_settings()
     decision, run_id = select_and_promote(

@@ -12,7 +12,7 @@ from rich.table import Table
 from sutazai.cli.output import console, emit_json
 
 if TYPE_CHECKING:
-    from sutazai.access import Role
+    from sutazai.security.access import Role
 
 app = typer.Typer(help="Manage API keys (held in the secret provider, mapped to roles).",
                   no_args_is_help=True)
@@ -31,10 +31,10 @@ def create_command(
     as_json: bool = JSON,
 ) -> None:
     """Create a key; it is printed once and only its sha256 is stored."""
-    from sutazai.access import ROLES, KeyStore, cli_principal, new_key, parse_duration
-    from sutazai.audit import audit
     from sutazai.config import load_settings
     from sutazai.errors import ConfigError
+    from sutazai.security.access import ROLES, KeyStore, cli_principal, new_key, parse_duration
+    from sutazai.security.audit import audit
 
     settings = load_settings()
     if role not in ROLES:
@@ -57,8 +57,8 @@ def create_command(
 @app.command("list")
 def list_command(as_json: bool = JSON) -> None:
     """The keys: id, name, role, limits, expiry (never the keys)."""
-    from sutazai.access import KeyStore
     from sutazai.config import load_settings
+    from sutazai.security.access import KeyStore
 
     settings = load_settings()
     entries = sorted(KeyStore(settings).load().keys.values(), key=lambda e: e.created)
@@ -82,9 +82,9 @@ def list_command(as_json: bool = JSON) -> None:
 def revoke_command(key_id: str = typer.Argument(..., help="The key's id (keys list)."),
                    as_json: bool = JSON) -> None:
     """Remove a key; servers refuse it within 30 s (their table refresh)."""
-    from sutazai.access import KeyStore, cli_principal
-    from sutazai.audit import audit
     from sutazai.config import load_settings
+    from sutazai.security.access import KeyStore, cli_principal
+    from sutazai.security.audit import audit
 
     settings = load_settings()
     caller = cli_principal(settings)

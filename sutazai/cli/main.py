@@ -20,7 +20,7 @@ from sutazai.errors import SutazAIError
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
-    from sutazai.jobs import CycleReport
+    from sutazai.workflows.nightly import CycleReport
 
 app = typer.Typer(
     help="SutazAI: mirror, benchmark, improve and serve LLMs on your own hardware.",
@@ -44,7 +44,7 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
     """
     from sutazai.cli.progress import RichProgress
     from sutazai.config import load_settings
-    from sutazai.jobs import run_cycle
+    from sutazai.workflows.nightly import run_cycle
 
     settings = load_settings()
     with RichProgress(errors) as progress:
@@ -56,7 +56,7 @@ def run_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def report_command(as_json: bool = typer.Option(False, "--json")) -> None:
     """The summary of the last nightly cycle (whichever way it ran)."""
     from sutazai.config import load_settings
-    from sutazai.jobs import load_report
+    from sutazai.workflows.nightly import load_report
 
     settings = load_settings()
     show_report(load_report(settings), settings, as_json)

@@ -14,17 +14,17 @@ from sutazai.cli.output import console, emit_json, errors, short, size
 from sutazai.cli.progress import RichProgress
 from sutazai.config import load_settings
 from sutazai.errors import IntegrityError
-from sutazai.mirror import (
+from sutazai.repository import open_repository
+from sutazai.repository.bundle import export_bundle, import_bundle
+from sutazai.repository.manifest import parse_ref
+from sutazai.repository.store import repair_hint
+from sutazai.workflows.mirror import (
     MirrorOutcome,
     mirror_catalog,
-    open_repository,
     remove_version,
     resolve_refs,
     verify_repository,
 )
-from sutazai.repository.bundle import export_bundle, import_bundle
-from sutazai.repository.manifest import parse_ref
-from sutazai.repository.store import repair_hint
 
 app = typer.Typer(help="Mirror, inspect, verify and move models in the offline repository.",
                   no_args_is_help=True)
@@ -165,7 +165,7 @@ def _rewrite_blobs(action: str, as_json: bool, run: Callable[..., Any],
     progress bar, audit it with its report, print the report, fail when a blob failed."""
     from dataclasses import asdict
 
-    from sutazai.audit import audit
+    from sutazai.security.audit import audit
 
     settings = load_settings()
     repo = open_repository(settings)
@@ -255,7 +255,7 @@ def import_command(
     with RichProgress(errors) as progress:
         results = import_bundle(repo, bundle, progress)
     if register:
-        from sutazai.mirror import open_registry
+        from sutazai.registry import open_registry
 
         registry = open_registry(settings)
         for manifest, _ in results:
@@ -269,9 +269,9 @@ def import_command(
 def rollback_command(task: str = typer.Argument(..., help="The task, e.g. text-generation."),
                      as_json: bool = JSON) -> None:
     """Make the task's previous champion champion again (the current one is remembered)."""
-    from sutazai.audit import audit
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
     from sutazai.registry.task_aliases import TaskAliases
+    from sutazai.security.audit import audit
 
     settings = load_settings()
     restored, demoted = TaskAliases(open_registry(settings)).rollback(task)

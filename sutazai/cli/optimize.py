@@ -58,8 +58,9 @@ def optimize_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Make a quantised variant, measure it against its parent, publish it if good enough."""
-    from sutazai.mirror import open_repository, resolve_refs
     from sutazai.optimize.variants import optimize_model
+    from sutazai.repository import open_repository
+    from sutazai.workflows.mirror import resolve_refs
 
     settings = load_settings()
     [manifest] = resolve_refs(open_repository(settings), [ref])

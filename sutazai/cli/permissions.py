@@ -1,4 +1,4 @@
-"""Which CLI commands change state, and the permission each needs (:mod:`sutazai.access`).
+"""Which CLI commands change state, and the permission each needs (:mod:`sutazai.security.access`).
 
 One table rather than a check inside each command, so a test can walk every command and
 fail when a new one is neither here nor declared read-only (:data:`READ_ONLY`).
@@ -10,7 +10,7 @@ from typing import Any
 
 from typer.core import TyperGroup
 
-from sutazai.access import Permission
+from sutazai.security.access import Permission
 
 COMMAND_PERMISSIONS: dict[str, Permission] = {
     "run": "promote",  # the nightly cycle selects and promotes champions
@@ -60,8 +60,8 @@ class GuardedGroup(TyperGroup):
         full = f"{ctx.info_name} {name}" if ctx.parent is not None else str(name)
         permission = COMMAND_PERMISSIONS.get(full)
         if permission is not None and not ctx.resilient_parsing and "--help" not in rest:
-            from sutazai.access import require
             from sutazai.config import load_settings
+            from sutazai.security.access import require
 
             require(load_settings(), permission, f"sutazai {full}")
         return name, command, rest

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from sutazai.cli.output import console, emit_json
 from sutazai.config import load_settings
-from sutazai.mirror import sync_registry
+from sutazai.workflows.mirror import sync_registry
 
 app = typer.Typer(help="Keep MLflow's model registry in step with the repository.",
                   no_args_is_help=True)

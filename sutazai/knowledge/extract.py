@@ -112,7 +112,7 @@ def load_spacy(settings: Settings) -> tuple[Any, str]:
 
 def _from_repository(settings: Settings, spec: str) -> tuple[str, str]:
     from sutazai.errors import NotFoundError
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
     from sutazai.repository.manifest import parse_ref
 
     try:

@@ -95,8 +95,8 @@ class LLMExtractor:
     def from_settings(cls, settings: Settings) -> LLMExtractor:
         """The configured endpoint, else the champion `sutazai serve` serves; its first model
         unless ``kg_llm_model`` names one. Fails at once if nothing answers."""
-        from sutazai.access import client_key
-        from sutazai.tls import client_ssl
+        from sutazai.security.access import client_key
+        from sutazai.security.tls import client_ssl
 
         scheme = "http" if settings.tls == "off" else "https"
         url = settings.kg_llm_url or f"{scheme}://{settings.serve_host}:{settings.serve_port}"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from sutazai.errors import GraphStoreError
-from sutazai.secrets import GRAPH_PASSWORD, read_secret
+from sutazai.security.secrets import GRAPH_PASSWORD, read_secret
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
 if TYPE_CHECKING:

@@ -36,9 +36,9 @@ from sutazai.knowledge.models import (
 )
 from sutazai.knowledge.resolve import Resolver
 from sutazai.knowledge.stores.base import GraphStore
+from sutazai.observability.tracing import traced
 from sutazai.progress import NULL_PROGRESS, Progress
-from sutazai.secrets import GRAPH_PASSWORD, optional_secret
-from sutazai.telemetry import traced
+from sutazai.security.secrets import GRAPH_PASSWORD, optional_secret
 
 log = logging.getLogger(__name__)
 RELATION_MODES = ("svo", "llm", "both", "none")

@@ -16,18 +16,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sutazai.audit import audit
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import benchmark
 from sutazai.config import Settings
 from sutazai.errors import SutazAIError
-from sutazai.learning.promotion import Evaluation, PromotionDecision, decide
-from sutazai.mirror import open_registry, open_repository
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases, task_model_name
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
-from sutazai.selection import slo_misses
-from sutazai.selection_store import candidates, slo_for_task
+from sutazai.security.audit import audit
+from sutazai.selection.promotion import Evaluation, PromotionDecision, decide
+from sutazai.selection.rules import slo_misses
+from sutazai.selection.store import candidates, slo_for_task
 from sutazai.serving.engines import engine_for
 
 SHARED_DATA = ("prompts.txt", "multiple_choice.jsonl")

@@ -137,7 +137,7 @@ def finetune(
     """
     from filelock import FileLock
 
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
 
     started = time.monotonic()
     method = method or settings.finetune_method
@@ -266,7 +266,7 @@ def count_parameters(folder: Path) -> int:
 def _finished(settings: Settings, workdir: Path) -> FinetuneResult | None:
     """The stored result of a finished key, if its version is still in the repository."""
     from sutazai.errors import NotFoundError
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
 
     path = workdir / RESULT_FILE
     if not path.is_file():
@@ -404,7 +404,7 @@ def _open_run(settings: Settings, client: MlflowClient, workdir: Path, base: Man
               recipe: Recipe, key: str, dataset_digest: str, device: str,
               sizes: tuple[int, int]) -> tuple[str, bool]:
     """The key's MLflow run: the one a killed attempt started, or a new one."""
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
 
     saved = workdir / RUN_FILE
     if saved.is_file():
@@ -431,7 +431,7 @@ def _open_run(settings: Settings, client: MlflowClient, workdir: Path, base: Man
 def _train(settings: Settings, base: Manifest, base_dir: Path, config: dict[str, Any],
            recipe: Recipe, key: str, workdir: Path, train: list[str], held_out: list[str],
            dataset_digest: str, started: float, progress: Progress) -> FinetuneResult:
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
 
     device = training_device()
     client = open_registry(settings).client
@@ -539,8 +539,9 @@ def _publish(settings: Settings, base: Manifest, config: dict[str, Any], model: 
     """Merge, save in the base's dtype with its tokenizer files, check, publish, record."""
     import torch
 
-    from sutazai.mirror import open_registry, open_repository
     from sutazai.optimize.derive import publish_derived
+    from sutazai.registry import open_registry
+    from sutazai.repository import open_repository
 
     if recipe.method == "lora":
         model = model.merge_and_unload()

@@ -366,7 +366,7 @@ def run_gate(settings: Settings, snapshot: DatasetSnapshot,
     from mlflow.entities import Metric
 
     from sutazai.learning.datastore import log_snapshot_input
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
     from sutazai.repository.fsutil import atomic_write_text
 
     suite = suite or GateSuite()

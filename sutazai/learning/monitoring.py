@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from sutazai.config import Settings
-from sutazai.mirror import open_registry
+from sutazai.registry import open_registry
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

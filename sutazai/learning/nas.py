@@ -336,7 +336,7 @@ def _second(space: SearchSpace, n_params: int, latency: float) -> float:
 
 
 def _registry(settings: Settings) -> ModelRegistry:
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
 
     return open_registry(settings)
 
@@ -694,8 +694,8 @@ def register_best(settings: Settings, study_name: str, space: SearchSpace,
     The version's source is ``nas:<study>#<trial>``, its revision the digest of the texts
     it was trained on; the MLflow study run gets tags pointing at the version.
     """
-    from sutazai.mirror import open_repository
     from sutazai.optimize.derive import publish_derived
+    from sutazai.repository import open_repository
 
     study = _load(settings, study_name)
     mode: Mode = "pareto" if _attr(study, "mode") == "pareto" else "pruned"

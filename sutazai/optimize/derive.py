@@ -15,8 +15,9 @@ from pathlib import Path
 
 from sutazai.config import Settings
 from sutazai.errors import ConversionError
-from sutazai.mirror import open_registry, open_repository
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry import open_registry
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import FileEntry, Manifest
 from sutazai.repository.store import Repository
 from sutazai.serving.engines import single_file

@@ -43,9 +43,10 @@ from pydantic import BaseModel
 
 from sutazai.config import Settings
 from sutazai.errors import OptimizationError
-from sutazai.mirror import open_registry, open_repository
 from sutazai.optimize.quantize import GGUF_METHODS
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry import open_registry
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import Repository
 

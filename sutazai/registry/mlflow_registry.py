@@ -23,6 +23,8 @@ from sutazai.repository.manifest import Manifest
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from sutazai.config import Settings
+
 TAG = "sutazai."
 
 
@@ -71,13 +73,15 @@ class ModelRegistry:
     """A thin, idempotent layer over ``MlflowClient`` for repository versions."""
 
     def __init__(self, tracking_uri: str, experiment: str = "sutazai-model-sync",
-                 artifacts_dir: Path | None = None) -> None:
+                 artifacts_dir: Path | None = None, *, settings: Settings | None = None
+                 ) -> None:
         from mlflow.tracking import MlflowClient
 
         from sutazai.registry import embedded_mlflow
-        from sutazai.secrets import export_mlflow_credentials
+        from sutazai.security.secrets import export_mlflow_credentials
 
-        export_mlflow_credentials(tracking_uri)  # an http(s) server's login, from the provider
+        # an http(s) server's login, from the given settings' secret provider
+        export_mlflow_credentials(tracking_uri, settings)
         embedded_mlflow.prepare(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment = experiment

@@ -142,7 +142,7 @@ _KEYS_LOCK = threading.Lock()
 
 
 def missing_key_help(settings: Settings) -> str:
-    from sutazai.secrets import env_var, secrets_config
+    from sutazai.security.secrets import env_var, secrets_config
 
     config = secrets_config(settings)
     folder = config.file_dir or settings.home / "secrets"
@@ -165,7 +165,7 @@ def load_repository_key(settings: Settings) -> RepositoryKey:
     :class:`~sutazai.repository.store.Repository` that meets a blob of an unknown key
     drops the cache (:func:`forget_repository_keys`) and reads the keys again.
     """
-    from sutazai.secrets import SecretNotFoundError
+    from sutazai.security.secrets import SecretNotFoundError
 
     key = _cached_key(settings, KEY_SECRET)
     if key is None:
@@ -185,7 +185,7 @@ def load_previous_repository_key(settings: Settings) -> RepositoryKey | None:
 
 
 def _cached_key(settings: Settings, secret: str) -> RepositoryKey | None:
-    from sutazai.secrets import SecretNotFoundError, secrets_config, settings_provider
+    from sutazai.security.secrets import SecretNotFoundError, secrets_config, settings_provider
 
     cache_key = f"{settings.home.resolve()}|{secrets_config(settings).model_dump_json()}|{secret}"
     with _KEYS_LOCK:

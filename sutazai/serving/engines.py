@@ -307,3 +307,17 @@ def engine_for(settings: Settings, manifest: Manifest, name: str | None = None) 
     engine = ENGINES[name](settings)
     engine.check(manifest)
     return engine
+
+
+def engine_workdir(settings: Settings, manifest: Manifest, engine: str) -> Path:
+    return settings.home / "serving" / f"{manifest.name}-{manifest.version}-{engine}"
+
+
+def start_engine(settings: Settings, manifest: Manifest, engine_name: str | None = None
+                 ) -> RunningEngine:
+    """Start the engine for ``manifest`` (the format's default unless named)."""
+    from sutazai.repository import open_repository
+
+    engine = engine_for(settings, manifest, engine_name)
+    model_dir = open_repository(settings).ensure_snapshot(manifest, verify=True)  # bytes it loads
+    return engine.start(manifest, model_dir, engine_workdir(settings, manifest, engine.name))

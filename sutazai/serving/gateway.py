@@ -50,13 +50,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sutazai.access import AccessGuard, AccessMiddleware
 from sutazai.errors import EngineError, NotFoundError, SutazAIError
+from sutazai.security.access import AccessGuard, AccessMiddleware
 from sutazai.serving.engines import RunningEngine
 from sutazai.serving.openapi import request_problem
 
 if TYPE_CHECKING:
-    from sutazai.tls import ServerTLS
+    from sutazai.security.tls import ServerTLS
 
 LOG = logging.getLogger(__name__)
 INTERACTION_HEADER = "x-sutazai-interaction-id"
@@ -550,7 +550,7 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
     ``sutazai serve``. With ``feedback``, every completion is logged to it (its id comes
     back in the ``x-sutazai-interaction-id`` header) and ``POST /v1/feedback`` rates one.
     With ``guard`` every route but the health probes needs an API key whose role allows it
-    (:mod:`sutazai.access`); without, the app is open (a loopback server of SutazAI's own,
+    (:mod:`sutazai.security.access`); without, the app is open (a loopback server of SutazAI's own,
     such as the benchmark harness's). With ``restart`` the app restarts an engine that died
     (see the module docstring); the engines it started itself it always stops.
     """

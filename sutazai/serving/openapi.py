@@ -13,7 +13,7 @@ gateway itself adds (the interaction-id header, OpenAI-style errors).
 ``null`` (and llama.cpp also ``0``) as "until the context is full", which turns one
 request into seconds of generation; the contract leaves that out on purpose.
 
-``auth`` adds the API-key security scheme of :mod:`sutazai.access`: every route but the
+``auth`` adds the API-key security scheme of :mod:`sutazai.security.access`: every route but the
 health probes (``/health``, ``/health/live``, ``/health/ready``) then needs
 ``Authorization: Bearer <key>`` or ``X-API-Key``, and documents 401
 (no or bad key), 403 (role lacks the permission) and 429 (rate limit, with Retry-After).

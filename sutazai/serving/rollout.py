@@ -77,7 +77,7 @@ class ChampionWatcher:
 
     def check(self) -> bool:
         """Swap to the champion if it changed and starts and answers; True when swapped."""
-        from sutazai.mirror import open_registry
+        from sutazai.registry import open_registry
         from sutazai.registry.task_aliases import TaskAliases
 
         choice = TaskAliases(open_registry(self.settings)).get(self.task, CHAMPION)
@@ -100,7 +100,7 @@ class ChampionWatcher:
             engine.stop()
             self.skipped = choice_key(choice)
             return False
-        from sutazai.audit import audit
+        from sutazai.security.audit import audit
 
         self.gateway.swap_threadsafe(engine)
         audit(self.settings, "serve.swap", choice.ref,
@@ -111,8 +111,8 @@ class ChampionWatcher:
 
 
 def _start_choice(settings: Settings, choice: TaskChoice) -> RunningEngine:
-    from sutazai.mirror import open_repository
-    from sutazai.serving.service import start_engine
+    from sutazai.repository import open_repository
+    from sutazai.serving.engines import start_engine
 
     manifest = open_repository(settings).get(choice.model, choice.repository_version)
     return start_engine(settings, manifest, choice.engine)

@@ -11,16 +11,18 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from sutazai.access import AccessGuard
-from sutazai.audit import audit
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError
-from sutazai.mirror import open_registry, open_repository
+from sutazai.observability.tracing import instrument_app
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import TaskAliases
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
-from sutazai.serving.engines import RunningEngine, engine_for
+from sutazai.security.access import AccessGuard
+from sutazai.security.audit import audit
+from sutazai.security.tls import ServerTLS
+from sutazai.serving.engines import RunningEngine, start_engine
 from sutazai.serving.gateway import (
     EngineRestart,
     FeedbackSink,
@@ -29,8 +31,6 @@ from sutazai.serving.gateway import (
     create_app,
 )
 from sutazai.serving.process import free_port, require_free_port
-from sutazai.telemetry import instrument_app
-from sutazai.tls import ServerTLS
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -61,19 +61,6 @@ def resolve_target(settings: Settings, spec: str | None) -> Target:
         return Target(repo.get(name, version))
     name, version_number = parse_ref(spec)
     return Target(repo.get(name, version_number))
-
-
-def engine_workdir(settings: Settings, manifest: Manifest, engine: str) -> Path:
-    return settings.home / "serving" / f"{manifest.name}-{manifest.version}-{engine}"
-
-
-def start_engine(settings: Settings, manifest: Manifest, engine_name: str | None = None
-                 ) -> RunningEngine:
-    """Start the engine for ``manifest`` (the format's default unless named)."""
-    engine = engine_for(settings, manifest, engine_name)
-    repo = open_repository(settings)
-    model_dir = repo.ensure_snapshot(manifest, verify=True)  # the bytes it will load
-    return engine.start(manifest, model_dir, engine_workdir(settings, manifest, engine.name))
 
 
 def engine_restart(settings: Settings) -> EngineRestart:
@@ -140,7 +127,7 @@ def serve_forever(settings: Settings, target: Target, engine_name: str | None, h
     ``auth_required`` is off) and TLS are checked before the engine starts, so a missing key
     table or a bad certificate fails in a second, not after a model load.
     """
-    from sutazai.tls import server_tls
+    from sutazai.security.tls import server_tls
 
     require_free_port(host, port)
     guard = AccessGuard(settings).require_keys() if settings.auth_required else None

@@ -2,7 +2,7 @@
 
 Two paths reach the same rule ("win by the declared margin and meet every SLO"):
 
-* The nightly selection (:mod:`sutazai.selection`) ranks the mirrored models; its winner is
+* The nightly selection (:mod:`sutazai.selection.rules`) ranks the mirrored models; its winner is
   only a *proposal* when a task already has a champion: :func:`hold_or_replace` keeps the
   champion unless the proposal's weighted score beats the champion's by the margin, or the
   champion no longer meets the SLOs. A champion the selection cannot compare (a fine-tuned
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from sutazai.selection import Candidate, Selection
+from sutazai.selection.rules import Candidate, Selection
 
 PRIMARY = "perplexity"  # on the held-out split of the gated dataset; lower is better
 

@@ -6,16 +6,16 @@
    serve it here (load and quality for text generation, quality for embeddings and spaCy
    NER); a benchmark of the same bytes, engine and profile is reused.
 4. Select the champion and challenger of each task under the SLOs; set the aliases.
-5. Improve (:mod:`sutazai.learning.nightly`): gate tonight's data, fine-tune the champion,
+5. Improve (:mod:`sutazai.workflows.improvement`): gate tonight's data, fine-tune the champion,
    quantise it back to the champion's format, challenge the champion with it; search small
    architectures on the same data; compare each champion with earlier nights.
 6. Serve the text-generation champion briefly and ask it one question, to prove it answers.
 
 Each step takes the settings and plain values and returns pydantic models, so the KFP
 components that wrap them stay one call long and their outputs serialise as JSON. Each is
-a span ``step <name>`` when tracing is on (:mod:`sutazai.telemetry`); the cycle, the
+a span ``step <name>`` when tracing is on (:mod:`sutazai.observability.tracing`); the cycle, the
 monitor, the report and the graph statistics push their metrics to the Pushgateway when
-one is configured (:mod:`sutazai.pipeline_metrics`).
+one is configured (:mod:`sutazai.observability.metrics`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
 from sutazai.errors import DataGateError, NotFoundError, SutazAIError
 from sutazai.learning.monitoring import Regression
-from sutazai.learning.nightly import DataOutcome, ImprovementOutcome, SearchOutcome
-from sutazai.mirror import MirrorOutcome, mirror_catalog, open_repository, verify_repository
-from sutazai.pipeline_metrics import (
+from sutazai.observability.metrics import (
     NIGHTLY_PIPELINE,
     champion_changes,
     champion_figures,
@@ -45,12 +43,16 @@ from sutazai.pipeline_metrics import (
     push_graph_metrics,
     push_repository_metrics,
 )
+from sutazai.observability.tracing import span, traced
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import FileProblem, Repository
-from sutazai.selection import Candidate
+from sutazai.selection.rules import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
-from sutazai.telemetry import span, traced
+from sutazai.workflows import improvement as self_improvement
+from sutazai.workflows.improvement import DataOutcome, ImprovementOutcome, SearchOutcome
+from sutazai.workflows.mirror import MirrorOutcome, mirror_catalog, verify_repository
 
 if TYPE_CHECKING:
     from sutazai.knowledge.models import GraphStats
@@ -181,7 +183,7 @@ def run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | N
 
 def _run_benchmark(settings: Settings, item: BenchmarkItem, profile_name: str | None,
                    progress: Progress) -> BenchmarkOutcome:
-    from sutazai.selection_store import latest_summaries
+    from sutazai.selection.store import latest_summaries
 
     profile = get_profile(profile_name or settings.benchmark_profile)
     name, version = parse_ref(item.ref)
@@ -227,7 +229,7 @@ def derive_for_vllm(settings: Settings, progress: Progress = NULL_PROGRESS) -> l
 def select_tasks(settings: Settings, tasks: list[str], profile_name: str | None = None
                  ) -> list[SelectionOutcome]:
     """Select and set the aliases of every task in ``tasks`` (sorted, each once)."""
-    from sutazai.selection_store import select_and_promote
+    from sutazai.selection.store import select_and_promote
 
     profile = profile_name or settings.benchmark_profile
     outcomes = []
@@ -313,15 +315,13 @@ def improve(settings: Settings, selections: list[SelectionOutcome], failures: li
             ) -> tuple[DataOutcome | None, ImprovementOutcome | None, SearchOutcome | None,
                        list[Regression]]:
     """The self-improvement half of the cycle, in this process; problems go to ``failures``."""
-    from sutazai.learning import nightly
-
     data = improvement = search = None
     try:
-        data = nightly.prepare_data(settings)
-        improvement = nightly.improve_champion(settings, data, progress=progress)
+        data = self_improvement.prepare_data(settings)
+        improvement = self_improvement.improve_champion(settings, data, progress=progress)
         if data.snapshot is not None:
-            nightly.search_architectures(settings, data, progress=progress)
-            search = nightly.register_searched(settings, data)
+            self_improvement.search_architectures(settings, data, progress=progress)
+            search = self_improvement.register_searched(settings, data)
     except DataGateError as exc:
         failures.append(f"the data gate stopped training: {exc}")
     except SutazAIError as exc:
@@ -334,9 +334,7 @@ def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
                       improvement: ImprovementOutcome | None) -> list[Regression]:
     """Compare each champion with earlier nights (MLflow) and push, per task, the
     regression flag and change of every watched metric and the champion itself."""
-    from sutazai.learning import nightly
-
-    champions = nightly.champion_measurements([(s.task, s.champion) for s in selections],
+    champions = self_improvement.champion_measurements([(s.task, s.champion) for s in selections],
                                               improvement)
     changes: dict[str, dict[str, float]] = {}
     if settings.pushgateway_url:  # the history is read before tonight's run joins it
@@ -345,7 +343,7 @@ def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
                 changes[task] = champion_changes(settings, task, label, tonight)
             except Exception as exc:  # metrics must not stop the monitor
                 log.warning("could not read the earlier nights of %s for metrics: %s", task, exc)
-    regressions = nightly.monitor_champions(settings, champions)
+    regressions = self_improvement.monitor_champions(settings, champions)
     for task, (label, tonight) in champions.items():
         push_champion_metrics(settings, champion_figures(task, label, tonight,
                                                          changes.get(task, {}), regressions))

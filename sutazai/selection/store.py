@@ -8,16 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sutazai.audit import audit
 from sutazai.benchmark import plots
 from sutazai.benchmark.metrics import SLO
 from sutazai.benchmark.runner import SUMMARY, BenchmarkSummary
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError
-from sutazai.learning.promotion import hold_or_replace
-from sutazai.mirror import open_registry, open_repository
+from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases
-from sutazai.selection import Candidate, Selection, Weights, select
+from sutazai.repository import open_repository
+from sutazai.security.audit import audit
+from sutazai.selection.promotion import hold_or_replace
+from sutazai.selection.rules import Candidate, Selection, Weights, select
 from sutazai.serving.engines import GENERATION_TASKS
 
 

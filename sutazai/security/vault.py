@@ -32,7 +32,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-from sutazai.secrets import (
+from sutazai.security.secret_base import (
     SecretError,
     SecretNotFoundError,
     SecretUnavailableError,
@@ -41,7 +41,7 @@ from sutazai.secrets import (
 )
 
 if TYPE_CHECKING:
-    from sutazai.secrets import SecretsConfig
+    from sutazai.security.secret_base import SecretsConfig
 
 log = logging.getLogger(__name__)
 Credential = Callable[[], SecretStr]

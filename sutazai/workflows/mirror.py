@@ -12,15 +12,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sutazai.audit import audit
 from sutazai.config import Settings
 from sutazai.errors import InUseError, SutazAIError
+from sutazai.observability.tracing import traced
 from sutazai.progress import NULL_PROGRESS, Progress
-from sutazai.registry import ModelRegistry, RegisteredVersion
-from sutazai.repository import Repository, load_catalog, pull
+from sutazai.registry import ModelRegistry, RegisteredVersion, open_registry
+from sutazai.repository import Repository, load_catalog, open_repository, pull
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import FileProblem
-from sutazai.telemetry import traced
+from sutazai.security.audit import audit
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ class MirrorOutcome:
         return asdict(self)
 
 
-def open_repository(settings: Settings) -> Repository:
-    return Repository.from_settings(settings)
-
-
-def open_registry(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.tracking_uri, settings.mlflow_experiment,
-                         settings.mlflow_artifacts_dir)
 
 
 @traced("mirror_catalog")

@@ -7,7 +7,7 @@ line breaks the chain at that line, and ``verify`` names it.
 
 Cutting lines off the *end*, or emptying the file, leaves a valid shorter chain. So every
 append also publishes the record count and last hash to an anchor kept outside the
-log's folder (:mod:`sutazai.audit_anchor`, setting ``audit_anchor``), and, as before, to
+log's folder (:mod:`sutazai.security.audit_anchor`, setting ``audit_anchor``), and, as before, to
 ``audit.jsonl.head`` beside the log. ``verify`` fails when the log is shorter than its
 anchor, differs from it, or lost both its anchor and head; an append refuses to chain onto
 a log whose end it cannot trust (:class:`AuditChainError`) until an admin has
@@ -53,8 +53,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from sutazai.audit_anchor import Anchor, AnchorStore, FileAnchor, default_anchor_path, last_line
 from sutazai.errors import AuditChainError, AuditError
+from sutazai.security.audit_anchor import (
+    Anchor,
+    AnchorStore,
+    FileAnchor,
+    default_anchor_path,
+    last_line,
+)
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
@@ -155,8 +161,8 @@ class AuditLog:
     ``sink``: ``None`` (default), ``"stdout"``, ``"stderr"`` or a file path; each record
     is also written there as one JSON line for a log pipeline (Loki, ELK). A sink that
     fails raises too: the pipeline copy is what makes tampering evident.
-    ``anchor``: an :class:`~sutazai.audit_anchor.AnchorStore` or a file path; default
-    :func:`~sutazai.audit_anchor.default_anchor_path` (next to the log's folder).
+    ``anchor``: an :class:`~sutazai.security.audit_anchor.AnchorStore` or a file path; default
+    :func:`~sutazai.security.audit_anchor.default_anchor_path` (next to the log's folder).
     """
 
     def __init__(self, path: Path, sink: str | None = None,
@@ -519,7 +525,7 @@ def audit_path(settings: Settings) -> Path:
 
 def anchor_store(settings: Settings) -> AnchorStore:
     """The ``audit_anchor`` setting (a file path), else the default next to the log's
-    folder (:func:`~sutazai.audit_anchor.default_anchor_path`)."""
+    folder (:func:`~sutazai.security.audit_anchor.default_anchor_path`)."""
     configured = getattr(settings, "audit_anchor", None)
     return FileAnchor(configured if configured else default_anchor_path(audit_path(settings)))
 

@@ -11,7 +11,7 @@ The runner-up becomes the challenger. The explanation says why the winner won an
 each other candidate lost; it is stored with the selection run.
 
 This is pure: it takes candidates and returns a decision, so it is tested on synthetic
-numbers as well as measured ones. MLflow I/O lives in :mod:`sutazai.selection_store`.
+numbers as well as measured ones. MLflow I/O lives in :mod:`sutazai.selection.store`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from sutazai import telemetry
+from sutazai.observability import tracing
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
@@ -164,12 +164,12 @@ def pipeline_run(settings: Settings, pipeline: str, **attributes: Any
     """One pipeline run: a root span ``pipeline <name>`` published to the steps' processes
     in ``TRACEPARENT``, and its end pushed as metrics (an exception is a failed run)."""
     label = pipeline_label(pipeline)
-    telemetry.ensure_tracing(settings)
+    tracing.ensure_tracing(settings)
     record = PipelineRunRecord(label)
     started = time.monotonic()
     try:
-        with telemetry.span(f"pipeline {label}", **{"sutazai.pipeline": label, **attributes}
-                            ) as current, telemetry.exported_context():
+        with tracing.span(f"pipeline {label}", **{"sutazai.pipeline": label, **attributes}
+                            ) as current, tracing.exported_context():
             try:
                 yield record
             except BaseException:
@@ -182,7 +182,7 @@ def pipeline_run(settings: Settings, pipeline: str, **attributes: Any
     finally:
         record.seconds = time.monotonic() - started
         record_pipeline_run(settings, label, succeeded=record.succeeded, seconds=record.seconds)
-        telemetry.flush()
+        tracing.flush()
 
 
 # ----------------------------------------------------------------------------- champions
@@ -229,7 +229,7 @@ def champion_changes(settings: Settings, task: str, champion: str,
     (the same history and formula as :func:`sutazai.learning.monitoring.find_regressions`,
     which reports only those beyond the tolerance). Read before tonight's run is recorded."""
     from sutazai.learning.monitoring import HISTORY_NIGHTS, find_regressions
-    from sutazai.mirror import open_registry
+    from sutazai.registry import open_registry
 
     registry = open_registry(settings)
     experiment_id = registry.experiment_id(settings.learning_experiment)
@@ -291,7 +291,7 @@ def push_repository_metrics(settings: Settings, repository: Repository | None = 
         return False
     try:
         if repository is None:
-            from sutazai.mirror import open_repository
+            from sutazai.repository import open_repository
 
             repository = open_repository(settings)
         registry = repository_registry(repository)

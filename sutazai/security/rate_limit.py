@@ -1,10 +1,10 @@
-"""Per-key rate limits that hold across every replica of ``sutazai serve``.
+"""Per-key rate limits: token buckets in this process, or shared by every replica.
 
-In-process token buckets (:class:`sutazai.access.RateLimiter`) let N replicas allow N
-times a key's rate. With ``rate_limit_store`` set, the buckets live in one Redis-compatible
-server instead (Redis, Valkey, or the FalkorDB SutazAI already runs for its graph): one
-atomic Lua script per request refills and takes a token, on the server's clock, so
-replicas neither race nor disagree about time.
+In-process token buckets (:class:`RateLimiter`) let N replicas allow N times a key's rate.
+With ``rate_limit_store`` set, the buckets live in one Redis-compatible server instead
+(Redis, Valkey, or the FalkorDB SutazAI already runs for its graph): one atomic Lua script
+per request refills and takes a token, on the server's clock, so replicas neither race nor
+disagree about time.
 
 Serving must not stop because the limiter's store did: when the store does not answer
 within ``timeout_s`` the request is limited by the local bucket instead, a warning is
@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-from sutazai.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sutazai.access import RateLimiter
     from sutazai.config import Settings
 
 LOG = logging.getLogger(__name__)
@@ -53,16 +50,31 @@ return tostring(wait)
 """
 
 
-def check_store_url(url: str) -> str:
-    """``url`` if it names a Redis server without a password in it, else a ConfigError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"rate_limit_store {url!r} is not a redis:// or rediss:// URL of "
-                          "a Redis-compatible server (e.g. redis://10.0.0.5:6379/0)")
-    if parts.password:
-        raise ConfigError("rate_limit_store must not carry a password (it would show in "
-                          f"settings and logs): store it as the secret {PASSWORD_SECRET!r}")
-    return url
+class RateLimiter:
+    """Token buckets, one per key: ``take`` answers 0 (go) or the seconds until a token."""
+
+    def __init__(self, rps: float, burst: int) -> None:
+        self.rps, self.burst = rps, burst
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self.lock = threading.Lock()
+
+    def take(self, key: str, rps: float | None = None, burst: int | None = None,
+             now: float | None = None) -> float:
+        rate, size = rps or self.rps, burst or self.burst
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            tokens, last = self.buckets.get(key, (float(size), now))
+            tokens = min(float(size), tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self.buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self.buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+    async def acquire(self, key: str, rps: float | None = None, burst: int | None = None
+                      ) -> float:
+        """:meth:`take`, with the signature of the shared limiter."""
+        return self.take(key, rps, burst)
 
 
 class SharedRateLimiter:
@@ -70,7 +82,7 @@ class SharedRateLimiter:
 
     def __init__(self, url: str, password: str | None, fallback: RateLimiter, *,
                  timeout_s: float = 0.25, retry_after_s: float = 5.0) -> None:
-        self.url = check_store_url(url)
+        self.url = url  # checked when the settings load
         self._password = password
         self.fallback = fallback
         self.timeout_s = timeout_s
@@ -119,7 +131,7 @@ def shared_limiter(settings: Settings, fallback: RateLimiter) -> SharedRateLimit
     """The shared limiter ``settings`` ask for, or None for per-process buckets."""
     if not settings.rate_limit_store:
         return None
-    from sutazai.secrets import optional_secret
+    from sutazai.security.secrets import optional_secret
 
     password = optional_secret(settings, PASSWORD_SECRET)
     return SharedRateLimiter(settings.rate_limit_store,

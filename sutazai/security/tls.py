@@ -63,7 +63,7 @@ class ServerTLS:
 
 
 def _private_key_file(path: Path) -> Path:
-    from sutazai.secrets import SecretError, read_private_file
+    from sutazai.security.secrets import SecretError, read_private_file
 
     try:
         read_private_file(path, "TLS private key")
@@ -87,7 +87,7 @@ def server_tls(settings: Settings) -> Iterator[ServerTLS | None]:
         yield ServerTLS(settings.tls_cert_file, _private_key_file(settings.tls_key_file),
                         settings.tls_ca_file).check()
         return
-    from sutazai.secrets import SecretNotFoundError, settings_provider
+    from sutazai.security.secrets import SecretNotFoundError, settings_provider
 
     provider = settings_provider(settings)
     shm = Path("/dev/shm")

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from sutazai.errors import ConfigError, SutazAIError
+from sutazai.security.rate_limit import RateLimiter, SharedRateLimiter, shared_limiter
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
-    from sutazai.shared_rate_limit import SharedRateLimiter
 
 LOG = logging.getLogger(__name__)
 
@@ -195,12 +195,12 @@ class KeyStore:
         self.name = settings.api_keys_secret
 
     def _provider(self) -> Any:
-        from sutazai.secrets import settings_provider
+        from sutazai.security.secrets import settings_provider
 
         return settings_provider(self.settings)
 
     def load(self) -> KeyTable:
-        from sutazai.secrets import SecretNotFoundError
+        from sutazai.security.secrets import SecretNotFoundError
 
         try:
             text = self._provider().get(self.name).get_secret_value()
@@ -234,33 +234,6 @@ class KeyStore:
 # --- rate limits ----------------------------------------------------------------------------
 
 
-class RateLimiter:
-    """Token buckets, one per key: ``take`` answers 0 (go) or the seconds until a token."""
-
-    def __init__(self, rps: float, burst: int) -> None:
-        self.rps, self.burst = rps, burst
-        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
-        self.lock = threading.Lock()
-
-    def take(self, key: str, rps: float | None = None, burst: int | None = None,
-             now: float | None = None) -> float:
-        rate, size = rps or self.rps, burst or self.burst
-        now = time.monotonic() if now is None else now
-        with self.lock:
-            tokens, last = self.buckets.get(key, (float(size), now))
-            tokens = min(float(size), tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self.buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self.buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
-
-    async def acquire(self, key: str, rps: float | None = None, burst: int | None = None
-                      ) -> float:
-        """:meth:`take`, with the signature of the shared limiter."""
-        return self.take(key, rps, burst)
-
-
 # --- audited denials ------------------------------------------------------------------------
 
 
@@ -291,7 +264,7 @@ class DenialRecorder:
         count = self.due(denial)
         if count is None:
             return
-        from sutazai.audit import audit
+        from sutazai.security.audit import audit
 
         audit(self.settings, "access.denied", target, actor=denial.actor, result="denied",
               details={"reason": denial.code, "status": denial.status, "count": count,
@@ -321,7 +294,6 @@ class AccessGuard:
         self.settings = settings
         self.store = store or KeyStore(settings)
         self.refresh_s = refresh_s
-        from sutazai.shared_rate_limit import shared_limiter
 
         local = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         self.limiter: RateLimiter | SharedRateLimiter = shared_limiter(settings, local) or local
@@ -457,7 +429,7 @@ def require(settings: Settings, permission: Permission, what: str) -> Principal:
 def client_key(settings: Settings) -> str | None:
     """The key SutazAI's own clients (the graph's LLM extractor) send to ``sutazai serve``:
     ``SUTAZAI_API_KEY``, else the secret ``serving/client-key``, else none."""
-    from sutazai.secrets import optional_secret
+    from sutazai.security.secrets import optional_secret
 
     if os.environ.get("SUTAZAI_API_KEY"):
         return os.environ["SUTAZAI_API_KEY"]

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 from sutazai.config import Settings
 from sutazai.learning.datastore import DatasetSnapshot
 from sutazai.learning.monitoring import WATCHED, Regression
-from sutazai.learning.promotion import PromotionDecision
+from sutazai.observability.tracing import traced
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
-from sutazai.selection import Candidate
-from sutazai.telemetry import traced
+from sutazai.selection.promotion import PromotionDecision
+from sutazai.selection.rules import Candidate
 
 GGUF_ENGINES = {"llamacpp"}
 
@@ -106,7 +106,7 @@ def split_texts(data: DataOutcome) -> tuple[list[str], list[str]]:
 def finetune_base(settings: Settings, champion: Manifest) -> Manifest:
     """What to fine-tune: the champion, or the unquantised model a quantised champion came
     from (training on dequantised weights would compound the rounding every night)."""
-    from sutazai.mirror import open_repository
+    from sutazai.repository import open_repository
     from sutazai.repository.manifest import parse_ref
 
     if champion.source.startswith("quantize:") and champion.parent:
@@ -121,9 +121,10 @@ def improve_champion(settings: Settings, data: DataOutcome, task: str | None = N
     """Fine-tune the champion, bring it to the champion's engine, and challenge it."""
     from sutazai.learning.challenge import evaluate_and_promote
     from sutazai.learning.finetune import finetune
-    from sutazai.mirror import open_registry, open_repository
     from sutazai.optimize.variants import optimize_model
+    from sutazai.registry import open_registry
     from sutazai.registry.task_aliases import CHAMPION, TaskAliases
+    from sutazai.repository import open_repository
 
     task = task or settings.default_task
     outcome = ImprovementOutcome(task=task)

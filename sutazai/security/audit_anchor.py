@@ -1,6 +1,6 @@
 """Where the audit log's chain is anchored, outside the log.
 
-The hash chain of :mod:`sutazai.audit` proves that no record *inside* the log was edited,
+The hash chain of :mod:`sutazai.security.audit` proves that no record *inside* the log was edited,
 deleted or moved, but a log cut at its end, or emptied, is still a valid (shorter) chain,
 and the ``.head`` file that remembers the end sits in the same folder, where whoever cuts
 the log can delete it too. So every append also publishes ``(count, hash)``, the number

@@ -1,0 +1,2 @@
+"""Observability: traces (OpenTelemetry) and the metrics batch jobs push to the
+Pushgateway."""
