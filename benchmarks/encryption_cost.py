@@ -60,7 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-WRITE_CHUNK = 16 * 1024 * 1024
+from benchmarks.common import write_random_file  # noqa: E402 (after the path)
+
 READ_CHUNK = 4 * 1024 * 1024
 OPERATIONS = ("publish", "publish, CPU only", "first serve", "verify")
 
@@ -82,18 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be at least 1")
     return args
-
-
-def write_random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("wb") as sink:
-        left = size
-        while left:
-            block = os.urandom(min(WRITE_CHUNK, left))
-            digest.update(block)
-            sink.write(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 def read_through(path: Path) -> str:

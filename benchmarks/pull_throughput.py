@@ -29,7 +29,6 @@ writeback does not land in the next one's time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -46,9 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_random_file  # noqa: E402 (after the path)
+
 TARGET_RATIO = 0.9
 FILE_NAME = "model.gguf"  # not a pickle suffix, so no content sniffing is involved
-WRITE_CHUNK = 16 * 1024 * 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,20 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be at least 1")
     return args
-
-
-def write_random_file(path: Path, size: int) -> str:
-    """Write ``size`` random bytes to ``path``; return their sha256."""
-    digest = hashlib.sha256()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as sink:
-        left = size
-        while left:
-            block = os.urandom(min(WRITE_CHUNK, left))
-            digest.update(block)
-            sink.write(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 def tree_bytes(root: Path) -> int:

@@ -5,7 +5,7 @@
 
 Three drills, each against SutazAI's own commands in real processes:
 
-- **Killed ingests.** ``sutazai kg ingest`` of 30 documents is SIGKILLed at a random moment,
+- **Killed ingests.** ``sutazai kg ingest`` of up to 30 documents is SIGKILLed at a random moment,
   ten times, each time into the same graph with a new folder of documents, then run again
   to the end. Any FalkorDB server left running on the graph's folder is an orphan; the
   drill makes it rewrite its append-only file (``BGREWRITEAOF``, which Redis also does by
@@ -64,14 +64,15 @@ def real_documents(folder: Path, rounds: int) -> list[Path]:
     """``rounds`` folders of package descriptions from the installed venv (first 20 KB)."""
     site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     found = sorted((site / "site-packages").glob("*.dist-info/METADATA"))
-    if len(found) < rounds * DOCS_PER_ROUND:
+    per_round = min(DOCS_PER_ROUND, len(found) // rounds)
+    if per_round < 5:
         raise SystemExit(f"only {len(found)} package descriptions in {site}; lower "
                          "--ingest-kills")
     folders = []
     for index in range(rounds):
         target = folder / f"round-{index:02d}"
         target.mkdir(parents=True)
-        for path in found[index * DOCS_PER_ROUND:(index + 1) * DOCS_PER_ROUND]:
+        for path in found[index * per_round:(index + 1) * per_round]:
             name = path.parent.name.removesuffix(".dist-info")
             (target / f"{name}.md").write_bytes(path.read_bytes()[:DOC_BYTES])
         folders.append(target)
@@ -143,7 +144,7 @@ def ingest_drill(workdir: Path, rounds: int, rng: random.Random) -> dict[str, An
         failed_reruns += code != 0
         if left:
             rewrite_orphans(home)
-        expected = DOCS_PER_ROUND * (index + 1)
+        expected = sum(len(list(f.iterdir())) for f in folders[:index + 1])
         try:
             lost.append(expected - stored_documents(home))
         except RuntimeError as exc:  # the graph no longer opens: everything is lost
@@ -156,7 +157,8 @@ def ingest_drill(workdir: Path, rounds: int, rng: random.Random) -> dict[str, An
               file=sys.stderr)
     return {"rounds": len(lost), "killed_at_s": kill_points, "orphans": orphans,
             "failed_reruns": failed_reruns, "documents_lost": max(0, lost[-1]),
-            "documents_expected": DOCS_PER_ROUND * len(lost), "graph_broken": broken}
+            "documents_expected": sum(len(list(f.iterdir())) for f in folders[:len(lost)]),
+            "graph_broken": broken}
 
 
 # ---------------------------------------------------------------- concurrent first pulls

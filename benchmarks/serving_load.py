@@ -42,20 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import run_gateway  # noqa: E402 (after the path)
+
 PROMPTS = ["The capital of France is", "Water boils at", "The largest planet is",
            "A haiku about the sea:", "The opposite of hot is", "Photosynthesis makes"]
-
-
-def run_gateway(engine: Any, port: int, home: str | None) -> None:
-    import uvicorn
-
-    from sutazai.config import load_settings
-    from sutazai.security.access import AccessGuard
-    from sutazai.serving.gateway import create_app
-
-    guard = AccessGuard(load_settings(home=Path(home))).require_keys() if home else None
-    uvicorn.run(create_app(engine, guard=guard), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
 
 
 @dataclass

@@ -29,14 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def run_gateway(engine: Any, port: int) -> None:
-    import uvicorn
-
-    from sutazai.serving.gateway import create_app
-
-    uvicorn.run(create_app(engine), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+from benchmarks.common import run_gateway  # noqa: E402 (after the path)
 
 
 def main(argv: list[str] | None = None) -> int:

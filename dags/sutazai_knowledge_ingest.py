@@ -21,6 +21,8 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, check_request, launch, log
 
+from sutazai.knowledge.models import RELATION_MODES
+
 
 @dag(
     dag_id="sutazai_knowledge_ingest",
@@ -34,7 +36,7 @@ from sutazai_dag_support import DEFAULT_ARGS, DOCUMENTS, TAGS, check_request, la
     params={
         "paths": Param(None, type=["null", "array"], items={"type": "string"},
                        description="Files, folders or URIs; empty: the documents folder."),
-        "relations": Param("svo", enum=["svo", "llm", "both", "none"],
+        "relations": Param("svo", enum=list(RELATION_MODES),
                            description="How relations are extracted."),
     },
 )

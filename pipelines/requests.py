@@ -9,12 +9,13 @@ document path that does not exist) and turn it into one readable message, so tha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sutazai.benchmark.profiles import PROFILES
 from sutazai.config import Settings
+from sutazai.knowledge.models import RelationMode
 from sutazai.repository import load_catalog
 
 
@@ -63,7 +64,7 @@ class NightlyRequest(ModelSyncRequest):
 
 class KnowledgeRequest(PipelineRequest):
     paths: list[str] = []
-    relations: Literal["svo", "llm", "both", "none"] = "svo"
+    relations: RelationMode = "svo"
 
     def check(self, settings: Settings) -> None:
         missing = [p for p in self.paths if "://" not in p and not Path(p).exists()]

@@ -4,10 +4,6 @@
 ``llm_extract`` (a served model, JSON-schema constrained) find entities and relations,
 ``resolve`` merges spellings into canonical entities, ``stores`` write them with the
 Cypher in ``cypher``, ``server`` runs the embedded FalkorDB, and ``service`` ties it
-together for the CLI and the pipelines.
+together for the CLI and the pipelines. Nothing is imported here, so a DAG can read
+:data:`sutazai.knowledge.models.RELATION_MODES` without loading the extractors.
 """
-
-from sutazai.knowledge.models import GraphStats, IngestReport
-from sutazai.knowledge.service import graph_stats, ingest
-
-__all__ = ["GraphStats", "IngestReport", "graph_stats", "ingest"]

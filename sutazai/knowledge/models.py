@@ -7,7 +7,14 @@ alone and a pipeline step can pass them as JSON.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from pydantic import BaseModel, Field
+
+#: How relations are extracted: spaCy's dependency parse (subject-verb-object), the served
+#: model (JSON-schema constrained), both, or none (entities only).
+RelationMode = Literal["svo", "llm", "both", "none"]
+RELATION_MODES: tuple[str, ...] = get_args(RelationMode)
 
 
 class Provenance(BaseModel):

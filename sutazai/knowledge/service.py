@@ -22,6 +22,7 @@ from sutazai.errors import ConfigError, DocumentError, GraphStoreError, NotFound
 from sutazai.knowledge import documents
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
+    RELATION_MODES,
     Chunk,
     DocumentGraph,
     DocumentRecord,
@@ -41,7 +42,6 @@ from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.security.secrets import GRAPH_PASSWORD, optional_secret
 
 log = logging.getLogger(__name__)
-RELATION_MODES = ("svo", "llm", "both", "none")
 
 
 @contextlib.contextmanager

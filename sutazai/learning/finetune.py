@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sutazai.config import Settings
 from sutazai.errors import TrainingError
 from sutazai.progress import NULL_PROGRESS, Progress, ProgressTask
+from sutazai.repository import provenance
 from sutazai.repository.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -561,7 +562,7 @@ def _publish(settings: Settings, base: Manifest, config: dict[str, Any], model: 
         losses = _history(client, run_id, "train_loss")
         manifest, created = publish_derived(
             settings, out, name=finetuned_name(base), parent=base,
-            source=f"finetune:{base.ref}", revision=dataset_digest, format="safetensors",
+            source=provenance.finetuned_from(base), revision=dataset_digest, format="safetensors",
             description=f"{base.description or base.name}, {recipe.method} fine-tuned for "
                         f"{recipe.steps} steps on dataset {dataset_digest[:12]} (held-out "
                         f"loss {eval_before:.3f} -> {eval_after:.3f})",

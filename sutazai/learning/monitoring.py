@@ -61,16 +61,23 @@ def find_regressions(task: str, champion: str, tonight: dict[str, float],
     return found
 
 
+def earlier_nights(settings: Settings, task: str) -> list[dict[str, float]]:
+    """The watched metrics of the last ``HISTORY_NIGHTS`` monitor runs of ``task``, newest
+    first: the history both the regression check and the pushed change ratios use."""
+    registry = open_registry(settings)
+    experiment_id = registry.experiment_id(settings.learning_experiment)
+    earlier = registry.client.search_runs(
+        [experiment_id], f"tags.`sutazai.step` = 'monitor' and tags.`sutazai.task` = '{task}'",
+        order_by=["attributes.start_time DESC"], max_results=HISTORY_NIGHTS)
+    return [dict(run.data.metrics) for run in earlier]
+
+
 def monitor_champion(settings: Settings, task: str, champion: str,
                      tonight: dict[str, float]) -> list[Regression]:
     """Compare with the earlier nights' monitor runs, record tonight's, return regressions."""
     registry = open_registry(settings)
     client = registry.client
-    experiment_id = registry.experiment_id(settings.learning_experiment)
-    earlier = client.search_runs(
-        [experiment_id], f"tags.`sutazai.step` = 'monitor' and tags.`sutazai.task` = '{task}'",
-        order_by=["attributes.start_time DESC"], max_results=HISTORY_NIGHTS)
-    history = [dict(run.data.metrics) for run in earlier]
+    history = earlier_nights(settings, task)
     regressions = find_regressions(task, champion, tonight, history,
                                    settings.regression_tolerance)
     run_id = registry.start_run(

@@ -56,6 +56,7 @@ from sutazai.learning.search_space import (
     resolve_heads,
 )
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.repository import provenance
 
 if TYPE_CHECKING:
     import optuna
@@ -728,7 +729,8 @@ def register_best(settings: Settings, study_name: str, space: SearchSpace,
         folder = tinylm.save(model, tokenizer, stage / "model")
         manifest, _ = publish_derived(
             settings, folder, name=f"nas-{study_name}", parent=None, tasks=["text-generation"],
-            source=f"nas:{study_name}#{trial.number}", revision=digest, format="safetensors",
+            source=provenance.searched_in(study_name, trial.number), revision=digest,
+            format="safetensors",
             description=f"Llama found by architecture search {study_name} (trial "
                         f"{trial.number}: {arch}; validation loss {retrained:.4f} nats/token, "
                         f"{tinylm.count_parameters(model):,} parameters), trained from scratch "

@@ -228,16 +228,10 @@ def champion_changes(settings: Settings, task: str, champion: str,
     """Every watched metric's change against the median of the earlier nights' monitor runs
     (the same history and formula as :func:`sutazai.learning.monitoring.find_regressions`,
     which reports only those beyond the tolerance). Read before tonight's run is recorded."""
-    from sutazai.learning.monitoring import HISTORY_NIGHTS, find_regressions
-    from sutazai.registry import open_registry
+    from sutazai.learning.monitoring import earlier_nights, find_regressions
 
-    registry = open_registry(settings)
-    experiment_id = registry.experiment_id(settings.learning_experiment)
-    earlier = registry.client.search_runs(
-        [experiment_id], f"tags.`sutazai.step` = 'monitor' and tags.`sutazai.task` = '{task}'",
-        order_by=["attributes.start_time DESC"], max_results=HISTORY_NIGHTS)
-    history = [dict(run.data.metrics) for run in earlier]
-    every = find_regressions(task, champion, dict(tonight), history, -math.inf)
+    every = find_regressions(task, champion, dict(tonight), earlier_nights(settings, task),
+                             -math.inf)
     return {r.metric: r.change for r in every}
 
 

@@ -46,7 +46,7 @@ from sutazai.errors import OptimizationError
 from sutazai.optimize.quantize import GGUF_METHODS
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.registry import open_registry
-from sutazai.repository import open_repository
+from sutazai.repository import open_repository, provenance
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.store import Repository
 
@@ -187,7 +187,7 @@ def _gguf_variant(settings: Settings, repo: Repository, manifest: Manifest, meth
         if accepted:
             variant, _ = publish_derived(
                 settings, out, name=name, parent=manifest,
-                source=f"quantize:{manifest.ref}:{method}", revision=manifest.digest,
+                source=provenance.quantized_from(manifest, method), revision=manifest.digest,
                 format="gguf", progress=progress,
                 description=f"{manifest.description or manifest.name}, {method} variant of "
                             f"{manifest.ref} (via {hf.ref}, llama.cpp quantize)")

@@ -24,6 +24,7 @@ from sutazai.learning.monitoring import WATCHED, Regression
 from sutazai.observability.tracing import traced
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository.manifest import Manifest
+from sutazai.repository.provenance import is_finetuned, is_quantized
 from sutazai.selection.promotion import PromotionDecision
 from sutazai.selection.rules import Candidate
 
@@ -109,7 +110,7 @@ def finetune_base(settings: Settings, champion: Manifest) -> Manifest:
     from sutazai.repository import open_repository
     from sutazai.repository.manifest import parse_ref
 
-    if champion.source.startswith("quantize:") and champion.parent:
+    if is_quantized(champion) and champion.parent:
         name, version = parse_ref(champion.parent)
         return open_repository(settings).get(name, version)
     return champion
@@ -139,7 +140,7 @@ def improve_champion(settings: Settings, data: DataOutcome, task: str | None = N
     champion = open_repository(settings).get(choice.model, choice.repository_version)
     base = finetune_base(settings, champion)
     outcome.base = base.ref
-    if base.source.startswith("finetune:") and base.revision == data.snapshot.digest:
+    if is_finetuned(base) and base.revision == data.snapshot.digest:
         outcome.note = (f"{outcome.champion_before} was fine-tuned on this very snapshot "
                         f"({data.snapshot.digest[:12]}); no new data to learn from tonight")
         return outcome

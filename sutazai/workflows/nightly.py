@@ -47,6 +47,7 @@ from sutazai.observability.tracing import span, traced
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
+from sutazai.repository.provenance import made_by_learning
 from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection.rules import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
@@ -59,13 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BENCHMARKED_TASKS = GENERATION_TASKS | EMBEDDING_TASKS | {"ner"}
-# Versions SutazAI made itself: the promotion judges them on held-out data, so the nightly
-# selection (and vLLM's derived copies) leave them alone.
-LEARNED_SOURCES = ("finetune:", "quantize:", "nas:")
-
-
-def made_by_learning(manifest: Manifest) -> bool:
-    return manifest.source.startswith(LEARNED_SOURCES)
 REPORT_NAME = "nightly-latest.json"
 
 
@@ -379,10 +373,8 @@ def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleRe
 
 def _cycle(settings: Settings, progress: Progress) -> CycleReport:
     started = time.monotonic()
-    with span("step mirror_catalog", **{"sutazai.step": "mirror_catalog"}):
-        outcomes = mirror_catalog(settings, progress=progress)
-    with span("step verify_repository", **{"sutazai.step": "verify_repository"}):
-        manifests, problems = verify_repository(settings, progress=progress)
+    outcomes = mirror_catalog(settings, progress=progress)  # each traced as its own step
+    manifests, problems = verify_repository(settings, progress=progress)
     if problems:
         return CycleReport(outcomes=outcomes, versions=len(manifests), problems=problems,
                            seconds=time.monotonic() - started)
