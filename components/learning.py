@@ -48,11 +48,9 @@ def search_architectures(data: dict, worker: int) -> dict:
     from sutazai.config import load_settings
     from sutazai.workflows.improvement import DataOutcome, search_architectures
 
-    outcome = DataOutcome.model_validate(data)
-    if outcome.snapshot is None:
-        return {}
-    return search_architectures(load_settings(), outcome, int(worker)).model_dump(
-        mode="json", exclude_none=True)
+    outcome = search_architectures(load_settings(), DataOutcome.model_validate(data),
+                                   int(worker))
+    return outcome.model_dump(mode="json", exclude_none=True) if outcome else {}
 
 
 @component
@@ -62,10 +60,8 @@ def register_architecture(data: dict) -> dict:
     from sutazai.config import load_settings
     from sutazai.workflows.improvement import DataOutcome, register_searched
 
-    outcome = DataOutcome.model_validate(data)
-    if outcome.snapshot is None:
-        return {}
-    return register_searched(load_settings(), outcome).model_dump(mode="json", exclude_none=True)
+    outcome = register_searched(load_settings(), DataOutcome.model_validate(data))
+    return outcome.model_dump(mode="json", exclude_none=True) if outcome else {}
 
 
 @component

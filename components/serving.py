@@ -15,10 +15,8 @@ def deploy_champion(selections: list[dict]) -> dict:
     the cluster is rolled by the deployment manifests in ``infra/``.
     """
     from sutazai.config import load_settings
-    from sutazai.workflows.nightly import ask_champion
+    from sutazai.workflows.nightly import SelectionOutcome, deploy_champion
 
-    settings = load_settings()
-    if not any(s["task"] == settings.default_task and s.get("champion") for s in selections):
-        return {}
-    answer = ask_champion(settings)
+    answer = deploy_champion(load_settings(),
+                             [SelectionOutcome.model_validate(s) for s in selections])
     return answer.model_dump() if answer else {}

@@ -2,19 +2,8 @@
 ### SutazAI nightly cycle
 
 Every night SutazAI tries to make its models better and proves it before anything changes
-in production. The Kubeflow pipeline `nightly` runs, in order:
-
-1. **mirror** the catalog (pull, verify, register in MLflow);
-2. **convert** GGUF generation models to safetensors for vLLM (derived, registered versions);
-3. **benchmark** every (model version, engine) pair, reusing identical earlier runs;
-4. **select** the champion and challenger of each task under the SLOs (MLflow aliases);
-5. **gate** tonight's training data with Great Expectations (a failure stops here);
-6. **fine-tune** the text-generation champion (LoRA), quantise it to GGUF, and **challenge**
-   the champion with it on held-out data: promoted only by the margin within the SLOs;
-   beside it, an Optuna **architecture search** by two workers registers its best model;
-7. **deploy**: serve tonight's text-generation champion and prove it answers;
-8. **monitor** each champion against earlier nights, and **report**: one summary with a
-   before/after table, kept under `.sutazai/reports/` and in MLflow.
+in production. The Kubeflow pipeline `nightly` runs the stages listed below, in order (the
+list is written from `sutazai.workflows.cycle.NIGHTLY`, the one place that declares them).
 
 **Conf** — `models`: catalog names (default: all); `profile`: the load profile.
 """
@@ -27,6 +16,8 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 from sutazai_dag_support import DEFAULT_ARGS, TAGS, check_request, launch, log
 
+from sutazai.workflows.cycle import describe
+
 
 @dag(
     dag_id="sutazai_nightly",
@@ -36,7 +27,7 @@ from sutazai_dag_support import DEFAULT_ARGS, TAGS, check_request, launch, log
     dagrun_timeout=timedelta(hours=8),
     default_args={**DEFAULT_ARGS, "retries": 1},
     tags=[*TAGS, "nightly"],
-    doc_md=__doc__,
+    doc_md=f"{__doc__}\n{describe()}\n",
     params={
         "models": Param(None, type=["null", "array"], items={"type": "string"},
                         description="Catalog names to mirror; empty: all of them."),

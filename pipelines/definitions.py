@@ -3,9 +3,9 @@
 - ``model_sync``: list the catalog -> for each model (2 at a time): pull -> verify -> register.
 - ``benchmark_select``: derive engine formats -> plan -> benchmark each (model, engine) pair,
   one at a time -> select the champion and challenger of each task.
-- ``nightly``: model_sync -> benchmark_select -> gate tonight's data -> fine-tune the
-  champion, quantise, challenge it (promote only by the margin) and, beside it, an
-  architecture search shared by two worker steps -> deploy the champion -> monitor -> report.
+- ``nightly``: the stages declared in ``sutazai.workflows.cycle.NIGHTLY``, in order, one
+  group of tasks each (the mirror and benchmark groups as above; the architecture search is
+  shared by two worker steps).
 - ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
   the graph -> statistics.
 
@@ -16,6 +16,8 @@ off for every step: each one reads state that changes outside its inputs (the so
 repository, MLflow), so a cached result would be stale. Benchmarks run one at a time so
 that two never share (and distort) the same node.
 """
+
+from collections.abc import Callable
 
 from kfp import dsl
 from kfp.dsl import PipelineTask
@@ -32,6 +34,7 @@ from components.learning import (
 from components.model_sync import list_catalog, pull_model, register_model, verify_model
 from components.report import summarize_cycle
 from components.serving import deploy_champion
+from sutazai.workflows.cycle import NIGHTLY
 
 GPU = "nvidia.com/gpu"
 
@@ -61,23 +64,31 @@ def mirror_steps(models: list[str]) -> PipelineTask:
     return registered
 
 
-def benchmark_steps(mirrored: PipelineTask | None, profile: str
-                    ) -> tuple[PipelineTask, PipelineTask, PipelineTask]:
-    """Add convert -> plan -> benchmarks -> select; returns the tasks the report needs.
+Tasks = dict[str, PipelineTask]
 
-    A loop's outputs are collected once per consumer: KFP 2.17 fails to compile one
-    ``dsl.Collected`` read by two tasks.
-    """
-    synced = dsl.Collected(mirrored.output) if mirrored is not None else []
-    converted = on_cluster(convert_models(synced=synced), "2", "8G", retries=1)
-    plan = on_cluster(plan_benchmarks(conversion_failures=converted.output), "0.5", "1G")
+
+def convert_stage(tasks: Tasks) -> PipelineTask:
+    """Derive engine formats (after the mirror, when the pipeline mirrors)."""
+    synced = dsl.Collected(tasks["mirror"].output) if "mirror" in tasks else []
+    return on_cluster(convert_models(synced=synced), "2", "8G", retries=1)
+
+
+def benchmark_stage(tasks: Tasks, profile: str) -> PipelineTask:
+    """Plan -> benchmark each pair, one at a time; returns the loop's task."""
+    plan = on_cluster(plan_benchmarks(conversion_failures=tasks["convert"].output), "0.5", "1G")
     with dsl.ParallelFor(plan.output, parallelism=1) as item:
         measured = on_cluster(
             benchmark_model(ref=item.ref, engine=item.engine, profile=profile),
             "4", "16G", gpu=True, retries=1)
-    selected = on_cluster(select_champions(benchmarks=dsl.Collected(measured.outputs["Output"]),
-                                           profile=profile), "1", "2G", retries=2)
-    return converted, selected, measured
+    return measured
+
+
+def select_stage(tasks: Tasks, profile: str) -> PipelineTask:
+    """A loop's outputs are collected once per consumer: KFP 2.17 fails to compile one
+    ``dsl.Collected`` read by two tasks (the report collects the benchmarks again)."""
+    return on_cluster(select_champions(
+        benchmarks=dsl.Collected(tasks["benchmark"].outputs["Output"]), profile=profile),
+        "1", "2G", retries=2)
 
 
 @dsl.pipeline(name="sutazai-model-sync",
@@ -89,51 +100,69 @@ def model_sync(models: list[str] = []) -> list[dict]:  # noqa: B006 (KFP needs a
 @dsl.pipeline(name="sutazai-benchmark-select",
               description="Benchmark every model version on its engines; select per task.")
 def benchmark_select(profile: str = "") -> list[dict]:
-    _, selected, _ = benchmark_steps(None, profile)
-    return selected.outputs["Output"]
+    tasks: Tasks = {}
+    tasks["convert"] = convert_stage(tasks)
+    tasks["benchmark"] = benchmark_stage(tasks, profile)
+    return select_stage(tasks, profile).outputs["Output"]
 
 
 NAS_WORKERS = 2
 
 
-def improvement_steps(selected: PipelineTask
-                      ) -> tuple[PipelineTask, PipelineTask, PipelineTask]:
-    """Gate -> (fine-tune + challenge) and (search by NAS_WORKERS workers -> register);
-    returns the data, improvement and registration tasks.
+def search_stage(tasks: Tasks) -> PipelineTask:
+    """NAS_WORKERS search workers, then one registration after them; returns the latter.
 
     The workers are separate tasks, not a ParallelFor over constants: kfp.local 2.17 binds a
     constant loop's item to the wrong parameter.
     """
-    data = on_cluster(validate_training_data(selections=selected.outputs["Output"]), "1", "2G")
-    gated = data.outputs["Output"]
-    improved = on_cluster(finetune_and_challenge(data=gated), "8", "32G", gpu=True, retries=1)
+    gated = tasks["gate"].outputs["Output"]
     searches = [on_cluster(search_architectures(data=gated, worker=worker), "4", "8G",
                            gpu=True, retries=1) for worker in range(NAS_WORKERS)]
-    registered = on_cluster(register_architecture(data=gated), "4", "8G", gpu=True)
-    registered.after(*searches)
-    return data, improved, registered
+    return on_cluster(register_architecture(data=gated), "4", "8G", gpu=True).after(*searches)
+
+
+def report_stage(tasks: Tasks) -> PipelineTask:
+    return on_cluster(summarize_cycle(
+        mirrored=dsl.Collected(tasks["mirror"].output),
+        conversion_failures=tasks["convert"].output,
+        benchmarks=dsl.Collected(tasks["benchmark"].outputs["Output"]),
+        selections=tasks["select"].outputs["Output"], answer=tasks["deploy"].output,
+        data=tasks["gate"].outputs["Output"], improvement=tasks["improve"].outputs["Output"],
+        search=tasks["search"].output, regressions=tasks["monitor"].output), "0.5", "1G")
+
+
+def nightly_stages(models: list[str], profile: str) -> dict[str, Callable[[Tasks], PipelineTask]]:
+    """How each stage of :data:`sutazai.workflows.cycle.NIGHTLY` becomes tasks; each builder
+    reads the tasks of the stages it needs (a test checks the compiled edges)."""
+    return {
+        "mirror": lambda tasks: mirror_steps(models),
+        "convert": convert_stage,
+        "benchmark": lambda tasks: benchmark_stage(tasks, profile),
+        "select": lambda tasks: select_stage(tasks, profile),
+        "gate": lambda tasks: on_cluster(validate_training_data(
+            selections=tasks["select"].outputs["Output"]), "1", "2G"),
+        "improve": lambda tasks: on_cluster(finetune_and_challenge(
+            data=tasks["gate"].outputs["Output"]), "8", "32G", gpu=True, retries=1),
+        "search": search_stage,
+        "deploy": lambda tasks: on_cluster(deploy_champion(
+            selections=tasks["select"].outputs["Output"]), "4", "16G", gpu=True,
+            retries=1).after(tasks["improve"]),
+        "monitor": lambda tasks: on_cluster(monitor_champions(
+            selections=tasks["select"].outputs["Output"],
+            improvement=tasks["improve"].outputs["Output"]), "0.5", "1G"),
+        "report": report_stage,
+    }
 
 
 @dsl.pipeline(name="sutazai-nightly",
               description="The nightly cycle: mirror, benchmark, select, improve, deploy, "
                           "monitor, report.")
 def nightly(models: list[str] = [], profile: str = "") -> dict:  # noqa: B006
-    mirrored = mirror_steps(models)
-    converted, selected, measured = benchmark_steps(mirrored, profile)
-    data, improved, registered = improvement_steps(selected)
-    deployed = on_cluster(deploy_champion(selections=selected.outputs["Output"]), "4", "16G",
-                          gpu=True, retries=1).after(improved)
-    improvement = improved.outputs["Output"]
-    monitored = on_cluster(monitor_champions(selections=selected.outputs["Output"],
-                                             improvement=improvement), "0.5", "1G")
-    report = on_cluster(summarize_cycle(
-        mirrored=dsl.Collected(mirrored.output),
-        conversion_failures=converted.output,
-        benchmarks=dsl.Collected(measured.outputs["Output"]),
-        selections=selected.outputs["Output"], answer=deployed.output,
-        data=data.outputs["Output"], improvement=improvement, search=registered.output,
-        regressions=monitored.output), "0.5", "1G")
-    return report.outputs["Output"]
+    builders = nightly_stages(models, profile)
+    tasks: Tasks = {}
+    for stage in NIGHTLY:  # declared once, in sutazai.workflows.cycle
+        tasks[stage.name] = builders[stage.name](tasks)
+    return tasks["report"].outputs["Output"]
 
 
 @dsl.pipeline(name="sutazai-knowledge-ingest",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -242,7 +243,6 @@ def test_knowledge_ingest_pipeline_runs_locally(local_settings: Settings, tmp_pa
 def test_every_setting_reaches_a_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A step's process rebuilds the caller's settings from the environment it is given:
     every field, not a hand-kept list (a forgotten one fell back to its default)."""
-    import os
 
     from pipelines.runner import settings_environment
     from sutazai.benchmark.metrics import SLO
@@ -265,3 +265,49 @@ def test_every_setting_reaches_a_step(tmp_path: Path, monkeypatch: pytest.Monkey
         caller.repository_root, caller.tracking_uri, caller.documents_root)
     # defaults stay defaults: secrets_config reads the secrets_* fields a caller set
     assert not [n for n in environment if n.startswith("SUTAZAI_SECRETS_")]
+
+
+def test_the_nightly_cycle_is_declared_once(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """Both executors follow sutazai.workflows.cycle.NIGHTLY: run_cycle has exactly one
+    function per stage, and in the compiled Kubeflow pipeline every stage's task depends,
+    directly or through others, on the task of each stage it needs."""
+    import networkx as nx
+    from kfp import compiler, dsl
+    from kfp.dsl import pipeline_context
+
+    from pipelines import definitions
+    from sutazai.workflows.cycle import NIGHTLY
+    from sutazai.workflows.nightly import IN_PROCESS
+
+    names = [stage.name for stage in NIGHTLY]
+    assert list(IN_PROCESS) == names
+    for index, stage in enumerate(NIGHTLY):
+        assert set(stage.needs) <= set(names[:index]), f"{stage.name} needs a later stage"
+
+    built: dict[str, str] = {}
+    graph = nx.DiGraph()
+    declared = definitions.nightly_stages
+
+    def recording(models: list[str], profile: str) -> dict[str, Any]:
+        def record(name: str, build: Any) -> Any:
+            def run(tasks: dict[str, Any]) -> Any:
+                task = build(tasks)
+                built[name] = task.name
+                for each in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+                    upstream = set(each._task_spec.dependent_tasks or []) | {
+                        channel.task_name for channel in each.channel_inputs
+                        if channel.task_name}
+                    graph.add_edges_from((each.name, up) for up in upstream)
+                return task
+            return run
+        return {name: record(name, build) for name, build in declared(models, profile).items()}
+
+    monkeypatch.setattr(definitions, "nightly_stages", recording)
+    fresh = dsl.pipeline(name="nightly-probe")(definitions.nightly.pipeline_func)
+    compiler.Compiler().compile(fresh, str(tmp_path / "nightly.yaml"))
+    assert list(built) == names
+    for stage in NIGHTLY:
+        for need in stage.needs:
+            assert nx.has_path(graph, built[stage.name], built[need]), (
+                f"the pipeline runs {stage.name} without waiting for {need}")

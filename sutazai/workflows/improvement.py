@@ -187,11 +187,14 @@ def study_name(data: DataOutcome) -> str:
 
 @traced("search_architectures")
 def search_architectures(settings: Settings, data: DataOutcome, worker: int | None = None,
-                         progress: Progress = NULL_PROGRESS) -> SearchOutcome:
-    """Run this worker's share of tonight's study (several workers share its storage)."""
+                         progress: Progress = NULL_PROGRESS) -> SearchOutcome | None:
+    """Run this worker's share of tonight's study (several workers share its storage);
+    None when there is no data to search on."""
     from sutazai.learning.nas import run_study
     from sutazai.learning.search_space import load_space
 
+    if data.snapshot is None:
+        return None
     train, heldout = split_texts(data)
     report = run_study(settings, load_space(settings.nas_space), train, heldout,
                        study_name=study_name(data), n_trials=settings.nas_trials,
@@ -202,11 +205,14 @@ def search_architectures(settings: Settings, data: DataOutcome, worker: int | No
 
 
 @traced("register_searched")
-def register_searched(settings: Settings, data: DataOutcome) -> SearchOutcome:
-    """Register the finished study's best architecture as a model version with lineage."""
+def register_searched(settings: Settings, data: DataOutcome) -> SearchOutcome | None:
+    """Register the finished study's best architecture as a model version with lineage;
+    None when there was no data to search on."""
     from sutazai.learning.nas import register_best, show_study
     from sutazai.learning.search_space import load_space
 
+    if data.snapshot is None:
+        return None
     train, heldout = split_texts(data)
     name = study_name(data)
     manifest = register_best(settings, name, load_space(settings.nas_space), train, heldout)

@@ -1,19 +1,11 @@
-"""The nightly cycle, as steps that a pipeline runs one by one or ``run_cycle`` runs in turn.
+"""The nightly cycle's steps, and ``run_cycle``, which runs them in this process.
 
-1. Mirror every catalog model, register it in MLflow, re-verify the repository.
-2. Derive a safetensors version of each GGUF generation model so vLLM can serve it too.
-3. Plan and run benchmarks: the latest version of every model on every engine that can
-   serve it here (load and quality for text generation, quality for embeddings and spaCy
-   NER); a benchmark of the same bytes, engine and profile is reused.
-4. Select the champion and challenger of each task under the SLOs; set the aliases.
-5. Improve (:mod:`sutazai.workflows.improvement`): gate tonight's data, fine-tune the champion,
-   quantise it back to the champion's format, challenge the champion with it; search small
-   architectures on the same data; compare each champion with earlier nights.
-6. Serve the text-generation champion briefly and ask it one question, to prove it answers.
-
-Each step takes the settings and plain values and returns pydantic models, so the KFP
-components that wrap them stay one call long and their outputs serialise as JSON. Each is
-a span ``step <name>`` when tracing is on (:mod:`sutazai.observability.tracing`); the cycle, the
+The stages and their order are declared once, in :data:`sutazai.workflows.cycle.NIGHTLY`;
+``run_cycle`` runs one function per stage (:data:`IN_PROCESS`), and the Kubeflow pipeline
+``nightly`` calls the same step functions through its components. Each step takes the
+settings and plain values and returns pydantic models, so the KFP components that wrap
+them stay one call long and their outputs serialise as JSON. Each is a span
+``step <name>`` when tracing is on (:mod:`sutazai.observability.tracing`); the cycle, the
 monitor, the report and the graph statistics push their metrics to the Pushgateway when
 one is configured (:mod:`sutazai.observability.metrics`).
 """
@@ -23,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +46,7 @@ from sutazai.repository.store import FileProblem, Repository
 from sutazai.selection.rules import Candidate
 from sutazai.serving.engines import EMBEDDING_TASKS, ENGINES, GENERATION_TASKS, VllmEngine
 from sutazai.workflows import improvement as self_improvement
+from sutazai.workflows.cycle import NIGHTLY
 from sutazai.workflows.improvement import DataOutcome, ImprovementOutcome, SearchOutcome
 from sutazai.workflows.mirror import MirrorOutcome, mirror_catalog, verify_repository
 
@@ -256,6 +251,15 @@ def ask_champion(settings: Settings, prompt: str = "The capital of France is"
                             seconds=time.perf_counter() - started)
 
 
+@traced("deploy_champion")
+def deploy_champion(settings: Settings, selections: list[SelectionOutcome]
+                    ) -> ServedAnswer | None:
+    """Prove tonight's champion of the default task serves (None when it has none)."""
+    if not any(s.task == settings.default_task and s.champion for s in selections):
+        return None
+    return ask_champion(settings)
+
+
 def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOutcome],
                     plan: BenchmarkPlan, selections: list[SelectionOutcome],
                     answer: ServedAnswer | None, *, versions: int,
@@ -301,26 +305,6 @@ def load_report(settings: Settings) -> CycleReport:
         raise NotFoundError(f"no nightly report at {path} yet: run 'make run' (or the "
                             "sutazai_nightly DAG) first")
     return CycleReport.model_validate_json(path.read_text())
-
-
-@traced("improve")
-def improve(settings: Settings, selections: list[SelectionOutcome], failures: list[str],
-            progress: Progress = NULL_PROGRESS
-            ) -> tuple[DataOutcome | None, ImprovementOutcome | None, SearchOutcome | None,
-                       list[Regression]]:
-    """The self-improvement half of the cycle, in this process; problems go to ``failures``."""
-    data = improvement = search = None
-    try:
-        data = self_improvement.prepare_data(settings)
-        improvement = self_improvement.improve_champion(settings, data, progress=progress)
-        if data.snapshot is not None:
-            self_improvement.search_architectures(settings, data, progress=progress)
-            search = self_improvement.register_searched(settings, data)
-    except DataGateError as exc:
-        failures.append(f"the data gate stopped training: {exc}")
-    except SutazAIError as exc:
-        failures.append(f"self-improvement failed: {exc}")
-    return data, improvement, search, monitor_champions(settings, selections, improvement)
 
 
 @traced("monitor_champions")
@@ -371,24 +355,111 @@ def run_cycle(settings: Settings, progress: Progress = NULL_PROGRESS) -> CycleRe
         return report
 
 
+@dataclass
+class _CycleState:
+    """What the stages of one in-process cycle hand each other."""
+
+    started: float
+    outcomes: list[MirrorOutcome] = field(default_factory=list)
+    versions: int = 0
+    problems: list[FileProblem] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    plan: BenchmarkPlan = field(default_factory=BenchmarkPlan)
+    benchmarks: list[BenchmarkOutcome] = field(default_factory=list)
+    selections: list[SelectionOutcome] = field(default_factory=list)
+    data: DataOutcome | None = None
+    improvement: ImprovementOutcome | None = None
+    search: SearchOutcome | None = None
+    answer: ServedAnswer | None = None
+    regressions: list[Regression] = field(default_factory=list)
+    report: CycleReport | None = None
+
+
+Stage = Callable[[Settings, _CycleState, Progress], None]
+
+
+def _mirror(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.outcomes = mirror_catalog(settings, progress=progress)  # each traced as a step
+    manifests, state.problems = verify_repository(settings, progress=progress)
+    state.versions = len(manifests)
+
+
+def _convert(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.failures += derive_for_vllm(settings, progress)
+
+
+def _benchmark(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.plan = plan_benchmarks(settings)
+    state.benchmarks = [run_benchmark(settings, item, progress=progress)
+                        for item in state.plan.items]
+
+
+def _select(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.selections = select_tasks(settings, [b.summary.task for b in state.benchmarks
+                                               if b.summary])
+
+
+def _gate(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    try:
+        state.data = self_improvement.prepare_data(settings)
+    except DataGateError as exc:
+        state.failures.append(f"the data gate stopped training: {exc}")
+    except SutazAIError as exc:
+        state.failures.append(f"self-improvement failed: {exc}")
+
+
+def _improve(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    if state.data is None:  # the gate failed: nothing trains
+        return
+    try:
+        state.improvement = self_improvement.improve_champion(settings, state.data,
+                                                              progress=progress)
+    except SutazAIError as exc:
+        state.failures.append(f"self-improvement failed: {exc}")
+
+
+def _search(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    if state.data is None:
+        return
+    try:
+        self_improvement.search_architectures(settings, state.data, progress=progress)
+        state.search = self_improvement.register_searched(settings, state.data)
+    except SutazAIError as exc:
+        state.failures.append(f"architecture search failed: {exc}")
+
+
+def _deploy(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.answer = deploy_champion(settings, state.selections)
+
+
+def _monitor(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.regressions = monitor_champions(settings, state.selections, state.improvement)
+
+
+def _report(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.report = assemble_report(
+        state.outcomes, state.benchmarks, state.plan, state.selections, state.answer,
+        versions=state.versions, failures=state.failures,
+        seconds=time.monotonic() - state.started, data=state.data,
+        improvement=state.improvement, search=state.search, regressions=state.regressions)
+    save_report(settings, state.report)
+
+
+#: One function per stage of :data:`sutazai.workflows.cycle.NIGHTLY` (a test holds them equal).
+IN_PROCESS: dict[str, Stage] = {
+    "mirror": _mirror, "convert": _convert, "benchmark": _benchmark, "select": _select,
+    "gate": _gate, "improve": _improve, "search": _search, "deploy": _deploy,
+    "monitor": _monitor, "report": _report,
+}
+
+
 def _cycle(settings: Settings, progress: Progress) -> CycleReport:
-    started = time.monotonic()
-    outcomes = mirror_catalog(settings, progress=progress)  # each traced as its own step
-    manifests, problems = verify_repository(settings, progress=progress)
-    if problems:
-        return CycleReport(outcomes=outcomes, versions=len(manifests), problems=problems,
-                           seconds=time.monotonic() - started)
-    failures = derive_for_vllm(settings, progress)
-    plan = plan_benchmarks(settings)
-    benchmarks = [run_benchmark(settings, item, progress=progress) for item in plan.items]
-    selections = select_tasks(settings, [b.summary.task for b in benchmarks if b.summary])
-    data, improvement, search, regressions = improve(settings, selections, failures, progress)
-    answer = None
-    if any(s.task == settings.default_task and s.champion for s in selections):
-        answer = ask_champion(settings)
-    report = assemble_report(outcomes, benchmarks, plan, selections, answer,
-                             versions=len(manifests), failures=failures,
-                             seconds=time.monotonic() - started, data=data,
-                             improvement=improvement, search=search, regressions=regressions)
-    save_report(settings, report)
-    return report
+    state = _CycleState(started=time.monotonic())
+    for stage in NIGHTLY:
+        IN_PROCESS[stage.name](settings, state, progress)
+        if state.problems:  # a repository that fails verification stops the cycle
+            return CycleReport(outcomes=state.outcomes, versions=state.versions,
+                               problems=state.problems,
+                               seconds=time.monotonic() - state.started)
+    assert state.report is not None, "the last stage reports"
+    return state.report
