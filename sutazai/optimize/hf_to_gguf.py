@@ -34,7 +34,7 @@ The tensors are the inverse of what transformers' GGUF loader (and so
 - **Types.** Matrices in F16 (or F32), vectors (norms) in F32, as llama.cpp's converter
   does: llama.cpp keeps 1-D tensors in F32 even when it quantizes.
 
-Correctness is measured, not assumed: tests/test_quantize.py converts the Gemma GGUF to HF
+Correctness is measured, not assumed: tests/optimize/test_quantize.py converts the Gemma GGUF to HF
 and back and checks llama.cpp's perplexity of the result against the original's.
 """
 

@@ -19,7 +19,7 @@ from sutazai.repository import open_repository
 from sutazai.security.audit import open_audit_log
 from sutazai.selection.promotion import Evaluation, decide, hold_or_replace
 from sutazai.selection.rules import Candidate, Weights, select
-from tests.test_benchmark_run import publish
+from tests.benchmark.test_benchmark_run import publish
 
 TASK = "text-generation"
 

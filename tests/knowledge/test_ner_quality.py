@@ -19,7 +19,7 @@ from sutazai.repository import open_repository
 from sutazai.workflows.mirror import mirror_catalog
 from tests.helpers import spacy_model_folder
 
-DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
 
 
 def test_ner_benchmark_is_logged_to_mlflow(settings: Settings) -> None:

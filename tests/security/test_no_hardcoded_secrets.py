@@ -22,11 +22,11 @@ from sutazai.config import Settings
 from sutazai.security.audit import open_audit_log
 from sutazai.security.secrets import SecretNotFoundError, provider_from
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Files whose purpose is to contain fake secrets; the whole file is skipped.
 EXCLUDED = {
-    "tests/test_data_gate.py": "feeds fake AWS/GitHub/Slack keys, a JWT and a private-key "
+    "tests/learning/test_data_gate.py": "feeds fake AWS/GitHub/Slack keys, a JWT and a private-key "
                                "header to the data gate to prove it masks them",
 }
 
@@ -50,10 +50,10 @@ ALLOWED = {
     ("sutazai/security/rate_limit.py", "Secret Keyword",
      "b4be11f766949067c36984e4cc8b23b3df908aca"):  # pragma: allowlist secret
         "PASSWORD_SECRET is the secret's *name* serving/rate-limit-password",
-    ("tests/test_pipeline_metrics.py", "Basic Auth Credentials",
+    ("tests/observability/test_pipeline_metrics.py", "Basic Auth Credentials",
      "f3bbbd66a63d4bf1747940578ec3d0103530e21d"):  # pragma: allowlist secret
         "a made-up password in a Pushgateway URL, to test that logs redact it",
-    ("tests/test_pipeline_metrics.py", "Basic Auth Credentials",
+    ("tests/observability/test_pipeline_metrics.py", "Basic Auth Credentials",
      "fef341f85d87439e7d91a2d465b9871ef66b5e98"):  # pragma: allowlist secret
         "a made-up password a test Pushgateway checks, to test basic auth is sent",
     ("sutazai/knowledge/server.py", "Secret Keyword",

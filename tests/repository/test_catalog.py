@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sutazai.errors import CatalogError
 from sutazai.repository.catalog import SCHEMES, load_catalog, parse_catalog
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "catalog.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "catalog.yaml"
 
 
 def valid(**overrides: Any) -> dict[str, Any]:

@@ -27,9 +27,9 @@ from sutazai.repository import Repository, load_catalog, pull
 from sutazai.repository.crypto import RepositoryKey, forget_repository_keys
 from sutazai.workflows.mirror import mirror_catalog, remove_version
 from tests.helpers import entry, flip_byte
+from tests.repository.test_pypi_source import build_wheel, publish_index
 from tests.servers import Nginx
 from tests.test_cli import sutazai
-from tests.test_pypi_source import build_wheel, publish_index
 
 WEIGHTS = b"W" * 300_000
 

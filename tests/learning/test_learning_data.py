@@ -28,7 +28,7 @@ from sutazai.learning.datastore import (
     training_texts,
 )
 
-SEED = Path(__file__).resolve().parents[1] / "examples" / "feedback-seed.jsonl"
+SEED = Path(__file__).resolve().parents[2] / "examples" / "feedback-seed.jsonl"
 
 
 @pytest.fixture(scope="module")

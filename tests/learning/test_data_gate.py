@@ -15,7 +15,7 @@ from sutazai.errors import DataGateError
 from sutazai.learning.datastore import DatasetSnapshot, FeedbackStore, snapshot
 from sutazai.learning.gate import GateReport, GateSuite, redact, require_pass, run_gate, validate
 
-SEED = Path(__file__).resolve().parents[1] / "examples" / "feedback-seed.jsonl"
+SEED = Path(__file__).resolve().parents[2] / "examples" / "feedback-seed.jsonl"
 EMAIL = "jane.doe@example.com"
 KEY = "sk-proj4f9Kx2LmQ8vZpR7tYw3N"
 

@@ -1,6 +1,6 @@
 """Secrets SutazAI generates for its embedded services (private, stable, never replaced),
 the env / file providers, their configuration, writes, and the one entry point
-(``settings_provider`` / ``read_secret``); Vault: tests/test_vault.py."""
+(``settings_provider`` / ``read_secret``); Vault: tests/security/test_vault.py."""
 
 from __future__ import annotations
 

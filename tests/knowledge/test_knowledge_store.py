@@ -179,7 +179,7 @@ import sys, time
 from pathlib import Path
 import sutazai.serving.process as process
 from tests.knowledge_helpers import falkordb
-from tests.test_knowledge_store import entities
+from tests.knowledge.test_knowledge_store import entities
 if sys.argv[2] == "no-parent-death-signal":
     process._prctl = None  # as on a kernel without prctl: the server outlives its owner
 with falkordb(Path(sys.argv[1])) as (server, store):
@@ -197,7 +197,7 @@ def _killed_owner(data_dir: Path, mode: str) -> int:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(data_dir), mode], cwd=root,
                              stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(root)})

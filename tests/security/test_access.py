@@ -43,7 +43,7 @@ from sutazai.security.audit import AuditRecord, open_audit_log
 from sutazai.serving.engines import RunningEngine, start_engine
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
-from tests.test_benchmark_run import publish
+from tests.benchmark.test_benchmark_run import publish
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from sutazai.serving.engines import start_engine
 from sutazai.serving.gateway import INTERACTION_HEADER, GatewayThread, create_app
 from sutazai.serving.process import free_port
 from sutazai.serving.rollout import ChampionWatcher
-from tests.test_benchmark_run import publish
+from tests.benchmark.test_benchmark_run import publish
 
 pytestmark = pytest.mark.slow
 TASK = "text-generation"

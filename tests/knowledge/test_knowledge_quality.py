@@ -12,7 +12,7 @@ from sutazai.config import Settings
 from sutazai.knowledge.evaluate import evaluate, load_gold
 from sutazai.knowledge.extract import SpacyExtractor, load_spacy
 
-GOLD = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "kg_gold.jsonl"
+GOLD = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "kg_gold.jsonl"
 
 
 @pytest.mark.slow  # loads spaCy

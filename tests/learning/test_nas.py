@@ -33,7 +33,7 @@ from sutazai.learning.nas import (
 from sutazai.learning.search_space import SearchSpace, resolve_heads
 from tests.tiny_llama import _corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = _corpus(3, 240)
 TRAIN, HELD = TEXTS[:216], TEXTS[216:]
 
@@ -289,7 +289,7 @@ WORKER = """
 import sys
 from sutazai.config import Settings
 from sutazai.learning.nas import load_space, run_study
-from tests.test_nas import TRAIN, HELD
+from tests.learning.test_nas import TRAIN, HELD
 settings = Settings()
 worker = None if sys.argv[4] == "-" else int(sys.argv[4])
 report = run_study(settings, load_space(sys.argv[1]), TRAIN, HELD, study_name=sys.argv[2],

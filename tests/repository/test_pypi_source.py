@@ -17,7 +17,7 @@ from sutazai.repository import Repository, load_catalog, pull
 from tests.helpers import entry
 from tests.servers import Nginx
 
-REPO_CATALOG = Path(__file__).resolve().parents[1] / "models" / "catalog.yaml"
+REPO_CATALOG = Path(__file__).resolve().parents[2] / "models" / "catalog.yaml"
 
 
 def build_wheel(project: str, version: str, files: dict[str, bytes], requires: list[str]

@@ -22,7 +22,7 @@ from sutazai.security.secrets import env_var
 from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
 from tests.helpers import upstream_engine
-from tests.test_access import write_table
+from tests.security.test_access import write_table
 
 PASSWORD = "rate-limit-test-password"  # pragma: allowlist secret
 

@@ -1,0 +1,1 @@
+"""Tests of sutazai.benchmark: the benchmark runner and its metrics."""

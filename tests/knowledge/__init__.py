@@ -1,0 +1,1 @@
+"""Tests of sutazai.knowledge: documents, extraction, resolution, graph stores."""

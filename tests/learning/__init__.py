@@ -1,0 +1,1 @@
+"""Tests of sutazai.learning: data store and gate, fine-tuning, NAS, monitoring."""

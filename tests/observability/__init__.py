@@ -1,0 +1,1 @@
+"""Tests of sutazai.observability: tracing and pushed metrics."""

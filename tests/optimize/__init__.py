@@ -1,0 +1,1 @@
+"""Tests of sutazai.optimize: quantisation and conversion."""

@@ -1,0 +1,1 @@
+"""Tests of sutazai.registry: the MLflow registry."""

@@ -1,0 +1,1 @@
+"""Tests of sutazai.repository: sources, pulls, bundles, integrity, encryption."""

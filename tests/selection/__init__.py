@@ -1,0 +1,1 @@
+"""Tests of sutazai.selection: selection and promotion rules."""

@@ -1,0 +1,1 @@
+"""Tests of sutazai.serving: engines, the gateway, rollout, the HTTP API under fuzzing."""
