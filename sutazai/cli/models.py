@@ -14,7 +14,7 @@ from sutazai.cli.output import console, emit_json, errors, short, size
 from sutazai.cli.progress import RichProgress
 from sutazai.config import load_settings
 from sutazai.errors import IntegrityError
-from sutazai.repository import open_repository
+from sutazai.repository import encryption, open_repository
 from sutazai.repository.bundle import export_bundle, import_bundle
 from sutazai.repository.manifest import parse_ref
 from sutazai.repository.store import repair_hint
@@ -186,7 +186,7 @@ def _rewrite_blobs(action: str, as_json: bool, run: Callable[..., Any],
 def encrypt_command(as_json: bool = JSON) -> None:
     """Encrypt every plain blob in place (AES-256-GCM, key: the secret repository/key)."""
     _rewrite_blobs(
-        "encrypt", as_json, lambda repo, progress: repo.encrypt_blobs(progress),
+        "encrypt", as_json, encryption.encrypt_blobs,
         lambda r: (f"encrypted {r.encrypted} blob(s) ({size(r.encrypted_bytes)}); "
                    f"{r.already_encrypted} already were; {r.snapshots_reset} snapshot(s) "
                    "will be made again on demand"),
@@ -198,7 +198,7 @@ def rekey_command(as_json: bool = JSON) -> None:
     """Re-seal the blobs of a retired key with the current one (key rotation: the old key
     as secret repository/previous-key, the new one as repository/key)."""
     _rewrite_blobs(
-        "rekey", as_json, lambda repo, progress: repo.rekey_blobs(progress),
+        "rekey", as_json, encryption.rekey_blobs,
         lambda r: (f"re-sealed {r.rekeyed} blob(s) ({size(r.rekeyed_bytes)}) with key "
                    f"{r.key_id}; {r.current} already were; {r.plain} plain blob(s) left as "
                    "they are" + ("" if r.failed else "; no blob needs the previous key now: "
@@ -210,7 +210,7 @@ def rekey_command(as_json: bool = JSON) -> None:
 def decrypt_command(as_json: bool = JSON) -> None:
     """Turn every sealed blob back into a plain one (with SUTAZAI_REPOSITORY_ENCRYPTION=false)."""
     _rewrite_blobs(
-        "decrypt", as_json, lambda repo, progress: repo.decrypt_blobs(progress),
+        "decrypt", as_json, encryption.decrypt_blobs,
         lambda r: (f"decrypted {r.decrypted} blob(s) ({size(r.decrypted_bytes)}); "
                    f"{r.already_plain} already were plain; {r.snapshots_relinked} "
                    "snapshot(s) relinked"),

@@ -74,7 +74,7 @@ from sutazai.repository.crypto import (
     load_repository_key,
     read_header,
 )
-from sutazai.repository.fsutil import atomic_write_text, fsync_dir, hash_file, hash_stream
+from sutazai.repository.fsutil import atomic_write_text, hash_file, hash_stream
 from sutazai.repository.integrity import VerifiedCache
 from sutazai.repository.manifest import FileEntry, Manifest, content_digest, path_problems
 from sutazai.repository.plaintext import PlaintextCache
@@ -105,40 +105,6 @@ class GcReport:
     removed_paths: list[str] = field(default_factory=list)
     removed_plaintext: int = 0  # decrypted copies of blobs no version references
     removed_partial: int = 0  # partial downloads and staging folders of interrupted pulls
-
-
-@dataclass
-class EncryptReport:
-    """What :meth:`Repository.encrypt_blobs` did."""
-
-    encrypted: int = 0
-    encrypted_bytes: int = 0
-    already_encrypted: int = 0
-    failed: list[str] = field(default_factory=list)  # digests left plain: corrupt blobs
-    snapshots_reset: int = 0
-
-
-@dataclass
-class RekeyReport:
-    """What :meth:`Repository.rekey_blobs` did."""
-
-    key_id: str = ""  # the current key's fingerprint, which every sealed blob now has
-    rekeyed: int = 0
-    rekeyed_bytes: int = 0
-    current: int = 0  # already sealed with the current key
-    plain: int = 0  # not encrypted at all ('sutazai models encrypt' seals them)
-    failed: list[str] = field(default_factory=list)  # digests that failed authentication
-
-
-@dataclass
-class DecryptReport:
-    """What :meth:`Repository.decrypt_blobs` did."""
-
-    decrypted: int = 0
-    decrypted_bytes: int = 0
-    already_plain: int = 0
-    failed: list[str] = field(default_factory=list)  # digests that stay sealed
-    snapshots_relinked: int = 0
 
 
 class Repository:
@@ -223,6 +189,20 @@ class Repository:
                 forget_repository_keys()
                 self._key = None
         return current
+
+    def sealing_key(self, header: BlobHeader) -> RepositoryKey:
+        """The key that sealed ``header``'s blob, or :class:`WrongKeyError` naming the secret
+        to set (the current and the previous key are the only ones known)."""
+        key = self.key_for(header)
+        if key.id_bytes != header.key_id:
+            previous = self._previous_key_source() if self._previous_key_source else None
+            raise WrongKeyError(
+                f"blob {header.digest[:12]}… was sealed with key id {header.key_id.hex()}, "
+                f"which is neither the current key ({key.key_id}) nor the previous one "
+                f"({previous.key_id if previous else 'not set'}): set the key that sealed "
+                f"it as the secret {PREVIOUS_KEY_SECRET!r} and run this again; nothing was "
+                "changed")
+        return key
 
     # ------------------------------------------------------------------ locking
     def model_lock(self, name: str) -> FileLock:
@@ -379,7 +359,7 @@ class Repository:
                 raise IntegrityError(f"{sealed_file.name} is not an encrypted blob")
             if self.blob_path(digest).exists():
                 return False
-            key = self._key_that_sealed(header)
+            key = self.sealing_key(header)
             keep_sealed = self.encrypt and key.id_bytes == self.key().id_bytes
             plain = self.staging_path("unseal")
             try:
@@ -936,10 +916,10 @@ class Repository:
         with self.exclusive():
             digests = None if manifests is None else {
                 f.digest for m in manifests for f in m.files}
-            self._reset_snapshots(digests)
+            self.reset_snapshots(digests)
             return self.plaintext.remove(digests)
 
-    def _reset_snapshots(self, digests: set[str] | None) -> int:
+    def reset_snapshots(self, digests: set[str] | None) -> int:
         """Delete snapshot folders of versions using ``digests`` (all when None) whose
         files are, or are about to be, encrypted; ensure_snapshot remakes them."""
         reset = 0
@@ -952,168 +932,6 @@ class Repository:
             shutil.rmtree(self.snapshot_path(manifest), ignore_errors=True)
             reset += 1
         return reset
-
-    def encrypt_blobs(self, progress: Progress = NULL_PROGRESS) -> EncryptReport:
-        """Seal every plain blob in place (turning encryption on for an existing store).
-
-        Each blob is re-hashed while it is encrypted into a temporary file, which then
-        replaces it atomically; a plain blob that no longer hashes to its name is left as
-        it is and listed in ``failed`` (run verify). Snapshot folders linking a blob are
-        removed *before* the blob is replaced, so no reader follows a link to ciphertext;
-        ensure_snapshot remakes them with decrypted copies. Holds the exclusive lock.
-        Needs the key; works whatever ``encrypt`` says.
-        """
-        report = EncryptReport()
-        key_holder = self.key()
-        del key_holder  # fetched up front: a missing key fails before any change
-        with self.exclusive():
-            plain, sealed = self._scan_blobs(report.failed)
-            report.already_encrypted = len(sealed)
-            task = progress.task("encrypt blobs", total=sum(b.stat().st_size for b in plain))
-            for blob in plain:
-                digest, size = blob.name, blob.stat().st_size
-                staged = self.staging_path("seal")
-                try:
-                    with blob.open("rb") as source, staged.open("wb") as sink:
-                        actual = encrypt_stream(source, sink, self.key(), digest, size, task)
-                        sink.flush()
-                        os.fsync(sink.fileno())
-                    if actual != digest:
-                        report.failed.append(digest)
-                        continue
-                    report.snapshots_reset += self._reset_snapshots({digest})
-                    os.chmod(staged, 0o444)
-                    os.replace(staged, blob)
-                    report.encrypted += 1
-                    report.encrypted_bytes += size
-                finally:
-                    staged.unlink(missing_ok=True)
-            task.close()
-        return report
-
-    def rekey_blobs(self, progress: Progress = NULL_PROGRESS) -> RekeyReport:
-        """Re-seal every blob sealed with the previous key with the current one (the second
-        half of a key rotation; see the README's Encryption at rest).
-
-        Every sealed blob's key is checked before anything changes: a blob that neither the
-        current nor the previous key sealed stops the run with :class:`WrongKeyError`. Each
-        blob is decrypted (authenticated) and re-hashed while it is sealed again into a
-        temporary file, which then replaces it atomically, so a run cut short leaves every
-        blob readable and the next run finishes the rest. Decrypted copies stay valid (the
-        plaintext is unchanged). A blob that fails authentication is left as it is and
-        listed in ``failed`` (run verify). Holds the exclusive lock.
-        """
-        report = RekeyReport()
-        with self.exclusive():
-            plain, sealed = self._scan_blobs(report.failed)
-            report.plain = len(plain)
-            for _, header in sealed:
-                self._key_that_sealed(header)  # a missing key fails before any change
-            current = self.key()  # after key_for, which may have re-read a rotated key
-            report.key_id = current.key_id
-            stale = [(blob, header) for blob, header in sealed
-                     if header.key_id != current.id_bytes]
-            report.current = len(sealed) - len(stale)
-            report.rekeyed, report.rekeyed_bytes, failed = self._rewrite_sealed(
-                stale, current, progress.task("re-seal blobs",
-                                              total=sum(h.plain_size for _, h in stale)))
-            report.failed += failed
-        return report
-
-    def decrypt_blobs(self, progress: Progress = NULL_PROGRESS) -> DecryptReport:
-        """Turn every sealed blob back into a plain one (leaving encryption at rest).
-
-        Refused while ``encrypt`` is on, since new blobs would be sealed again. Each blob
-        is authenticated and re-hashed on the way and replaced atomically; snapshots are
-        then relinked to the plain blobs, and the decrypted copies removed. Holds the
-        exclusive lock. Needs the key(s) that sealed them.
-        """
-        if self.encrypt:
-            raise ConfigError("this repository seals new blobs: set "
-                              "SUTAZAI_REPOSITORY_ENCRYPTION=false first, then decrypt")
-        report = DecryptReport()
-        with self.exclusive():
-            plain, sealed = self._scan_blobs(report.failed)
-            report.already_plain = len(plain)
-            for _, header in sealed:
-                self._key_that_sealed(header)  # a missing key fails before any change
-            report.decrypted, report.decrypted_bytes, failed = self._rewrite_sealed(
-                sealed, None, progress.task("decrypt blobs",
-                                            total=sum(h.plain_size for _, h in sealed)))
-            report.failed += failed
-            # snapshots linked decrypted copies: relink them to the plain blobs, as publish
-            # does, then the copies can go
-            plain_now = {header.digest for _, header in sealed} - set(failed)
-            for manifest in self.all_versions():
-                if plain_now.intersection(f.digest for f in manifest.files):
-                    self._write_snapshot(manifest, materialize=False)
-                    report.snapshots_relinked += 1
-            self.plaintext.remove(plain_now)
-        return report
-
-    def _scan_blobs(self, unreadable: list[str]
-                    ) -> tuple[list[Path], list[tuple[Path, BlobHeader]]]:
-        """Every blob, split into plain ones and sealed ones with their headers; blobs whose
-        header is damaged go to ``unreadable``."""
-        plain: list[Path] = []
-        sealed: list[tuple[Path, BlobHeader]] = []
-        for blob in sorted(self.blobs_dir.glob("*/*")):
-            try:
-                header = read_header(blob, blob.name)
-            except IntegrityError:
-                unreadable.append(blob.name)
-                continue
-            if header is None:
-                plain.append(blob)
-            else:
-                sealed.append((blob, header))
-        return plain, sealed
-
-    def _key_that_sealed(self, header: BlobHeader) -> RepositoryKey:
-        key = self.key_for(header)
-        if key.id_bytes != header.key_id:
-            previous = self._previous_key_source() if self._previous_key_source else None
-            raise WrongKeyError(
-                f"blob {header.digest[:12]}… was sealed with key id {header.key_id.hex()}, "
-                f"which is neither the current key ({key.key_id}) nor the previous one "
-                f"({previous.key_id if previous else 'not set'}): set the key that sealed "
-                f"it as the secret {PREVIOUS_KEY_SECRET!r} and run this again; nothing was "
-                "changed")
-        return key
-
-    def _rewrite_sealed(self, blobs: list[tuple[Path, BlobHeader]],
-                        key: RepositoryKey | None, task: ProgressTask
-                        ) -> tuple[int, int, list[str]]:
-        """Rewrite each sealed blob from its authenticated plaintext, sealed with ``key``
-        or plain when it is None: (blobs rewritten, their plaintext bytes, digests that
-        failed authentication and were left as they were). Each replacement is atomic."""
-        done = done_bytes = 0
-        failed: list[str] = []
-        for blob, header in blobs:
-            staged = self.staging_path("reseal")
-            try:
-                with self.open_blob(blob.name) as source, staged.open("wb") as sink:
-                    if key is None:
-                        actual, _ = hash_stream(source, sink, task)
-                    else:
-                        actual = encrypt_stream(source, sink, key, header.digest,
-                                                header.plain_size, task)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                if actual != header.digest:  # authenticated, yet: never replace on doubt
-                    failed.append(header.digest)
-                    continue
-                os.chmod(staged, 0o444)
-                os.replace(staged, blob)
-                fsync_dir(blob.parent)
-                done += 1
-                done_bytes += header.plain_size
-            except BlobAuthenticationError:
-                failed.append(header.digest)
-            finally:
-                staged.unlink(missing_ok=True)
-        task.close()
-        return done, done_bytes, failed
 
 
 def _tree_size(path: Path) -> int:

@@ -22,7 +22,7 @@ import pytest
 
 from sutazai.config import Settings, load_settings
 from sutazai.errors import BundleError, ConfigError, IntegrityError
-from sutazai.repository import Repository, load_catalog, pull
+from sutazai.repository import Repository, encryption, load_catalog, pull
 from sutazai.repository.bundle import export_bundle, import_bundle
 from sutazai.repository.crypto import (
     CHUNK_BYTES,
@@ -163,14 +163,14 @@ def test_plain_and_encrypted_blobs_side_by_side_then_encrypt_in_place(
     assert (repo.ensure_snapshot(old) / "model.safetensors").read_bytes() == WEIGHTS
     assert repo.verify([old, new]) == []
 
-    report = repo.encrypt_blobs()
+    report = encryption.encrypt_blobs(repo)
     assert report.encrypted == 3 and report.already_encrypted == 1 and not report.failed
     assert report.snapshots_reset == 2  # both versions linked a blob that changed
     assert all(repo.blob_header(f.digest) is not None for m in (old, new) for f in m.files)
     assert not old_folder.exists()  # no link is left pointing at ciphertext
     assert (repo.ensure_snapshot(old) / "model.safetensors").read_bytes() == WEIGHTS
     assert repo.verify([old, new]) == []
-    assert repo.encrypt_blobs().encrypted == 0
+    assert encryption.encrypt_blobs(repo).encrypted == 0
 
 
 def test_key_rotation_reads_both_keys_and_rekey_retires_the_old_one(
@@ -192,7 +192,7 @@ def test_key_rotation_reads_both_keys_and_rekey_retires_the_old_one(
     with pytest.raises(WrongKeyError, match=r"repository/previous-key.*rekey"):
         repo.open_blob(weights_of(old)).read()
     with pytest.raises(WrongKeyError, match="nothing was changed"):
-        repo.rekey_blobs()
+        encryption.rekey_blobs(repo)
     assert all(repo.blob_header(f.digest).key_id == old_key.id_bytes  # type: ignore[union-attr]
                for f in old.files)
 
@@ -203,13 +203,13 @@ def test_key_rotation_reads_both_keys_and_rekey_retires_the_old_one(
     assert repo.open_blob(weights_of(old)).read() == WEIGHTS  # through the previous key
     assert repo.verify([old, new]) == []
 
-    report = repo.rekey_blobs()
+    report = encryption.rekey_blobs(repo)
     assert report.key_id == new_key.key_id and not report.failed
     assert (report.rekeyed, report.current, report.plain) == (3, 1, 0)  # config shared
     assert report.rekeyed_bytes == sum(f.size for f in old.files)
     assert {repo.blob_header(f.digest).key_id  # type: ignore[union-attr]
             for m in (old, new) for f in m.files} == {new_key.id_bytes}
-    assert repo.rekey_blobs().rekeyed == 0  # idempotent
+    assert encryption.rekey_blobs(repo).rekeyed == 0  # idempotent
 
     monkeypatch.delenv(PREVIOUS_KEY_VAR)
     forget_repository_keys()
