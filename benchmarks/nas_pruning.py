@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sutazai.config import Settings  # noqa: E402
-from sutazai.learning.nas import StudyReport, load_space, run_study  # noqa: E402
+from sutazai.learning.nas import load_space, run_study  # noqa: E402
+from sutazai.learning.nas_report import StudyReport  # noqa: E402
 from sutazai.learning.search_space import SearchSpace  # noqa: E402
 
 WORDS_TEXT = ("the a of to in on for with by from at as is was be have do will can model data "

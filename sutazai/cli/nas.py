@@ -15,7 +15,7 @@ from sutazai.errors import TrainingError
 
 if TYPE_CHECKING:
     from sutazai.cli.progress import RichTask
-    from sutazai.learning.nas import StudyReport
+    from sutazai.learning.nas_report import StudyReport
 
 app = typer.Typer(help="Neural architecture search: Optuna studies over small causal LMs, "
                        "tracked in MLflow.", no_args_is_help=True)

@@ -22,14 +22,8 @@ from typer.testing import CliRunner
 
 from sutazai.config import Settings
 from sutazai.errors import NotFoundError, TrainingError
-from sutazai.learning.nas import (
-    data_digest,
-    load_space,
-    pareto_front,
-    register_best,
-    run_study,
-    show_study,
-)
+from sutazai.learning.nas import data_digest, load_space, register_best, run_study, show_study
+from sutazai.learning.nas_report import pareto_front
 from sutazai.learning.search_space import SearchSpace, resolve_heads
 from tests.tiny_llama import _corpus
 
