@@ -20,7 +20,7 @@ from sutazai.config import Settings
 from sutazai.errors import SutazAIError
 from sutazai.registry.task_aliases import CHAMPION, TaskChoice
 from sutazai.serving.engines import RunningEngine
-from sutazai.serving.gateway import Gateway
+from sutazai.serving.supervision import Gateway
 
 LOG = logging.getLogger(__name__)
 ChoiceKey = tuple[str, int, str]

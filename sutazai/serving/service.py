@@ -23,14 +23,9 @@ from sutazai.security.access import AccessGuard
 from sutazai.security.audit import audit
 from sutazai.security.tls import ServerTLS
 from sutazai.serving.engines import RunningEngine, start_engine
-from sutazai.serving.gateway import (
-    EngineRestart,
-    FeedbackSink,
-    GatewayThread,
-    RestartOutcome,
-    create_app,
-)
+from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port, require_free_port
+from sutazai.serving.supervision import EngineRestart, FeedbackSink, RestartOutcome
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
 

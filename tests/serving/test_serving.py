@@ -25,9 +25,10 @@ from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest
 from sutazai.security.audit import open_audit_log
 from sutazai.serving.engines import RunningEngine, engine_for, start_engine
-from sutazai.serving.gateway import EngineRestart, GatewayThread, create_app
+from sutazai.serving.gateway import GatewayThread, create_app
 from sutazai.serving.process import free_port
 from sutazai.serving.service import resolve_target, serving
+from sutazai.serving.supervision import EngineRestart
 from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry
 

@@ -1,0 +1,107 @@
+"""What the gateway measures of every request, whatever engine serves it (Prometheus).
+
+Engines differ in what they measure (llama-cpp-python exports no metrics at all), so the
+gateway counts end-to-end latency, time to first token (first streamed text), output
+tokens and their rate, and requests in flight itself, the same way for every engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sutazai.serving.engines import RunningEngine
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60)
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+RATE_BUCKETS = (1, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
+
+
+class GatewayMetrics:
+    """The Prometheus series of one gateway, in a registry of its own."""
+
+    def __init__(self, engine: RunningEngine) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["endpoint"]
+        self.requests = Counter("sutazai_requests", "Requests answered, by endpoint and status",
+                                [*labels, "status"], registry=self.registry)
+        self.latency = Histogram("sutazai_request_duration_seconds",
+                                 "End-to-end request latency", labels,
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("sutazai_time_to_first_token_seconds",
+                              "Time to the first streamed token", labels,
+                              buckets=TTFT_BUCKETS, registry=self.registry)
+        self.output_tokens = Counter("sutazai_output_tokens", "Generated tokens", labels,
+                                     registry=self.registry)
+        self.tokens_per_second = Histogram(
+            "sutazai_output_tokens_per_second", "Per-request decode rate after the first token",
+            labels, buckets=RATE_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("sutazai_requests_in_flight", "Requests being answered",
+                               registry=self.registry)
+        self.info = Gauge("sutazai_model_info", "The model version and engine being served",
+                          ["model", "version", "engine", "digest"], registry=self.registry)
+        self.swaps = Counter("sutazai_model_swaps", "Times a new champion replaced the served "
+                             "model without a restart", registry=self.registry)
+        self.engine_restarts = Counter("sutazai_engine_restarts",
+                                       "Restarts of a dead engine the gateway tried, by outcome "
+                                       "(ok, failed)", ["outcome"], registry=self.registry)
+        self.engine_up = Gauge("sutazai_engine_up", "1 while the engine process behind the "
+                               "gateway runs, 0 while it is dead or restarting",
+                               registry=self.registry)
+        self.engine_up.set(1)
+        self.show_model(engine)
+
+    def show_model(self, engine: RunningEngine, previous: RunningEngine | None = None) -> None:
+        if previous is not None:
+            old = previous.manifest
+            self.info.remove(old.name, str(old.version), previous.engine, old.digest)
+            self.swaps.inc()
+        manifest = engine.manifest
+        self.info.labels(manifest.name, str(manifest.version), engine.engine,
+                         manifest.digest).set(1)
+
+
+@dataclass
+class Tally:
+    """What one streamed response has shown so far."""
+
+    started: float
+    first_token: float | None = None
+    chunks_with_text: int = 0
+    usage_tokens: int | None = None
+    buffer: bytes = b""
+    broken: bool = False
+    text: list[str] = field(default_factory=list)
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        *events, self.buffer = self.buffer.split(b"\n\n")
+        for event in events:
+            for line in event.splitlines():
+                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                    self._data(line[5:])
+
+    def _data(self, raw: bytes) -> None:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return
+        usage = payload.get("usage")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            self.usage_tokens = int(usage["completion_tokens"])
+        for choice in payload.get("choices") or ():
+            delta = choice.get("delta") or {}
+            piece = choice.get("text") or delta.get("content")
+            if piece:
+                self.text.append(str(piece))
+            if piece or delta.get("reasoning_content"):
+                self.chunks_with_text += 1
+                if self.first_token is None:
+                    self.first_token = time.perf_counter()
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.chunks_with_text
