@@ -9,10 +9,11 @@ Two paths reach the same rule ("win by the declared margin and meet every SLO"):
   model promoted on held-out data, not in tonight's pool) is kept.
 * A model SutazAI made (fine-tuned, searched, quantised) is registered as ``challenger``,
   then it and the champion are benchmarked by the same harness, with the same load profile,
-  on the same held-out data (:func:`evaluate_and_promote`). :func:`decide` promotes it when
+  on the same held-out data (``evaluate_and_promote``). :func:`decide` promotes it when
   its held-out perplexity is lower by at least the margin and it meets every SLO.
 
-Both functions here are pure; the MLflow and serving I/O is in :mod:`sutazai.learning.trial`.
+Both functions here are pure; the MLflow and serving I/O is in :mod:`sutazai.learning.challenge`
+(:func:`~sutazai.learning.challenge.evaluate_and_promote`) and :mod:`sutazai.selection.store`.
 """
 
 from __future__ import annotations
