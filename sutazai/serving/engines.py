@@ -130,19 +130,19 @@ def gguf_has_chat_template(path: Path) -> bool:
     """Whether a GGUF file carries a chat template (read with the vocabulary only, ~0.4 s,
     once per file: a restarted engine does not pay it again)."""
     stat = path.stat()
-    return _gguf_has_chat_template(str(path.resolve()), stat.st_ino, stat.st_size,
-                                   stat.st_mtime_ns)
+    try:
+        return _gguf_has_chat_template(str(path.resolve()), stat.st_ino, stat.st_size,
+                                       stat.st_mtime_ns)
+    except ValueError as exc:  # llama.cpp could not parse the file; name it as the user does
+        raise EngineError(f"{path.name} is not a GGUF file llama.cpp can read ({exc}); "
+                          "check the catalog entry's format and files") from None
 
 
 @functools.lru_cache(maxsize=64)
 def _gguf_has_chat_template(path: str, inode: int, size: int, mtime_ns: int) -> bool:
     from llama_cpp import Llama
 
-    try:
-        model = Llama(path, vocab_only=True, verbose=False)
-    except ValueError as exc:  # llama.cpp could not parse the file
-        raise EngineError(f"{Path(path).name} is not a GGUF file llama.cpp can read ({exc}); "
-                          "check the catalog entry's format and files") from None
+    model = Llama(path, vocab_only=True, verbose=False)
     try:
         return "tokenizer.chat_template" in model.metadata
     finally:
