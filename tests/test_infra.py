@@ -101,7 +101,7 @@ def plaintext_secrets(tree: Any) -> list[str]:
 
 def gateway_series() -> set[str]:
     """Series names the gateway exports, with the suffixes prometheus_client adds."""
-    source = (ROOT / "sutazai" / "serving" / "gateway.py").read_text()
+    source = "\n".join(path.read_text() for path in (ROOT / "sutazai" / "serving").glob("*.py"))
     names: set[str] = set()
     for kind, name in re.findall(r"\b(Counter|Gauge|Histogram)\(\s*\"(sutazai_[a-z0-9_]+)\"",
                                  source):

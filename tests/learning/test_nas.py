@@ -75,9 +75,14 @@ def nas_settings(tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPa
 
 
 def _optuna_study(settings: Settings, name: str) -> Any:
+    """Optuna creates the schema when it opens storage: a poll while a worker creates it
+    takes the same setup lock the workers take, or the two race on alembic_version."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=settings.nas_storage)
+    from sutazai.embedded_db import first_use_of
+
+    with first_use_of(settings.nas_storage, "the NAS study storage"):
+        return optuna.load_study(study_name=name, storage=settings.nas_storage)
 
 
 def _mlflow(settings: Settings) -> Any:
