@@ -76,7 +76,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     what the caller saw; a hand-kept list let a forgotten setting fall back to its default
     inside the step. Settings hold no secrets (those come from the secret provider).
     Settings left at their defaults are left out, so the step's own defaults (the same
-    code) apply and ``secrets_*`` fields stay unset, as ``secrets_config`` expects.
+    code) apply; a ``secrets_*`` field, should Settings grow one, stays unset unless set,
+    as ``secrets_config`` expects.
     """
     values = settings.model_dump(mode="json", exclude_defaults=True)
     values.update(home=str(settings.home), repository_dir=str(settings.repository_root),

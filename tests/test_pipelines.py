@@ -263,8 +263,8 @@ def test_every_setting_reaches_a_step(tmp_path: Path, monkeypatch: pytest.Monkey
     assert step.model_dump(exclude=resolved) == caller.model_dump(exclude=resolved)
     assert (step.repository_root, step.tracking_uri, step.documents_root) == (
         caller.repository_root, caller.tracking_uri, caller.documents_root)
-    # defaults stay defaults: secrets_config reads the secrets_* fields a caller set
-    assert not [n for n in environment if n.startswith("SUTAZAI_SECRETS_")]
+    # settings left at their defaults are not sent: the step's own defaults apply
+    assert "SUTAZAI_KG_STORE" not in environment and "SUTAZAI_DEFAULT_TASK" not in environment
 
 
 def test_the_nightly_cycle_is_declared_once(monkeypatch: pytest.MonkeyPatch,

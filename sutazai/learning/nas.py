@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from sutazai.config import Settings
-from sutazai.embedded_db import first_use_of
+from sutazai.embedded_db import first_use_of, sqlite_file
 from sutazai.errors import NotFoundError, TrainingError
 from sutazai.learning import tinylm
 from sutazai.learning.nas_report import (
@@ -126,8 +126,7 @@ def _storage(settings: Settings, heartbeat_s: int) -> optuna.storages.RDBStorage
 
     url = settings.nas_storage
     engine: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        settings.home.mkdir(parents=True, exist_ok=True)
+    if sqlite_file(url) is not None:  # its folder is made by first_use_of below
         # several worker processes write: wait for the lock instead of failing at once
         engine = {"connect_args": {"timeout": 60}}
     for attempt in range(5):
@@ -139,8 +138,9 @@ def _storage(settings: Settings, heartbeat_s: int) -> optuna.storages.RDBStorage
                     heartbeat_stale_trial_callback=(
                         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)),
                 )
-        except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, or
-            # two workers creating the schema at once (alembic_version UNIQUE): retry
+        except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, or two
+            # workers creating a database server's schema at once (SQLite files are created
+            # under first_use_of, servers are not): retry
             if attempt == 4:
                 raise TrainingError(f"cannot open the NAS study storage {_redacted(settings)}: "
                                     f"{exc}; check SUTAZAI_NAS_STORAGE_URL") from None
