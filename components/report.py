@@ -15,7 +15,8 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
                     report: Output[Artifact]) -> dict:
     """Assemble the cycle report, keep it under ``<home>/reports`` and as an artifact.
 
-    Returns the headline: each task's champion, the failures, the champion's answer.
+    Returns the headline: each task's champion (as the aliases say after the promotion, and
+    what the selection chose), the failures, the champion's answer.
     """
     from pydantic import TypeAdapter
 
@@ -47,12 +48,14 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
         improvement=ImprovementOutcome.model_validate(improvement),
         search=SearchOutcome.model_validate(search) if search else None,
         regressions=[Regression.model_validate(r) for r in regressions],
+        settings=settings,
     )
     saved = save_report(settings, result)
     with open(report.path, "w") as handle:
         handle.write(result.model_dump_json(indent=2))
     headline = {
-        "champions": {s.task: s.champion.label if s.champion else "" for s in result.selections},
+        "champions": result.champion_labels(),
+        "selected": result.selected_labels(),
         "mirrored": {o.name: f"{o.version}{' (new)' if o.created else ''}"
                      for o in result.outcomes},
         "failures": result.failures,

@@ -43,14 +43,20 @@ def sutazai_nightly() -> None:
 
     @task(retries=0)
     def report(result: dict[str, Any]) -> dict[str, Any]:
-        """Log the cycle's summary; fail the run when any model or step failed."""
+        """Log the cycle's summary (each task's champion as the aliases say at its end);
+        fail the run when any model or step failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
         summary = result["output"] or {}
         for name, version in (summary.get("mirrored") or {}).items():
             log.info("mirrored %s: version %s", name, version)
+        # the champions as the MLflow aliases name them after the promotion (what serves)
+        selected = summary.get("selected") or {}
         for task_name, champion in (summary.get("champions") or {}).items():
-            log.info("%s champion: %s", task_name, champion or "none")
+            chosen = selected.get(task_name)
+            log.info("%s champion: %s%s", task_name, champion or "none",
+                     f" (selected before the promotion: {chosen})"
+                     if chosen and champion and chosen != champion else "")
         answer = summary.get("answer")
         if answer:
             log.info("champion %s answered %r in %.0f ms", answer["ref"], answer["text"],

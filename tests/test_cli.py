@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,60 @@ def test_a_migration_cut_between_drop_and_rename_is_explained(
     failed = sutazai("models", "pull", "beta")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "exists only as the copy '_alembic_tmp_latest_metrics'" in failed.stderr
+
+
+def test_a_promoted_learned_champion_is_champion_in_every_view(settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """One answer to "who is the champion?": the alias the promotion moved to a fine-tune is
+    what the leaderboard, models list/show and the nightly report name, not the selection's
+    earlier pick (a home as a first `make run` leaves it; no engine runs)."""
+    from typer.testing import CliRunner
+
+    from sutazai.cli.main import app
+    from sutazai.selection.rules import Candidate
+    from sutazai.workflows.nightly import (
+        BenchmarkPlan,
+        SelectionOutcome,
+        assemble_report,
+        save_report,
+    )
+    from tests.helpers import promote_learned_champion
+
+    home = promote_learned_champion(settings, tmp_path / "weights")
+    runner = CliRunner()
+
+    def run_json(*args: str) -> Any:
+        done = runner.invoke(app, [*args, "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    board = {f"{e['model']}:{e['version']}": e for e in run_json("bench", "leaderboard")}
+    assert set(board) == {home["base"], home["tuned"]}  # the fine-tune is listed too
+    tuned, base = board[home["tuned"]], board[home["base"]]
+    assert (tuned["source"], base["source"]) == ("learning (held-out)", "benchmark")
+    assert tuned["roles"] == [{"task": "text-generation", "alias": "champion",
+                               "concurrency": 1}]
+    assert [r["alias"] for r in base["roles"]] == ["challenger"]
+    assert tuned["steps"][0]["output_throughput"] == float(home["tuned_throughput"])
+    table = sutazai("bench", "leaderboard", env={"COLUMNS": "250"})
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if home["tuned"] in line]
+    assert "champion" in row and "held-out" in row and "challenger" not in row
+
+    listed = {f"{m['name']}:{m['version']}": m["aliases"] for m in run_json("models", "list")}
+    assert listed == {home["tuned"]: ["text-generation@champion"],
+                      home["base"]: ["text-generation@challenger", "base-lm@stable"]}
+    assert run_json("models", "show", home["tuned"])["aliases"] == ["text-generation@champion"]
+
+    selected = Candidate(model="base-lm", version=1, engine="llamacpp", concurrency=1)
+    report = assemble_report([], [], BenchmarkPlan(), [
+        SelectionOutcome(task="text-generation", champion=selected)], None, versions=2,
+        settings=settings)
+    save_report(settings, report)
+    shown = run_json("report")
+    assert shown["champions"]["text-generation"]["label"] == f"{home['tuned']}@llamacppx1"
+    assert shown["selected"]["text-generation"]["model"] == "base-lm"
+    assert shown["challengers"]["text-generation"]["model"] == "base-lm"
+    text = " ".join(runner.invoke(app, ["report"]).stdout.split())
+    assert (f"text-generation champion: {home['tuned']}@llamacppx1 (selected before the "
+            f"promotion: {home['base']}@llamacppx1)") in text

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 import typer
+from rich import box
 from rich.table import Table
 
 from sutazai.cli.output import console, emit_json, errors
@@ -14,6 +15,7 @@ from sutazai.config import load_settings
 
 if TYPE_CHECKING:
     from sutazai.benchmark.runner import BenchmarkSummary
+    from sutazai.selection.leaderboard import Entry
 
 app = typer.Typer(help="Benchmark model versions on real engines and select champions.",
                   no_args_is_help=True)
@@ -74,25 +76,70 @@ def run_command(
                   highlight=False)
 
 
+#: The leaderboard's short name for where a row's numbers come from (JSON: the full one).
+SHORT_SOURCE = {"benchmark": "benchmark", "learning (held-out)": "held-out"}
+
+
+def leaderboard_table(entries: list[Entry], title: str) -> Table:
+    """The leaderboard: each row's engine x concurrency, the aliases it holds (the task
+    named only when it is not the row's own) and where its numbers come from."""
+    profiles = {e.summary.profile.name for e in entries if e.summary}
+    by_profile = len(profiles) > 1
+    caption = ("held-out: measured by the promotion on the held-out split of its dataset "
+               "(learning experiment), not by the benchmark"
+               if any(e.source != "benchmark" for e in entries) else None)
+    if not by_profile and profiles:
+        title = f"{title} (profile {next(iter(profiles))})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption)
+    for column in ("model", "engine", *(["profile"] if by_profile else []), "role", "source"):
+        table.add_column(column, no_wrap=True)
+    for column in ("P95 TTFT ms", "P95 e2e ms", "P95 TPOT ms", "out tok/s", "quality",
+                   "RSS MiB", "load s"):
+        table.add_column(column, justify="right")
+    for e in entries:
+        s = e.summary
+        source = SHORT_SOURCE.get(e.source, e.source)
+        if s is None:  # a learned champion or challenger with no measurement on record
+            table.add_row(e.ref, e.engine, *(["-"] if by_profile else []), e.role_at(None),
+                          f"{source}: none", *["-"] * 7)
+            continue
+        quality = f"{s.quality.score:.3f}" if s.quality else "-"
+        rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
+        profile = [s.profile.name] if by_profile else []
+        if not s.steps:  # quality-only tasks (embeddings, NER)
+            table.add_row(e.ref, e.engine, *profile, e.role_at(None, s.task), source,
+                          "-", "-", "-", "-", quality, rss, f"{s.load_seconds:.1f}")
+        for step in s.steps:
+            table.add_row(e.ref, f"{e.engine} x{step.concurrency}", *profile,
+                          e.role_at(step.concurrency, s.task), source, _ms(step.ttft_p95_ms),
+                          _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),
+                          f"{step.output_throughput:.1f}", quality, rss,
+                          f"{s.load_seconds:.1f}")
+    return table
+
+
 @app.command("leaderboard")
 def leaderboard_command(
     task: str = typer.Option(None, "--task", "-t", help="Only this task."),
     profile: str = typer.Option(None, "--profile", "-p", help="Only this load profile."),
     as_json: bool = JSON,
 ) -> None:
-    """The newest benchmark of every model version and engine, best throughput first."""
-    from sutazai.selection.store import latest_summaries
+    """The newest benchmark of every model version and engine, best throughput first, with
+    each task's champion and challenger (as the MLflow aliases say) marked; a learned one
+    (fine-tuned, quantised, searched) with its held-out measurements from the promotion."""
+    from sutazai.selection.leaderboard import leaderboard
 
-    summaries = latest_summaries(load_settings(), task, profile)
-    summaries.sort(key=lambda s: (s.task, s.profile.name,
-                                  -max((st.output_throughput for st in s.steps), default=0)))
+    entries = leaderboard(load_settings(), task, profile)
     if as_json:
-        emit_json([json.loads(s.model_dump_json()) for s in summaries])
+        emit_json([(json.loads(e.summary.model_dump_json()) if e.summary else
+                    {"model": e.model, "version": e.version, "engine": e.engine})
+                   | {"source": e.source, "roles": [r.model_dump() for r in e.roles]}
+                   for e in entries])
         return
-    if not summaries:
+    if not entries:
         errors.print("no benchmarks yet: run 'sutazai bench run NAME' or 'make run'")
         return
-    console.print(summary_table(summaries, "SutazAI leaderboard"))
+    console.print(leaderboard_table(entries, "SutazAI leaderboard"))
 
 
 @app.command("select")

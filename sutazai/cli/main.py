@@ -79,6 +79,7 @@ def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
         for decision in report.selections:
             console.print(decision.explanation, markup=False, highlight=False)
         show_improvement(report)
+        show_champions(report)
         if report.answer is not None:
             a = report.answer
             console.print(f"champion {a.ref} on {a.engine} answered in {a.seconds * 1000:.0f} "
@@ -130,6 +131,19 @@ def show_improvement(report: CycleReport) -> None:
         console.print(table)
     for regression in report.regressions:
         console.print(f"[yellow]regression[/] {escape(regression.sentence)}", highlight=False)
+
+
+def show_champions(report: CycleReport) -> None:
+    """Each task's champion and challenger as the MLflow aliases said when the cycle ended
+    (what 'sutazai serve' serves), and the selection's pick where it differs."""
+    selected = report.selected_labels()
+    for task, champion in report.champion_labels().items():
+        line = f"{task} champion: {champion or 'none'}"
+        if selected.get(task) and champion and selected[task] != champion:
+            line += f" (selected before the promotion: {selected[task]})"
+        if task in report.challengers:
+            line += f"; challenger: {report.challengers[task].label}"
+        console.print(escape(line), highlight=False)
 
 
 def _quiet_libraries() -> None:

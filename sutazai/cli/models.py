@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -25,6 +25,10 @@ from sutazai.workflows.mirror import (
     resolve_refs,
     verify_repository,
 )
+
+if TYPE_CHECKING:
+    from sutazai.config import Settings
+    from sutazai.registry.task_aliases import AliasBook
 
 app = typer.Typer(help="Mirror, inspect, verify and move models in the offline repository.",
                   no_args_is_help=True)
@@ -71,40 +75,56 @@ def pull_command(
     report_failures(outcomes)
 
 
+def _aliases(settings: Settings) -> AliasBook:
+    """Who holds which alias; read once per command (see ``read_aliases``)."""
+    from sutazai.registry.task_aliases import current_aliases
+
+    return current_aliases(settings)
+
+
 @app.command("list")
 def list_command(as_json: bool = JSON) -> None:
-    """List every version in the repository."""
-    repo = open_repository(load_settings())
+    """List every version in the repository, with the MLflow aliases each holds."""
+    settings = load_settings()
+    repo = open_repository(settings)
     manifests = repo.all_versions()
+    book = _aliases(settings)
     if as_json:
-        emit_json([m.model_dump(mode="json", exclude={"files"}) | {"size": m.size}
+        emit_json([m.model_dump(mode="json", exclude={"files"})
+                   | {"size": m.size, "aliases": book.names_of(m.name, m.version)}
                    for m in manifests])
         return
     table = Table(title=f"Model repository {repo.root}")
-    for column in ("model", "version", "format", "tasks", "size", "digest", "created"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+    for column in ("model", "version", "format", "tasks", "size", "digest", "created",
+                   "aliases"):
+        table.add_column(column, justify="right" if column == "size" else "left",
+                         no_wrap=column in ("tasks", "aliases"))  # these one a line
     for m in manifests:
-        table.add_row(m.name, str(m.version), m.format, ", ".join(m.tasks), size(m.size),
-                      short(m.digest), m.created.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(m.name, str(m.version), m.format, "\n".join(m.tasks), size(m.size),
+                      short(m.digest), m.created.strftime("%Y-%m-%d %H:%M"),
+                      "\n".join(book.names_of(m.name, m.version)) or "-")
     console.print(table)
 
 
 @app.command("show")
 def show_command(ref: str = typer.Argument(..., help="NAME or NAME:VERSION"),
                  as_json: bool = JSON) -> None:
-    """Show one version's manifest."""
-    repo = open_repository(load_settings())
+    """Show one version's manifest and the MLflow aliases it holds."""
+    settings = load_settings()
+    repo = open_repository(settings)
     name, version = parse_ref(ref)
     manifest = repo.get(name, version)
+    aliases = _aliases(settings).names_of(manifest.name, manifest.version)
     if as_json:
-        emit_json(manifest.model_dump(mode="json") | {"path": str(repo.snapshot_path(manifest))})
+        emit_json(manifest.model_dump(mode="json") | {"path": str(repo.snapshot_path(manifest)),
+                                                      "aliases": aliases})
         return
     console.print(f"[bold]{manifest.ref}[/]  {manifest.format}  {', '.join(manifest.tasks)}  "
                   f"licence {manifest.license}")
     console.print(f"source    {manifest.source}\nrevision  {manifest.revision}\n"
                   f"digest    {manifest.digest}\ncreated   {manifest.created:%Y-%m-%d %H:%M:%S}"
-                  f"\nparent    {manifest.parent or '-'}\npath      "
-                  f"{repo.snapshot_path(manifest)}", highlight=False)
+                  f"\nparent    {manifest.parent or '-'}\naliases   {', '.join(aliases) or '-'}"
+                  f"\npath      {repo.snapshot_path(manifest)}", highlight=False)
     table = Table()
     table.add_column("file")
     table.add_column("size", justify="right")

@@ -9,19 +9,28 @@ registration) plus the serving choice (``sutazai.engine``, ``sutazai.concurrency
 
 Promoting a new champion records the one it replaces in the registered model's
 ``sutazai.previous_champion`` tag, and :meth:`TaskAliases.rollback` swaps them back.
+
+Who holds which alias right now is read in one place, :func:`read_aliases`: the leaderboard,
+``sutazai models list/show``, the nightly report and its DAG all call it, so they name the
+same champion (the one serving uses), whichever step set it: the selection or the promotion
+of a fine-tuned model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sutazai.embedded_db import sqlite_file
 from sutazai.errors import NotFoundError
+from sutazai.registry import open_registry
 from sutazai.registry.mlflow_registry import TAG, ModelRegistry, repository_uri, version_tags
 from sutazai.repository.manifest import Manifest
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
+    from sutazai.config import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -38,10 +47,16 @@ class TaskChoice:
     engine: str
     concurrency: int
     registry_version: str = ""
+    digest: str = ""
 
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.repository_version}"
+
+    @property
+    def label(self) -> str:
+        """``model:version@engine x concurrency``, as a selection candidate is labelled."""
+        return f"{self.model}:{self.repository_version}@{self.engine}x{self.concurrency}"
 
 
 def task_model_name(task: str) -> str:
@@ -137,5 +152,94 @@ def _choice(task: str, version: ModelVersion) -> TaskChoice:
         task=task, model=tags[f"{TAG}model"],
         repository_version=int(tags[f"{TAG}repository_version"]),
         engine=tags[f"{TAG}engine"], concurrency=int(tags.get(f"{TAG}concurrency", "1")),
-        registry_version=str(version.version),
+        registry_version=str(version.version), digest=tags.get(f"{TAG}digest", ""),
     )
+
+
+@dataclass(frozen=True)
+class AliasHolder:
+    """One alias and the repository version holding it: a task alias (``task`` and
+    ``choice`` set: ``task.<task>@alias``) or one on a model's own registered model."""
+
+    alias: str
+    model: str
+    repository_version: int
+    task: str = ""
+    choice: TaskChoice | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.repository_version}"
+
+    @property
+    def name(self) -> str:
+        """How views show it: ``text-generation@champion``, or ``gemma3-270m@champion``."""
+        return f"{self.task or self.model}@{self.alias}"
+
+
+@dataclass(frozen=True)
+class AliasBook:
+    """Every alias in the registry at one moment, with the questions views ask of it."""
+
+    holders: list[AliasHolder] = field(default_factory=list)
+
+    def choice(self, task: str, alias: str = CHAMPION) -> TaskChoice | None:
+        return next((h.choice for h in self.holders if h.task == task and h.alias == alias),
+                    None)
+
+    def choices(self, alias: str = CHAMPION) -> dict[str, TaskChoice]:
+        """Each task's holder of ``alias``, by task name."""
+        return {h.task: h.choice for h in sorted(self.holders, key=lambda h: h.task)
+                if h.choice is not None and h.alias == alias}
+
+    def task_holders(self, task: str | None = None) -> list[AliasHolder]:
+        return [h for h in self.holders if h.choice is not None and task in (None, h.task)]
+
+    def names_of(self, model: str, repository_version: int) -> list[str]:
+        """The aliases a repository version holds: task ones first, then its model's own."""
+        return [h.name for h in sorted(self.holders, key=lambda h: (not h.task, h.name))
+                if (h.model, h.repository_version) == (model, repository_version)]
+
+
+def read_aliases(registry: ModelRegistry) -> AliasBook:
+    """Who holds which alias in ``registry`` now: the one reading every view shares."""
+    from mlflow.exceptions import MlflowException
+
+    holders: list[AliasHolder] = []
+    try:
+        models, token = [], None
+        while True:
+            page = registry.client.search_registered_models(max_results=1000, page_token=token)
+            models += list(page)
+            token = page.token
+            if not token:
+                break
+        for model in models:
+            task = model.tags.get(f"{TAG}task", "") if model.name.startswith("task.") else ""
+            for alias, number in sorted((model.aliases or {}).items()):
+                version = registry.client.get_model_version(model.name, str(number))
+                tags = version.tags
+                if task:
+                    if f"{TAG}model" not in tags or f"{TAG}repository_version" not in tags:
+                        continue  # not one SutazAI made
+                    choice = _choice(task, version)
+                    holders.append(AliasHolder(alias=alias, model=choice.model,
+                                               repository_version=choice.repository_version,
+                                               task=task, choice=choice))
+                elif f"{TAG}repository_version" in tags:
+                    holders.append(AliasHolder(
+                        alias=alias, model=model.name,
+                        repository_version=int(tags[f"{TAG}repository_version"])))
+    except (MlflowException, OSError) as exc:
+        raise registry._fail("read the aliases", exc) from None
+    return AliasBook(holders)
+
+
+def current_aliases(settings: Settings) -> AliasBook:
+    """:func:`read_aliases` of the settings' registry; an empty book when the embedded store
+    does not exist yet (nothing registered, and a read should not create it)."""
+    path = sqlite_file(settings.tracking_uri)
+    if path is not None and not path.is_file():
+        return AliasBook()
+    return read_aliases(open_registry(settings))
+

@@ -39,6 +39,7 @@ from sutazai.observability.metrics import (
 )
 from sutazai.observability.tracing import span, traced
 from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskChoice, current_aliases
 from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.repository.provenance import made_by_learning
@@ -97,6 +98,25 @@ class SelectionOutcome(BaseModel):
     run_id: str | None = None
 
 
+class AliasedChoice(BaseModel):
+    """A task's champion or challenger as the MLflow aliases name it when the cycle ends
+    (after the promotion: serving reads the same alias)."""
+
+    model: str
+    version: int
+    engine: str
+    concurrency: int = 1
+    label: str = ""
+    digest: str = ""
+    registry_version: str = ""
+
+    @classmethod
+    def of(cls, choice: TaskChoice) -> AliasedChoice:
+        return cls(model=choice.model, version=choice.repository_version, engine=choice.engine,
+                   concurrency=choice.concurrency, label=choice.label, digest=choice.digest,
+                   registry_version=choice.registry_version)
+
+
 class CycleReport(BaseModel):
     outcomes: list[MirrorOutcome] = Field(default_factory=list)
     versions: int = 0
@@ -110,13 +130,29 @@ class CycleReport(BaseModel):
     search: SearchOutcome | None = None
     regressions: list[Regression] = Field(default_factory=list)
     answer: ServedAnswer | None = None
+    #: Each task's champion and challenger as the aliases say at the end of the cycle; the
+    #: selection's own picks (before any promotion) stay in ``selections``.
+    champions: dict[str, AliasedChoice] = Field(default_factory=dict)
+    challengers: dict[str, AliasedChoice] = Field(default_factory=dict)
     seconds: float = 0.0
+
+    def champion_labels(self) -> dict[str, str]:
+        """Each task's champion after the cycle (``""``: none), for logs and headlines."""
+        tasks = sorted({s.task for s in self.selections} | set(self.champions))
+        return {task: self.champions[task].label if task in self.champions else ""
+                for task in tasks}
+
+    def selected_labels(self) -> dict[str, str]:
+        """What tonight's selection chose per task, before any promotion (``""``: nothing)."""
+        return {s.task: s.champion.label if s.champion else "" for s in self.selections}
 
     def as_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"benchmarks": {"__all__": {
             "quality": {"details"}}}})
-        data["champions"] = {s.task: data["selections"][i]["champion"]
-                             for i, s in enumerate(self.selections)}
+        data["champions"] = {task: data["champions"].get(task)
+                             for task in self.champion_labels()}
+        data["selected"] = {s.task: data["selections"][i]["champion"]
+                            for i, s in enumerate(self.selections)}
         data["explanations"] = {s.task: s.explanation for s in self.selections}
         return data
 
@@ -268,8 +304,11 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
                     data: DataOutcome | None = None,
                     improvement: ImprovementOutcome | None = None,
                     search: SearchOutcome | None = None,
-                    regressions: list[Regression] | None = None) -> CycleReport:
-    return CycleReport(
+                    regressions: list[Regression] | None = None,
+                    settings: Settings | None = None) -> CycleReport:
+    """The cycle's report; with ``settings``, its champions and challengers are read from
+    the aliases now, at the end of the cycle (what serving serves), not from the selection."""
+    report = CycleReport(
         outcomes=outcomes, versions=versions, problems=problems or [],
         benchmarks=[b.summary for b in benchmarks if b.summary is not None],
         skipped=plan.skipped,
@@ -277,6 +316,12 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
         selections=selections, answer=answer, seconds=seconds, data=data,
         improvement=improvement, search=search, regressions=regressions or [],
     )
+    if settings is not None:
+        book = current_aliases(settings)
+        report.champions = {task: AliasedChoice.of(c) for task, c in book.choices(CHAMPION).items()}
+        report.challengers = {task: AliasedChoice.of(c)
+                              for task, c in book.choices(CHALLENGER).items()}
+    return report
 
 
 @traced("save_report")
@@ -441,7 +486,8 @@ def _report(settings: Settings, state: _CycleState, progress: Progress) -> None:
         state.outcomes, state.benchmarks, state.plan, state.selections, state.answer,
         versions=state.versions, failures=state.failures,
         seconds=time.monotonic() - state.started, data=state.data,
-        improvement=state.improvement, search=state.search, regressions=state.regressions)
+        improvement=state.improvement, search=state.search, regressions=state.regressions,
+        settings=settings)
     save_report(settings, state.report)
 
 
