@@ -27,6 +27,12 @@ from sutazai.errors import ConfigError
 from sutazai.selection.rules import Weights
 
 
+def _half_of_ram_mib() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total // 2**20 // 2)
+
+
 def _settings_file() -> Path | None:
     explicit = os.environ.get("SUTAZAI_CONFIG")
     if explicit:
@@ -119,6 +125,22 @@ class Settings(BaseSettings):
     engine_wait_s: float = Field(
         default=30.0, ge=0, description="How long a request that arrives while the engine "
         "restarts waits for it; then a 503 with Retry-After.",
+    )
+    # many models behind one endpoint: `sutazai serve A B ...` / `--champions`
+    serve_memory_budget_mib: int = Field(
+        # Half the RAM: the rest stays for the gateway, MLflow, the page cache and the
+        # engines' growth past what the budget counted; 0 turns the limit off.
+        default_factory=lambda: _half_of_ram_mib(), ge=0,
+        description="Memory the engines of `sutazai serve A B ...` (or --champions) may "
+        "hold together, in MiB; before a load, idle engines are stopped, least recently "
+        "used first, until the model fits (its measured peak RSS if it was loaded before, "
+        "else 1.25x its file size plus the engine's own overhead). Default: half the "
+        "machine's RAM; 0: no limit.",
+    )
+    serve_load_wait_s: float = Field(
+        default=60.0, ge=0, description="How long a request for a model that is not loaded "
+        "yet waits for its engine to start (and for memory to free up); then a 503 with "
+        "Retry-After. A vLLM load on CPU takes 40-76 s: raise it when serving vLLM.",
     )
     engine_threads: int = Field(
         # All cores: on 2 cores, 2 threads gave P95 TTFT 99 ms and 34 tok/s through the

@@ -29,8 +29,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -45,7 +46,7 @@ from starlette.routing import Route
 from sutazai.errors import NotFoundError, SutazAIError
 from sutazai.security.access import AccessGuard, AccessMiddleware
 from sutazai.serving.engines import RunningEngine
-from sutazai.serving.gateway_metrics import Tally
+from sutazai.serving.gateway_metrics import GatewayMetrics, Tally
 from sutazai.serving.openai_errors import error_event, openai_error
 from sutazai.serving.openapi import request_problem
 from sutazai.serving.supervision import (
@@ -72,6 +73,88 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 CALLER_CREDENTIALS = {"authorization", "x-api-key"}
 
 
+@dataclass
+class Lease:
+    """The gateway (engine) a request goes to, held until its answer is sent: ``release``
+    runs then, so a multi-model router never evicts an engine with a request in flight."""
+
+    gateway: Gateway
+    release: Callable[[], None] = field(default=lambda: None)
+
+
+class Routing(Protocol):
+    """Which engine answers a request: one (:class:`SingleRoute`) or one of several models
+    loaded on demand (:class:`sutazai.serving.multi.ModelRouter`)."""
+
+    metrics: GatewayMetrics
+    feedback: FeedbackSink | None
+
+    @property
+    def default_label(self) -> str:
+        """The ``model`` label of a request refused before it was routed."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def route(self, payload: dict[str, Any]) -> Lease | Response:
+        """The lease for the model ``payload`` asks for, or the error to answer instead."""
+
+    async def models(self) -> Response | None:
+        """The answer to ``GET /v1/models``, or None to ask the engine."""
+
+    def live(self) -> dict[str, Any]: ...
+
+    async def ready(self) -> tuple[int, dict[str, Any]]: ...
+
+
+class SingleRoute:
+    """Every request to the one engine of ``gateway`` (``sutazai serve NAME``)."""
+
+    def __init__(self, gateway: Gateway, owns_engine: bool) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.feedback = gateway.feedback
+        self.owns_engine = owns_engine
+        self._lease = Lease(gateway)
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def default_label(self) -> str:
+        return self.gateway.label
+
+    async def start(self) -> None:
+        await self.gateway.start()
+        self._watcher = asyncio.create_task(self.gateway.watch(), name="sutazai-engine-watch")
+
+    async def stop(self) -> None:
+        gateway = self.gateway
+        restarted = gateway.begin_closing()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        current = await gateway.close()
+        if self.owns_engine or current.engine is not gateway.first_engine:
+            current.engine.stop()
+        for started in restarted:  # its own, whoever owns the first engine
+            started.stop()
+
+    async def route(self, payload: dict[str, Any]) -> Lease | Response:
+        return self._lease
+
+    async def models(self) -> Response | None:
+        return None
+
+    def live(self) -> dict[str, Any]:
+        return self.gateway.health_body(*self.gateway.status())
+
+    async def ready(self) -> tuple[int, dict[str, Any]]:
+        status, reason = await self.gateway.readiness()
+        return (200 if status in ("ok", "busy") else 503,
+                self.gateway.health_body(status, reason))
+
+
 def create_app(engine: RunningEngine, *, owns_engine: bool = False,
                feedback: FeedbackSink | None = None, guard: AccessGuard | None = None,
                restart: EngineRestart | None = None) -> Starlette:
@@ -88,32 +171,29 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
     (see the module docstring); the engines it started itself it always stops.
     """
     gateway = Gateway(engine, owns_engine=owns_engine, feedback=feedback, restart=restart)
-    metrics = gateway.metrics
+    app = routed_app(SingleRoute(gateway, owns_engine), guard=guard)
+    app.state.gateway = gateway
+    return app
+
+
+def routed_app(routing: Routing, *, guard: AccessGuard | None = None) -> Starlette:
+    """The gateway's routes in front of ``routing``: one engine or several models."""
+    metrics = routing.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
-        watcher = asyncio.create_task(gateway.watch(), name="sutazai-engine-watch")
+        await routing.start()
         try:
             yield
         finally:
-            restarted = gateway.begin_closing()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            current = await gateway.close()
-            if owns_engine or current.engine is not engine:
-                current.engine.stop()
-            for started in restarted:  # its own, whoever owns the first engine
-                started.stop()
+            await routing.stop()
 
     async def live(request: Request) -> Response:
-        return JSONResponse(gateway.health_body(*gateway.status()))
+        return JSONResponse(routing.live())
 
     async def ready(request: Request) -> Response:
-        status, reason = await gateway.readiness()
-        return JSONResponse(gateway.health_body(status, reason),
-                            status_code=200 if status in ("ok", "busy") else 503)
+        status, body = await routing.ready()
+        return JSONResponse(body, status_code=status)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -124,7 +204,7 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         return JSONResponse(openapi_spec(auth=guard is not None))
 
     async def rate(request: Request) -> Response:
-        if gateway.feedback is None:
+        if routing.feedback is None:
             return openai_error(404, "ratings are kept only with request logging on: set "
                                 "SUTAZAI_REQUEST_LOGGING=true and restart sutazai serve",
                                 "feedback_disabled")
@@ -138,7 +218,7 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
                                 '"rating": <number>, "label": <optional text>}', "invalid_feedback")
         interaction, rating, label = int(body["id"]), float(body["rating"]), body.get("label")
         try:
-            await asyncio.to_thread(gateway.feedback.rate, interaction, rating, label)
+            await asyncio.to_thread(routing.feedback.rate, interaction, rating, label)
         except NotFoundError:
             # not str(exc): it names the learning database, which is no caller's business
             return openai_error(404, f"no served request has id {interaction}; rate the id "
@@ -156,20 +236,55 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
             try:
                 payload = json.loads(body)
             except ValueError:
-                return openai_error(400, "the request body is not valid JSON", "invalid_json")
+                return _refused(path, openai_error(400, "the request body is not valid JSON",
+                                                   "invalid_json"))
             if not isinstance(payload, dict):
-                return openai_error(400, "the request body must be a JSON object",
-                                    "invalid_json")
+                return _refused(path, openai_error(400, "the request body must be a JSON "
+                                                   "object", "invalid_json"))
             # What the document refuses, the engine would answer with a 500 and a traceback.
             problem = request_problem(path, payload)
             if problem is not None:
-                return openai_error(400, problem, "invalid_request")
+                return _refused(path, openai_error(400, problem, "invalid_request"))
+        if request.method == "GET" and path == "models":
+            listing = await routing.models()
+            if listing is not None:
+                return listing
+        asked = payload.get("model")
+        lease = await routing.route(payload)
+        if isinstance(lease, Response):
+            return _refused(path, lease)
+        if payload.get("model") != asked:  # the router named the model as its engine does
+            body = json.dumps(payload).encode()
+        try:
+            response = await _answer(lease.gateway, request, path, body, payload)
+        except BaseException:
+            lease.release()
+            raise
+        after = response.background
+
+        async def release() -> None:
+            try:
+                if after is not None:
+                    await after()
+            finally:
+                lease.release()
+
+        response.background = BackgroundTask(release)
+        return response
+
+    def _refused(path: str, response: Response) -> Response:
+        metrics.requests.labels(path, routing.default_label, str(response.status_code)).inc()
+        return response
+
+    async def _answer(gateway: Gateway, request: Request, path: str, body: bytes,
+                      payload: dict[str, Any]) -> Response:
         # A request the engine never received (it had died) may go once more, to the
         # restarted engine; one it received never goes twice (it may be what killed it).
         for _ in range(2):
             upstream_or_refusal = await gateway.available()
             if isinstance(upstream_or_refusal, Response):
-                metrics.requests.labels(path, str(upstream_or_refusal.status_code)).inc()
+                metrics.requests.labels(path, gateway.label,
+                                        str(upstream_or_refusal.status_code)).inc()
                 return upstream_or_refusal
             upstream = upstream_or_refusal
             logprobs = payload.get("logprobs")  # not `in (None, False)`: 0 == False
@@ -182,7 +297,8 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
             if needed is not None:
                 refusal = _refusal(upstream.engine, needed, payload)
                 if refusal is not None:
-                    metrics.requests.labels(path, str(refusal.status_code)).inc()
+                    metrics.requests.labels(path, gateway.label,
+                                            str(refusal.status_code)).inc()
                     return refusal
                 if payload.get("model") != upstream.engine.model:
                     # The engine knows the model by its served name only: vLLM refuses the
@@ -190,14 +306,14 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
                     # snapshot's absolute path as the "model".
                     payload["model"] = upstream.engine.model
                     body = json.dumps(payload).encode()
-            forwarded = await _forward(request, upstream, path, body, payload)
+            forwarded = await _forward(gateway, request, upstream, path, body, payload)
             if forwarded is not None:
                 return forwarded
-        metrics.requests.labels(path, "503").inc()
+        metrics.requests.labels(path, gateway.label, "503").inc()
         return gateway.failure_response("the engine died twice before this request reached "
                                         "it; retry")
 
-    async def _send(upstream: Upstream, upstream_request: httpx.Request
+    async def _send(gateway: Gateway, upstream: Upstream, upstream_request: httpx.Request
                     ) -> httpx.Response | tuple[httpx.HTTPError, bool]:
         """The engine's answer (headers), or the error and whether the engine got the
         request (False: the connection was refused, nothing was sent)."""
@@ -220,11 +336,12 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         assert error is not None
         return error, delivered
 
-    async def _forward(request: Request, upstream: Upstream, path: str, body: bytes,
-                       payload: dict[str, Any]) -> Response | None:
+    async def _forward(gateway: Gateway, request: Request, upstream: Upstream, path: str,
+                       body: bytes, payload: dict[str, Any]) -> Response | None:
         """Send the request to ``upstream``; None when its engine was found dead before it
         got the request (the caller may send it to the restarted one)."""
         client = upstream.client
+        label = gateway.label
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_BY_HOP and k.lower() not in CALLER_CREDENTIALS}
         upstream_request = client.build_request(
@@ -238,9 +355,9 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         def failed(status: int) -> None:
             metrics.in_flight.dec()
             upstream.in_flight -= 1
-            metrics.requests.labels(path, str(status)).inc()
+            metrics.requests.labels(path, label, str(status)).inc()
 
-        sent = await _send(upstream, upstream_request)
+        sent = await _send(gateway, upstream, upstream_request)
         if not isinstance(sent, httpx.Response):
             exc, delivered = sent
             if await gateway.engine_failed(upstream):
@@ -265,17 +382,17 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
             metrics.in_flight.dec()
             upstream.in_flight -= 1
             status = "stream_cut" if tally.broken else str(answer.status_code)
-            metrics.requests.labels(path, status).inc()
+            metrics.requests.labels(path, label, status).inc()
             if status != "200" or path not in ENDPOINT_CAPABILITY:
                 return
             done = time.perf_counter()
-            metrics.latency.labels(path).observe(done - tally.started)
+            metrics.latency.labels(path, label).observe(done - tally.started)
             if tally.tokens:
-                metrics.output_tokens.labels(path).inc(tally.tokens)
+                metrics.output_tokens.labels(path, label).inc(tally.tokens)
             if tally.first_token is not None:
-                metrics.ttft.labels(path).observe(tally.first_token - tally.started)
+                metrics.ttft.labels(path, label).observe(tally.first_token - tally.started)
                 if tally.tokens > 1 and done > tally.first_token:
-                    metrics.tokens_per_second.labels(path).observe(
+                    metrics.tokens_per_second.labels(path, label).observe(
                         (tally.tokens - 1) / (done - tally.first_token))
 
         if payload.get("stream"):
@@ -360,7 +477,7 @@ def create_app(engine: RunningEngine, *, owns_engine: bool = False,
         lifespan=lifespan,
         middleware=[] if guard is None else [Middleware(AccessMiddleware, guard=guard)],
     )
-    app.state.gateway = gateway
+    app.state.routing = routing
     return app
 
 

@@ -3,10 +3,17 @@
 Engines differ in what they measure (llama-cpp-python exports no metrics at all), so the
 gateway counts end-to-end latency, time to first token (first streamed text), output
 tokens and their rate, and requests in flight itself, the same way for every engine.
+
+Request series carry the ``model`` that answered (the id a client names it by), so one
+gateway in front of several models (:mod:`sutazai.serving.multi`) still says which model is
+slow; residency has series of its own (loads, evictions, models loaded). ``model`` is ""
+for a request refused before it was routed (bad JSON, unknown model): callers choose the
+name, and a label from user input would let them grow the series without bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,9 +30,9 @@ RATE_BUCKETS = (1, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
 class GatewayMetrics:
     """The Prometheus series of one gateway, in a registry of its own."""
 
-    def __init__(self, engine: RunningEngine) -> None:
+    def __init__(self, engine: RunningEngine | None = None) -> None:
         self.registry = CollectorRegistry()
-        labels = ["endpoint"]
+        labels = ["endpoint", "model"]
         self.requests = Counter("sutazai_requests", "Requests answered, by endpoint and status",
                                 [*labels, "status"], registry=self.registry)
         self.latency = Histogram("sutazai_request_duration_seconds",
@@ -52,7 +59,40 @@ class GatewayMetrics:
                                "gateway runs, 0 while it is dead or restarting",
                                registry=self.registry)
         self.engine_up.set(1)
-        self.show_model(engine)
+        self._up: dict[str, bool] = {}
+        self.loads = Counter("sutazai_model_loads", "Engine starts for a model a request "
+                             "asked for, by model and outcome (ok, failed)",
+                             ["model", "outcome"], registry=self.registry)
+        self.evictions = Counter("sutazai_model_evictions", "Idle engines stopped to make "
+                                 "room in the memory budget, by model", ["model"],
+                                 registry=self.registry)
+        self.models_loaded = Gauge("sutazai_models_loaded", "Models with an engine running "
+                                   "behind the gateway", registry=self.registry)
+        self.model_memory = Gauge("sutazai_model_memory_bytes", "Memory counted against "
+                                  "the budget for each loaded model (measured peak RSS, else "
+                                  "the estimate)", ["model"], registry=self.registry)
+        if engine is not None:
+            self.models_loaded.set(1)
+            self.show_model(engine)
+
+    def set_up(self, model: str, up: bool) -> None:
+        """``sutazai_engine_up``: 1 while every engine the gateway runs is up."""
+        self._up[model] = up
+        self.engine_up.set(1 if all(self._up.values()) else 0)
+
+    def forget_up(self, model: str) -> None:
+        self._up.pop(model, None)
+
+    def forget(self, engine: RunningEngine, model: str) -> None:
+        """An engine stopped on purpose (evicted): its series of being loaded go."""
+        self._up.pop(model, None)
+        self.engine_up.set(1 if all(self._up.values()) else 0)
+        manifest = engine.manifest
+        with contextlib.suppress(KeyError):
+            self.info.remove(manifest.name, str(manifest.version), engine.engine,
+                             manifest.digest)
+        with contextlib.suppress(KeyError):
+            self.model_memory.remove(model)
 
     def show_model(self, engine: RunningEngine, previous: RunningEngine | None = None) -> None:
         if previous is not None:

@@ -6,6 +6,10 @@ ready, sends it one real request, and only then asks the gateway to swap. Reques
 flight finish on the old engine, which is stopped after them. A new champion that fails
 to start or to answer is logged and skipped (the old one keeps serving); the watcher
 tries it again only when the alias moves again.
+
+Serving many models (``sutazai serve --champions``), one watcher per task swaps that
+task's model only; a champion not loaded at the time is just retargeted (``adopt``): its
+next request loads the new one, no engine starts for nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import httpx
 
@@ -20,7 +25,6 @@ from sutazai.config import Settings
 from sutazai.errors import SutazAIError
 from sutazai.registry.task_aliases import CHAMPION, TaskChoice
 from sutazai.serving.engines import RunningEngine
-from sutazai.serving.supervision import Gateway
 
 LOG = logging.getLogger(__name__)
 ChoiceKey = tuple[str, int, str]
@@ -43,12 +47,21 @@ def probe(engine: RunningEngine) -> None:
         raise SutazAIError(f"the new engine answered {answer.status_code}: {answer.text[:200]}")
 
 
+class SwapTarget(Protocol):
+    """What serves the task's champion: a gateway, or one model of a multi-model router."""
+
+    def swap_threadsafe(self, engine: RunningEngine, timeout_s: float = ...) -> None: ...
+
+
 class ChampionWatcher:
     """Poll the champion alias of ``task`` every ``interval_s``; swap the gateway on change."""
 
-    def __init__(self, settings: Settings, gateway: Gateway, task: str, current: ChoiceKey,
+    def __init__(self, settings: Settings, gateway: SwapTarget, task: str, current: ChoiceKey,
                  interval_s: float,
-                 start: Callable[[Settings, TaskChoice], RunningEngine] | None = None) -> None:
+                 start: Callable[[Settings, TaskChoice], RunningEngine] | None = None,
+                 adopt: Callable[[TaskChoice], bool] | None = None) -> None:
+        """``adopt``: take a new champion without starting it (True: nothing was loaded,
+        its first request will load it); False or None: start, probe, swap."""
         self.settings = settings
         self.gateway = gateway
         self.task = task
@@ -56,6 +69,7 @@ class ChampionWatcher:
         self.interval_s = interval_s
         self.skipped: ChoiceKey | None = None
         self._start = start or _start_choice
+        self.adopt = adopt
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sutazai-champion-watcher",
                                        daemon=True)
@@ -83,6 +97,16 @@ class ChampionWatcher:
         choice = TaskAliases(open_registry(self.settings)).get(self.task, CHAMPION)
         if choice is None or choice_key(choice) in (self.current, self.skipped):
             return False
+        from sutazai.security.audit import audit
+
+        if self.adopt is not None and self.adopt(choice):
+            audit(self.settings, "serve.swap", choice.ref,
+                  before=":".join(map(str, self.current)),
+                  after=":".join(map(str, choice_key(choice))))
+            self.current = choice_key(choice)
+            LOG.warning("champion of %s is now %s on %s; it loads on its first request",
+                        self.task, choice.ref, choice.engine)
+            return True
         LOG.warning("champion of %s is now %s on %s: starting it next to the current one",
                     self.task, choice.ref, choice.engine)
         try:
@@ -100,8 +124,6 @@ class ChampionWatcher:
             engine.stop()
             self.skipped = choice_key(choice)
             return False
-        from sutazai.security.audit import audit
-
         self.gateway.swap_threadsafe(engine)
         audit(self.settings, "serve.swap", choice.ref,
               before=":".join(map(str, self.current)), after=":".join(map(str, choice_key(choice))))

@@ -3,17 +3,21 @@
 ``NAME`` is the latest version, ``NAME:VERSION`` one version, ``NAME@ALIAS`` the version an
 MLflow alias points at, and nothing at all the champion of the default task, on the
 engine the selection chose for it.
+
+Several names, or every task's champion (``--champions``), are served behind one endpoint
+by :mod:`sutazai.serving.multi` (:func:`serving_many`, :func:`serve_many_forever`): each is
+resolved here first, so an unknown name fails before any engine starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sutazai.config import Settings
-from sutazai.errors import NotFoundError
+from sutazai.errors import ConfigError, NotFoundError, RegistryError
 from sutazai.observability.tracing import instrument_app
 from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import TaskAliases
@@ -23,7 +27,8 @@ from sutazai.security.access import AccessGuard
 from sutazai.security.audit import audit
 from sutazai.security.tls import ServerTLS
 from sutazai.serving.engines import RunningEngine, start_engine
-from sutazai.serving.gateway import GatewayThread, create_app
+from sutazai.serving.gateway import GatewayThread, create_app, routed_app
+from sutazai.serving.multi import ChampionSlot, ModelRouter, RouterRouting
 from sutazai.serving.process import free_port, require_free_port
 from sutazai.serving.supervision import EngineRestart, FeedbackSink, RestartOutcome
 
@@ -56,6 +61,50 @@ def resolve_target(settings: Settings, spec: str | None) -> Target:
         return Target(repo.get(name, version))
     name, version_number = parse_ref(spec)
     return Target(repo.get(name, version_number))
+
+
+def resolve_targets(settings: Settings, specs: Sequence[str], champions: bool = False
+                    ) -> list[Target]:
+    """Everything ``sutazai serve NAME... | --champions`` serves, resolved before any
+    engine starts (an unknown name or alias fails here)."""
+    if champions and specs:
+        raise ConfigError("name models or pass --champions, not both")
+    if champions:
+        return champion_targets(settings)
+    if not specs:
+        return [resolve_target(settings, None)]
+    return [resolve_target(settings, spec) for spec in specs]
+
+
+def champion_targets(settings: Settings) -> list[Target]:
+    """The champion of every task that has one (``task.<task>@champion`` in MLflow)."""
+    registry = open_registry(settings)
+    try:
+        found = registry.client.search_registered_models(filter_string="name LIKE 'task.%'")
+    except Exception as exc:  # MlflowException, or the client's errors when unreachable
+        raise RegistryError(f"could not list the tasks in MLflow at {registry.tracking_uri}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+    aliases, repo = TaskAliases(registry), open_repository(settings)
+    targets = []
+    for task in sorted(m.name.removeprefix("task.") for m in found):
+        choice = aliases.get(task)
+        if choice is not None:
+            targets.append(Target(repo.get(choice.model, choice.repository_version),
+                                  choice.engine, choice.concurrency, task))
+    if not targets:
+        raise NotFoundError("no task has a champion yet: run 'make run' (or 'sutazai bench "
+                            "run' then 'sutazai select') first, or name the models: "
+                            "sutazai serve NAME [NAME...]")
+    return targets
+
+
+def model_router(settings: Settings, targets: Sequence[Target], engine_name: str | None,
+                 *, heal: bool, feedback: FeedbackSink | None = None) -> ModelRouter:
+    """The router of ``targets`` under the settings' memory budget and load wait."""
+    return ModelRouter.from_settings(settings, [(t.manifest, t.engine, t.task) for t in targets],
+                                     engine_name, feedback=feedback,
+                                     restart=engine_restart(settings) if heal else None)
 
 
 def engine_restart(settings: Settings) -> EngineRestart:
@@ -102,6 +151,24 @@ def serving(settings: Settings, manifest: Manifest, engine_name: str | None = No
         if app is not None:
             app.state.gateway.engine.stop()
         running.stop()
+
+
+@contextlib.contextmanager
+def serving_many(settings: Settings, targets: Sequence[Target], engine_name: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0, *, heal: bool = False
+                 ) -> Iterator[tuple[ModelRouter, str]]:
+    """Several models behind one gateway in a background thread, none loaded yet; yields
+    (router, base URL). Like :func:`serving`, for tests and benchmarks."""
+    if port:
+        require_free_port(host, port)
+    router = model_router(settings, targets, engine_name, heal=heal)
+    app = routed_app(RouterRouting(router))
+    instrument_app(app, settings)
+    try:
+        with GatewayThread(app, host, port or free_port()) as gateway:
+            yield router, gateway.url
+    finally:
+        router.stop_now()  # whatever the app's shutdown did not get to
 
 
 def feedback_sink(settings: Settings) -> FeedbackSink | None:
@@ -162,3 +229,51 @@ def _serve(settings: Settings, target: Target, running: RunningEngine, engine_na
             app.state.gateway.engine.stop()
         running.stop()
         audit(settings, "serve.stop", target.manifest.ref, details={"address": url})
+
+
+def serve_many_forever(settings: Settings, targets: Sequence[Target], engine_name: str | None,
+                       host: str, port: int, announce: Callable[[ModelRouter, str], None]
+                       ) -> None:
+    """Serve several models on one endpoint until SIGINT/SIGTERM; engines start on demand.
+
+    Serving task champions (``--champions``), one watcher per task follows its champion
+    alias (:mod:`sutazai.serving.rollout`). Keys and TLS are checked first, as for one model.
+    """
+    import uvicorn
+
+    from sutazai.security.tls import server_tls
+    from sutazai.serving.rollout import ChampionWatcher
+
+    require_free_port(host, port)
+    guard = AccessGuard(settings).require_keys() if settings.auth_required else None
+    with server_tls(settings) as tls:
+        router = model_router(settings, targets, engine_name, heal=True,
+                              feedback=feedback_sink(settings))
+        app = routed_app(RouterRouting(router), guard=guard)
+        instrument_app(app, settings)
+        url = f"{'https' if tls else 'http'}://{host}:{port}"
+        refs = ",".join(m.manifest.ref for m in router.models)
+        watchers = []
+        try:
+            if not engine_name and settings.serve_watch_interval_s > 0:
+                for model in router.models:
+                    if model.task is None:
+                        continue
+                    slot = ChampionSlot(router, model.task)
+                    watchers.append(ChampionWatcher(
+                        settings, slot, model.task,
+                        (model.manifest.name, model.manifest.version, model.engine),
+                        settings.serve_watch_interval_s, adopt=slot.adopt).start())
+            announce(router, url)
+            audit(settings, "serve.start", refs,
+                  details={"models": [m.manifest.ref for m in router.models],
+                           "memory_budget_bytes": router.budget_bytes or None,
+                           "address": url, "auth": guard is not None,
+                           "mutual_tls": bool(tls and tls.mutual)})
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                        **(tls.uvicorn_options() if tls else {}))
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+            router.stop_now()
+            audit(settings, "serve.stop", refs, details={"address": url})

@@ -104,8 +104,16 @@ class Gateway:
     """
 
     def __init__(self, engine: RunningEngine, *, owns_engine: bool,
-                 feedback: FeedbackSink | None, restart: EngineRestart | None = None) -> None:
-        self.metrics = GatewayMetrics(engine)
+                 feedback: FeedbackSink | None, restart: EngineRestart | None = None,
+                 metrics: GatewayMetrics | None = None, label: str | None = None) -> None:
+        """``metrics`` and ``label``: a gateway of several models shares one set of series,
+        each model's under its ``label`` (default: the name the engine serves)."""
+        self.label_fixed = label
+        if metrics is None:
+            metrics = GatewayMetrics(engine)
+        else:
+            metrics.show_model(engine)
+        self.metrics = metrics
         self.owns_engine = owns_engine
         self.feedback = feedback
         self.upstream: Upstream | None = None
@@ -139,6 +147,11 @@ class Gateway:
     @property
     def engine(self) -> RunningEngine:
         return self.upstream.engine if self.upstream else self.first_engine
+
+    @property
+    def label(self) -> str:
+        """The ``model`` label of this gateway's series."""
+        return self.label_fixed or self.engine.model
 
     @property
     def heals(self) -> bool:
@@ -254,7 +267,7 @@ class Gateway:
             upstream = self.upstream
             if upstream is None or self.state != "ok" or upstream.engine.alive():
                 continue
-            self.metrics.engine_up.set(0)
+            self.metrics.set_up(self.label, False)
             if self.heals:
                 await self._heal(upstream)
 
@@ -326,7 +339,7 @@ class Gateway:
         self.upstream = Upstream(engine, self._client(engine))
         self.restarts += 1
         self.metrics.engine_restarts.labels("ok").inc()
-        self.metrics.engine_up.set(1)
+        self.metrics.set_up(self.label, True)
         self.state, self.reason = "ok", None
 
     def _give_up(self, death: str, restarts: int, last_error: str) -> None:
@@ -353,6 +366,7 @@ class Gateway:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.upstream = Upstream(self.first_engine, self._client(self.first_engine))
+        self.metrics.set_up(self.label, True)
         if self.heals:
             self._starter = ThreadPoolExecutor(1, thread_name_prefix="sutazai-engine-restart")
 
@@ -377,10 +391,12 @@ class Gateway:
 
         A new engine also ends a restart under way, or one given up: it serves from now."""
         old = self.upstream
+        before = self.label
         self.upstream = Upstream(engine, self._client(engine))
         self.metrics.show_model(engine, previous=old.engine if old else None)
         self.state, self.reason = "ok", None
-        self.metrics.engine_up.set(1)
+        self.metrics.forget_up(before)
+        self.metrics.set_up(self.label, True)
         self._serving.set()
         if old is None:
             return

@@ -88,7 +88,11 @@ def test_a_new_champion_is_served_without_a_failed_request(
     assert before > 0 and after_swap > before and set(statuses) == {200}, statuses
     assert not first.alive()  # the old engine was stopped once its requests were done
     assert "sutazai_model_swaps_total 1.0" in metrics
-    assert f'model="{successor.name}"' in metrics and f'model="{base.name}"' not in metrics
+    [info] = [line for line in metrics.splitlines() if line.startswith("sutazai_model_info{")]
+    assert f'model="{successor.name}"' in info  # the old one's info series is gone
+    # requests are labelled with the model that answered them, before and after the swap
+    assert f'endpoint="completions",model="{base.name}"' in metrics
+    assert f'endpoint="completions",model="{successor.name}"' in metrics
 
 
 def test_request_logging_feeds_the_store_and_ratings_reach_it(

@@ -79,12 +79,14 @@ def test_openai_client_gets_completions_streamed_and_not(
     assert streamed == done.choices[0].text  # greedy: the same text either way
 
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'sutazai_request_duration_seconds_count{endpoint="completions"} 2.0' in metrics
-    assert 'sutazai_time_to_first_token_seconds_count{endpoint="completions"} 1.0' in metrics
+    labels = '{endpoint="completions",model="gemma3-270m"}'
+    assert f"sutazai_request_duration_seconds_count{labels} 2.0" in metrics
+    assert f"sutazai_time_to_first_token_seconds_count{labels} 1.0" in metrics
     assert "sutazai_requests_in_flight 0.0" in metrics
     assert 'sutazai_model_info{digest="' in metrics and 'engine="llamacpp"' in metrics
     tokens = next(line for line in metrics.splitlines()
-                  if line.startswith('sutazai_output_tokens_total{endpoint="completions"}'))
+                  if line.startswith('sutazai_output_tokens_total{endpoint="completions",'
+                                  'model="gemma3-270m"}'))
     assert float(tokens.split()[-1]) >= done.usage.completion_tokens + 1
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     assert running.peak_rss_bytes and running.peak_rss_bytes > 200 * 2**20

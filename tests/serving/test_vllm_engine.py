@@ -61,7 +61,8 @@ def test_tiny_llama_completions_and_chat(settings: Settings, tmp_path: Path) -> 
         assert report.scorer == "api" and 0 <= report.score <= 0.6
         metrics = httpx.get(f"{url}/metrics").text
         # usage from vLLM's final stream chunk is what the gateway counts
-        assert 'sutazai_output_tokens_total{endpoint="completions"} 12.0' in metrics
+        labels = '{endpoint="completions",model="tiny-llama"}'
+        assert f"sutazai_output_tokens_total{labels} 12.0" in metrics
         assert running.peak_rss_bytes and running.peak_rss_bytes > 500 * 2**20
 
 
