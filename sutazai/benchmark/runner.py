@@ -28,7 +28,9 @@ from sutazai.benchmark.quality import (
     ApiScorer,
     LlamaCppScorer,
     QualityReport,
+    chat_quality,
     embedding_quality,
+    merged,
     ner_quality,
     text_generation_quality,
 )
@@ -78,6 +80,9 @@ class BenchmarkSummary(BaseModel):
     task: str
     engine: str
     profile: LoadProfile
+    #: Every task this run measured (a chat model is also a text-generation model); older
+    #: summaries, from before chat was a task, have only ``task``.
+    tasks: list[str] = []
     steps: list[StepSummary]
     quality: QualityReport | None
     load_seconds: float
@@ -90,6 +95,10 @@ class BenchmarkSummary(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
+
+    @property
+    def measured_tasks(self) -> list[str]:
+        return self.tasks or [self.task]
 
 
 def task_of(manifest: Manifest) -> str:
@@ -171,15 +180,21 @@ def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profil
         bar.close()
         abort = next((s.abort_reason for s in steps if s.incomplete), "")
         abort = running.death() or abort
+        chat = "chat" in manifest.tasks and "chat" in running.capabilities
         if quality and not abort:
             scorer = quality_scorer(settings, manifest, running.base_url, running.model)
             try:
                 report = text_generation_quality(scorer, settings.benchmark_data_dir)
             finally:
                 scorer.close()
+            if chat:
+                report = merged(report, chat_quality(url, running.model,
+                                                     settings.benchmark_data_dir))
+        tasks = [t for t in manifest.tasks if t in GENERATION_TASKS and (t != "chat" or chat)]
         summary = BenchmarkSummary(
             model=manifest.name, version=manifest.version, digest=manifest.digest, task=task,
-            engine=running.engine, profile=profile, steps=[StepSummary.of(s) for s in steps],
+            tasks=tasks, engine=running.engine, profile=profile,
+            steps=[StepSummary.of(s) for s in steps],
             quality=report, load_seconds=running.load_seconds,
             peak_rss_bytes=running.peak_rss_bytes, size_bytes=manifest.size,
             incomplete=bool(abort), abort_reason=abort,
@@ -203,6 +218,7 @@ def log_benchmark(settings: Settings, summary: BenchmarkSummary, steps: list[Loa
         tags={"sutazai.step": "benchmark", "sutazai.model": summary.model,
               "sutazai.repository_version": str(summary.version),
               "sutazai.digest": summary.digest, "sutazai.task": summary.task,
+              "sutazai.tasks": ",".join(summary.measured_tasks),
               "sutazai.engine": summary.engine, "sutazai.profile": summary.profile.name,
               "sutazai.incomplete": str(summary.incomplete).lower()},
         params=params, experiment=settings.benchmark_experiment,

@@ -31,24 +31,25 @@ from sutazai.selection.rules import slo_misses
 from sutazai.selection.store import candidates, slo_for_task
 from sutazai.serving.engines import engine_for
 
-SHARED_DATA = ("prompts.txt", "multiple_choice.jsonl")
+SHARED_DATA = ("prompts.txt", "multiple_choice.jsonl", "chat.jsonl")
 
 
 def heldout_data_dir(settings: Settings, texts: list[str], digest: str) -> Path:
     """A benchmark data folder whose ``heldout.txt`` is the dataset's held-out split.
 
-    Prompts and multiple-choice questions stay the standard ones, so latency and MC
-    accuracy remain comparable with the selection's runs.
+    Prompts, multiple-choice questions and chat prompts stay the standard ones, so latency,
+    MC and chat accuracy remain comparable with the selection's runs.
     """
     if not texts:
         raise SutazAIError("the held-out split is empty: import more data (sutazai data import "
                            "FILE) so that a promotion has something to be judged on")
     folder = settings.home / "learning" / "heldout" / digest[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_DATA:  # also into folders made before a shared file existed
+        if not (folder / name).is_file():
+            shutil.copyfile(settings.benchmark_data_dir / name, folder / name)
     if (folder / "heldout.txt").is_file():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_DATA:
-        shutil.copyfile(settings.benchmark_data_dir / name, folder / name)
     lines = [" ".join(text.split()) for text in texts]
     staged = folder / "heldout.txt.tmp"
     staged.write_text("\n".join(line for line in lines if line) + "\n")
@@ -64,7 +65,7 @@ def evaluate(settings: Settings, manifest: Manifest, engine: str | None, data_di
     profile = get_profile(settings.benchmark_profile)
     summary, _ = benchmark(scoped, manifest, engine, profile, settings.selection_slo,
                            progress=progress)
-    pool = candidates([summary])
+    pool = candidates([summary], task)
     chosen = next((c for c in pool if c.concurrency == concurrency), pool[0])
     metrics = dict(summary.quality.scores) if summary.quality else {}
     for name in ("ttft_p95_ms", "e2el_p95_ms", "tpot_p95_ms", "memory_mib"):

@@ -26,14 +26,17 @@ def latest_summaries(settings: Settings, task: str | None = None,
                      profile: str | None = None, *, digest: str | None = None,
                      engine: str | None = None) -> list[BenchmarkSummary]:
     """The newest complete benchmark of each (model digest, engine, profile), optionally
-    of one digest and engine only (one search, one download: the reuse check)."""
+    of one digest and engine only (one search, one download: the reuse check).
+
+    ``task`` keeps the runs that measured it: a chat model's run also counts for text
+    generation (the ``sutazai.tasks`` tag; runs from before it have ``sutazai.task`` only).
+    """
     registry = open_registry(settings)
     experiment = registry.client.get_experiment_by_name(settings.benchmark_experiment)
     if experiment is None:
         return []
     query = ["tags.`sutazai.step` = 'benchmark'", "tags.`sutazai.incomplete` = 'false'"]
-    for tag, value in (("task", task), ("profile", profile), ("digest", digest),
-                       ("engine", engine)):
+    for tag, value in (("profile", profile), ("digest", digest), ("engine", engine)):
         if value:
             query.append(f"tags.`sutazai.{tag}` = '{value}'")
     runs = registry.client.search_runs(
@@ -44,6 +47,9 @@ def latest_summaries(settings: Settings, task: str | None = None,
     summaries = []
     for run in runs:
         tags = run.data.tags
+        measured = tags.get("sutazai.tasks") or tags.get("sutazai.task", "")
+        if task and task not in measured.split(","):
+            continue
         key = (tags["sutazai.digest"], tags["sutazai.engine"], tags["sutazai.profile"])
         if key in seen:
             continue
@@ -54,12 +60,17 @@ def latest_summaries(settings: Settings, task: str | None = None,
     return summaries
 
 
-def candidates(summaries: list[BenchmarkSummary]) -> list[Candidate]:
-    """One candidate per concurrency level; one per summary for quality-only tasks."""
+def candidates(summaries: list[BenchmarkSummary], task: str | None = None) -> list[Candidate]:
+    """One candidate per concurrency level; one per summary for quality-only tasks.
+
+    Quality is the score ``task``'s selection uses (a chat model's summary holds the
+    scores of text generation and chat); without ``task``, the summary's primary score.
+    """
     pool = []
     for s in summaries:
         memory = s.peak_rss_bytes / 2**20 if s.peak_rss_bytes else None
-        quality = s.quality.score if s.quality else None
+        quality = None if s.quality is None else (
+            s.quality.score_for(task) if task else s.quality.score)
         common: dict[str, Any] = {
             "model": s.model, "version": s.version, "engine": s.engine, "memory_mib": memory,
             "quality": quality, "run_id": s.run_id, "digest": s.digest,
@@ -89,7 +100,7 @@ def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
     if not summaries:
         raise NotFoundError(f"no complete benchmark of task {task!r} with profile {profile!r} "
                             "in MLflow yet: run 'sutazai bench run NAME' first")
-    pool = candidates(summaries)
+    pool = candidates(summaries, task)
     slo = slo_for_task(task, slo)
     decision = select(task, pool, slo, weights)
     repo = open_repository(settings)

@@ -32,7 +32,7 @@ from sutazai.repository.manifest import Manifest
 from sutazai.serving.process import ManagedProcess, free_port, tail
 
 EMBEDDING_TASKS = frozenset({"embeddings", "feature-extraction", "sentence-similarity"})
-GENERATION_TASKS = frozenset({"text-generation"})
+GENERATION_TASKS = frozenset({"text-generation", "chat"})
 
 
 @dataclass

@@ -25,10 +25,11 @@ def valid(**overrides: Any) -> dict[str, Any]:
 
 def test_shipped_catalog_is_valid_and_pins_every_pypi_entry() -> None:
     catalog = load_catalog(SHIPPED)
-    assert [e.name for e in catalog.models] == ["gemma3-270m", "all-minilm-l6-v2",
-                                                "en-core-web-sm"]
+    assert [e.name for e in catalog.models] == ["gemma3-270m", "smollm2-135m-instruct",
+                                                "all-minilm-l6-v2", "en-core-web-sm"]
     assert all(e.scheme == "pypi" and e.revision for e in catalog.models)
-    assert {t for e in catalog.models for t in e.tasks} == {"text-generation", "embeddings", "ner"}
+    assert {t for e in catalog.models for t in e.tasks} == {"text-generation", "chat",
+                                                            "embeddings", "ner"}
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,12 @@ ALLOWED = {
     ("tests/conftest.py", "Hex High Entropy String",
      "1e7ad0450339fbd90e6988712a5a5c006985a00f"):  # pragma: allowlist secret
         "the same public sha256 pin, in a fixture",
+    ("models/catalog.yaml", "Hex High Entropy String",
+     "ae370b39fd4f1d71e98a87324118754747d178e2"):  # pragma: allowlist secret
+        "public sha256 pin of the SmolLM2 GGUF file",
+    ("tests/conftest.py", "Hex High Entropy String",
+     "ae370b39fd4f1d71e98a87324118754747d178e2"):  # pragma: allowlist secret
+        "the same public sha256 pin, in a fixture",
     ("tests/hub_endpoint.py", "Hex High Entropy String",
      "158b484ae1f6f64f89da22397d25fbdafad02252"):  # pragma: allowlist secret
         "the fake hub's placeholder commit id",
