@@ -138,8 +138,8 @@ def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
     run = run_pipeline("nightly", {"models": [], "profile": "smoke"}, local_settings)
     headline = run.output
     assert headline["failures"] == []
-    assert headline["champions"] == {"ner": "en-core-web-sm:1@spacyx1",
-                                     "text-generation": "gemma3-270m:1@llamacppx1"}
+    assert headline["selected"] == {"ner": "en-core-web-sm:1@spacyx1",
+                                    "text-generation": "gemma3-270m:1@llamacppx1"}
     assert headline["answer"]["engine"] == "llamacpp" and headline["answer"]["text"].strip()
     assert headline["improvement"], headline
 
@@ -159,6 +159,9 @@ def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
     aliases = TaskAliases(open_registry(local_settings))
     champion = aliases.require("text-generation")
     assert f"{champion.ref}@{champion.engine}" == improvement.champion_after
+    # the headline (what the DAG logs) names the champion after the promotion, as serving does
+    assert headline["champions"] == {"ner": "en-core-web-sm:1@spacyx1",
+                                     "text-generation": champion.label}
     assert headline["answer"]["ref"] == champion.ref  # the deployed champion is tonight's
     assert report.search is not None and report.search.trials >= 2
     assert repo.get(*parse_ref(report.search.registered or "")).source.startswith("nas:")
@@ -171,6 +174,7 @@ def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
     shown = CliRunner().invoke(app, ["report", "--json"])
     assert shown.exit_code == 0, shown.output
     report = json.loads(shown.output)
+    assert report["champions"]["text-generation"]["label"] == champion.label
     assert {b["engine"] for b in report["benchmarks"]} == {"llamacpp", "spacy"}
     assert any("ollama" in s for s in report["skipped"])
     # benchmark_select on its own reuses the nightly's measurements: no new benchmark run

@@ -215,7 +215,8 @@ def read_aliases(registry: ModelRegistry) -> AliasBook:
             if not token:
                 break
         for model in models:
-            task = model.tags.get(f"{TAG}task", "") if model.name.startswith("task.") else ""
+            task = (model.tags.get(f"{TAG}task") or model.name.removeprefix("task.")
+                    if model.name.startswith("task.") else "")
             for alias, number in sorted((model.aliases or {}).items()):
                 version = registry.client.get_model_version(model.name, str(number))
                 tags = version.tags

@@ -63,14 +63,15 @@ def _learned(settings: Settings, choice: TaskChoice) -> bool:
     try:
         return made_by_learning(open_repository(settings).get(choice.model,
                                                               choice.repository_version))
-    except NotFoundError:  # removed from the repository since: nothing to list it with
+    except NotFoundError:  # removed from the repository since
         return False
 
 
 def leaderboard(settings: Settings, task: str | None = None, profile: str | None = None,
                 aliases: AliasBook | None = None) -> list[Entry]:
     """The newest benchmark of every version and engine (best throughput first within a
-    task and profile), then the learned champions and challengers the benchmarks miss."""
+    task and profile), then each champion and challenger those miss: a learned one (or one
+    outside ``profile``) with its newest held-out measurement from the promotion, if any."""
     book = current_aliases(settings) if aliases is None else aliases
     holders = book.task_holders(task)
     summaries = latest_summaries(settings, task, profile)
@@ -79,18 +80,17 @@ def leaderboard(settings: Settings, task: str | None = None, profile: str | None
     entries = [Entry(model=s.model, version=s.version, engine=s.engine, summary=s)
                for s in summaries]
     learning = settings.model_copy(update={"benchmark_experiment": settings.learning_experiment})
-    for holder in holders:
+    for holder in holders:  # every holder is listed, measured or not
         choice = holder.choice
         assert choice is not None  # task_holders() holds task aliases only
         if any(_matches(choice, e.model, e.version, e.engine) for e in entries):
             continue
-        if not _learned(settings, choice):
-            continue  # a catalog model outside the filter, or not benchmarked: not ours to add
-        measured = latest_summaries(learning, digest=choice.digest or None,
+        measured = latest_summaries(learning, digest=choice.digest,
                                     engine=choice.engine) if choice.digest else []
         entries.append(Entry(model=choice.model, version=choice.repository_version,
-                             engine=choice.engine, source=HELDOUT,
-                             summary=measured[0] if measured else None))
+                             engine=choice.engine,
+                             source=HELDOUT if measured or _learned(settings, choice)
+                             else BENCHMARK, summary=measured[0] if measured else None))
     for entry in entries:
         entry.roles = [Role(task=h.task, alias=h.alias, concurrency=h.choice.concurrency)
                        for h in holders if h.choice is not None

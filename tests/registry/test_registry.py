@@ -12,6 +12,13 @@ from mlflow import MlflowClient
 from sutazai.config import Settings
 from sutazai.errors import InUseError
 from sutazai.registry import open_registry
+from sutazai.registry.task_aliases import (
+    CHALLENGER,
+    CHAMPION,
+    AliasBook,
+    TaskAliases,
+    current_aliases,
+)
 from sutazai.repository import Repository
 from sutazai.workflows.mirror import mirror_catalog, remove_version, sync_registry
 from tests.helpers import entry
@@ -95,3 +102,34 @@ def test_rm_refuses_a_version_holding_an_alias_unless_forced(
     remove_version(settings, "tiny-llm:1", force=True)
     assert Repository(settings.repository_root).versions("tiny-llm") == []
     assert registry.client.search_model_versions("name = 'tiny-llm'") == []
+
+
+def test_every_view_reads_who_holds_which_alias_in_one_place(
+    settings: Settings, tmp_path: Path, write_catalog: Callable[..., Path]
+) -> None:
+    assert current_aliases(settings) == AliasBook()  # nothing registered yet: and no
+    assert not (settings.home / "mlflow.db").exists()  # database made just to read it
+    source = make_source(tmp_path / "src")
+    write_catalog(entry("tiny-llm", f"file:{source}"))
+    mirror_catalog(settings)
+    make_source(source, "v2")
+    mirror_catalog(settings)
+    repo = Repository(settings.repository_root)
+    registry = open_registry(settings)
+    aliases = TaskAliases(registry)
+    aliases.set("text-generation", CHAMPION, repo.get("tiny-llm", 1), "llamacpp", 1)
+    # a promotion moves the champion on; the selection's pick becomes the challenger
+    aliases.set("text-generation", CHAMPION, repo.get("tiny-llm", 2), "llamacpp", 4)
+    aliases.set("text-generation", CHALLENGER, repo.get("tiny-llm", 1), "llamacpp", 1)
+    registry.client.set_registered_model_alias("tiny-llm", "stable", "1")
+
+    book = current_aliases(settings)
+    champion = book.choice("text-generation")
+    assert champion is not None and champion == aliases.get("text-generation")  # as serving
+    assert (champion.ref, champion.label) == ("tiny-llm:2", "tiny-llm:2@llamacppx4")
+    assert champion.digest == repo.get("tiny-llm", 2).digest
+    assert book.choices(CHALLENGER) == {"text-generation": aliases.get("text-generation",
+                                                                       CHALLENGER)}
+    assert book.names_of("tiny-llm", 1) == ["text-generation@challenger", "tiny-llm@stable"]
+    assert book.names_of("tiny-llm", 2) == ["text-generation@champion"]
+    assert book.choice("ner") is None and book.names_of("other", 1) == []

@@ -17,6 +17,7 @@ from sutazai.registry import open_registry
 from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, TaskAliases, task_model_name
 from sutazai.repository import open_repository
 from sutazai.security.audit import open_audit_log
+from sutazai.selection.leaderboard import HELDOUT, leaderboard
 from sutazai.selection.promotion import Evaluation, decide, hold_or_replace
 from sutazai.selection.rules import Candidate, Weights, select
 from tests.benchmark.test_benchmark_run import publish
@@ -128,6 +129,11 @@ def test_challenge_on_real_models_records_decisions_and_rollback_restores(
     promoted = evaluate_and_promote(settings, TASK, twin, None, heldout, "d" * 64, margin=-0.5)
     assert promoted.promoted and aliases.require(TASK, CHAMPION).model == "gemma3-270m-twin"
     assert aliases.get(TASK, CHALLENGER) is None
+    # the leaderboard names the same champion, with the held-out numbers the challenge logged
+    [row] = [e for e in leaderboard(settings, TASK) if e.model == "gemma3-270m-twin"]
+    assert row.source == HELDOUT and row.summary is not None
+    assert row.summary.run_id == promoted.evaluations[1].run_id
+    assert [(r.task, r.alias) for r in row.roles] == [(TASK, CHAMPION)]
     restored, demoted = aliases.rollback(TASK)
     assert (restored.model, demoted.model) == ("gemma3-270m", "gemma3-270m-twin")
     assert aliases.require(TASK, CHAMPION).model == "gemma3-270m"
