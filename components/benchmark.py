@@ -73,7 +73,7 @@ def select_champions(benchmarks: list[str], profile: str,
     from sutazai.workflows.nightly import BenchmarkOutcome, select_tasks
 
     outcomes = [BenchmarkOutcome.model_validate_json(b) for b in benchmarks]
-    tasks = [o.summary.task for o in outcomes if o.summary is not None]
+    tasks = [t for o in outcomes if o.summary is not None for t in o.summary.measured_tasks]
     selections = select_tasks(load_settings(), tasks, profile or None)
     with open(explanation.path, "w") as handle:
         handle.write("\n\n".join(s.explanation for s in selections) or "Nothing to select.")

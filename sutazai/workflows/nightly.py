@@ -440,8 +440,8 @@ def _benchmark(settings: Settings, state: _CycleState, progress: Progress) -> No
 
 
 def _select(settings: Settings, state: _CycleState, progress: Progress) -> None:
-    state.selections = select_tasks(settings, [b.summary.task for b in state.benchmarks
-                                               if b.summary])
+    state.selections = select_tasks(settings, [task for b in state.benchmarks if b.summary
+                                               for task in b.summary.measured_tasks])
 
 
 def _gate(settings: Settings, state: _CycleState, progress: Progress) -> None:
