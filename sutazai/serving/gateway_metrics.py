@@ -68,9 +68,10 @@ class GatewayMetrics:
                                  registry=self.registry)
         self.models_loaded = Gauge("sutazai_models_loaded", "Models with an engine running "
                                    "behind the gateway", registry=self.registry)
-        self.model_memory = Gauge("sutazai_model_memory_bytes", "Memory counted against "
-                                  "the budget for each loaded model (measured peak RSS, else "
-                                  "the estimate)", ["model"], registry=self.registry)
+        self.model_memory = Gauge("sutazai_model_memory_bytes", "Memory the budget counted "
+                                  "for each loaded model when it loaded (its peak RSS from an "
+                                  "earlier load, else the estimate)", ["model"],
+                                  registry=self.registry)
         if engine is not None:
             self.models_loaded.set(1)
             self.show_model(engine)

@@ -48,8 +48,9 @@ from sutazai.serving.supervision import EngineRestart, FeedbackSink, Gateway
 LOG = logging.getLogger(__name__)
 MIB = 2**20
 #: Resident memory of an engine per byte of weights, before it has been measured: llama.cpp
-#: maps the GGUF and touches all of it, plus its context and compute buffers (Gemma 3 270M
-#: Q4_K_M, 253 MB of weights, peaks at ~600 MB with n_ctx 2048 on llama-cpp-python 0.3).
+#: maps the GGUF and touches all of it, plus its context and compute buffers. On the safe
+#: side: Gemma 3 270M Q4_K_M (253 MB of weights) is estimated at 558 MiB and peaked at
+#: 414 MiB (n_ctx 2048, llama-cpp-python 0.3); once measured, the measurement is used.
 WEIGHT_FACTOR = 1.25
 #: What an engine process holds besides its weights: the Python server of llama.cpp;
 #: vLLM's runtime on CPU (its KV cache is added from the settings); nothing for Ollama,
@@ -370,10 +371,13 @@ class ModelRouter:
                 await self._changed.wait()
             model.waiting = None
             started = time.monotonic()
+            starting = self.loop.run_in_executor(
+                self._starter, self.start_engine, self.settings, model.manifest, model.engine)
             try:
-                engine = await self.loop.run_in_executor(
-                    self._starter, self.start_engine, self.settings, model.manifest,
-                    model.engine)
+                engine = await asyncio.shield(starting)
+            except asyncio.CancelledError:  # shutting down: the engine still comes; stop it
+                starting.add_done_callback(_stop_started)
+                raise
             except Exception as exc:
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 LOG.error("model %s did not load: %s", model.manifest.ref, exc)
@@ -522,6 +526,11 @@ class ModelRouter:
         body = self.live()
         failed = any(d["status"] == "failed" for d in body["models"])
         return (503 if failed else 200), body
+
+
+def _stop_started(started: asyncio.Future[RunningEngine]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        started.result().stop()
 
 
 def _load_failed(model: ServedModel, why: str) -> JSONResponse:
