@@ -26,23 +26,37 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _quality(s: BenchmarkSummary) -> tuple[str, str]:
+    """The primary quality score and, for text generation, bits per byte (lower is better;
+    unlike perplexity it compares models with different tokenizers). A chat model's row
+    shows its chat accuracy after its text-generation score."""
+    if s.quality is None:
+        return "-", "-"
+    scores = s.quality.scores
+    primary = f"{s.quality.score:.3f}"
+    if "chat_accuracy" in scores and s.quality.primary != "chat_accuracy":
+        primary += f" chat {scores['chat_accuracy']:.2f}"
+    bits = scores.get("bits_per_byte")
+    return primary, "-" if bits is None else f"{bits:.3f}"
+
+
 def summary_table(summaries: list[BenchmarkSummary], title: str) -> Table:
     table = Table(title=title)
     for column in ("model", "engine", "profile", "conc."):
         table.add_column(column, no_wrap=True)
     for column in ("P95 TTFT ms", "P95 e2e ms", "P95 TPOT ms", "out tok/s", "quality",
-                   "RSS MiB", "load s"):
+                   "bits/B", "RSS MiB", "load s"):
         table.add_column(column, justify="right")
     for s in summaries:
-        quality = f"{s.quality.score:.3f}" if s.quality else "-"
+        quality, bits = _quality(s)
         rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
         if not s.steps:  # quality-only tasks (embeddings, NER)
-            table.add_row(s.ref, s.engine, s.profile.name, "-", "-", "-", "-", "-", quality, rss,
-                          f"{s.load_seconds:.1f}")
+            table.add_row(s.ref, s.engine, s.profile.name, "-", "-", "-", "-", "-", quality, bits,
+                          rss, f"{s.load_seconds:.1f}")
         for step in s.steps:
             table.add_row(s.ref, s.engine, s.profile.name, str(step.concurrency),
                           _ms(step.ttft_p95_ms), _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),
-                          f"{step.output_throughput:.1f}", quality, rss,
+                          f"{step.output_throughput:.1f}", quality, bits, rss,
                           f"{s.load_seconds:.1f}")
     return table
 
@@ -94,26 +108,26 @@ def leaderboard_table(entries: list[Entry], title: str) -> Table:
     for column in ("model", "engine", *(["profile"] if by_profile else []), "role", "source"):
         table.add_column(column, no_wrap=True)
     for column in ("P95 TTFT ms", "P95 e2e ms", "P95 TPOT ms", "out tok/s", "quality",
-                   "RSS MiB", "load s"):
+                   "bits/B", "RSS MiB", "load s"):
         table.add_column(column, justify="right")
     for e in entries:
         s = e.summary
         source = SHORT_SOURCE.get(e.source, e.source)
         if s is None:  # a learned champion or challenger with no measurement on record
             table.add_row(e.ref, e.engine, *(["-"] if by_profile else []), e.role_at(None),
-                          f"{source}: none", *["-"] * 7)
+                          f"{source}: none", *["-"] * 8)
             continue
-        quality = f"{s.quality.score:.3f}" if s.quality else "-"
+        quality, bits = _quality(s)
         rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
         profile = [s.profile.name] if by_profile else []
         if not s.steps:  # quality-only tasks (embeddings, NER)
             table.add_row(e.ref, e.engine, *profile, e.role_at(None, s.task), source,
-                          "-", "-", "-", "-", quality, rss, f"{s.load_seconds:.1f}")
+                          "-", "-", "-", "-", quality, bits, rss, f"{s.load_seconds:.1f}")
         for step in s.steps:
             table.add_row(e.ref, f"{e.engine} x{step.concurrency}", *profile,
                           e.role_at(step.concurrency, s.task), source, _ms(step.ttft_p95_ms),
                           _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),
-                          f"{step.output_throughput:.1f}", quality, rss,
+                          f"{step.output_throughput:.1f}", quality, bits, rss,
                           f"{s.load_seconds:.1f}")
     return table
 
