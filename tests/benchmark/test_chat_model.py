@@ -24,7 +24,7 @@ from sutazai.repository import open_repository
 from sutazai.selection.rules import Weights
 from sutazai.selection.store import latest_summaries, select_and_promote
 from sutazai.serving.engines import VllmEngine
-from sutazai.serving.service import serving
+from sutazai.serving.service import resolve_targets, serving, serving_many
 from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry, smollm2_entry
 
@@ -141,3 +141,35 @@ def test_the_derived_chat_model_chats_on_vllm_with_its_own_template(
                                             "of Japan?"}],
             max_tokens=12, temperature=0, stream=True))
         assert "Tokyo" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.mark.slow
+def test_one_endpoint_serves_the_chat_model_and_both_generation_models(
+    settings: Settings, gemma_gguf: Path, smollm2_gguf: Path
+) -> None:
+    """The official openai client against one multi-model `serving_many` endpoint: chat
+    (plain and streamed) on SmolLM2, completions on SmolLM2 and Gemma, and Gemma (no chat
+    template) refusing chat with a clear error."""
+    settings = settings.model_copy(update={"serve_memory_budget_mib": 0})
+    settings.catalog.write_text(yaml.safe_dump({"models": [
+        smollm2_entry(smollm2_gguf), gemma_entry(gemma_gguf), gemma_entry(gemma_gguf, "gemma-b")]}))
+    assert all(o.error is None for o in mirror_catalog(settings))
+    names = ["smollm2-135m-instruct", "gemma3-270m", "gemma-b"]
+    with serving_many(settings, resolve_targets(settings, names)) as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list().data} == set(names)
+        chat = client.chat.completions.create(
+            model="smollm2-135m-instruct", max_tokens=16, temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of Japan?"}])
+        assert "Tokyo" in (chat.choices[0].message.content or "")
+        streamed = list(client.chat.completions.create(
+            model="smollm2-135m-instruct:1", max_tokens=8, temperature=0, stream=True,
+            messages=[{"role": "user", "content": "Say hello."}]))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).strip()
+        for name in names:
+            done = client.completions.create(model=name, prompt="The capital of France is",
+                                             max_tokens=4, temperature=0)
+            assert done.choices[0].text and done.model.startswith(name.split(":")[0])
+        with pytest.raises(openai.BadRequestError, match="chat template"):
+            client.chat.completions.create(model="gemma3-270m", max_tokens=4,
+                                           messages=[{"role": "user", "content": "hi"}])
