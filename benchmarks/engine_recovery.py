@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import stop_server  # noqa: E402 (after the path)
+
 CLEAR_CODES = {"engine_failed", "engine_restarting"}
 PROMPTS = ["Count: 1, 2, 3,", "The capital of France is", "Once upon a time",
            "List of colours: red,"]
@@ -272,12 +274,7 @@ def measure_recovery(model: str = "gemma3-270m", *, kills: int = 3, clients: int
                                            None))
         outcomes = collections.Counter(kind for _, _, kind in load.records)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     loads = _restart_loads(server_env, first_seq)
     for recovery, (load_s, backoff_s) in zip(recoveries, loads, strict=False):
         recovery.load_s, recovery.backoff_s = load_s, backoff_s

