@@ -5,6 +5,7 @@ tokenizers, and selection of the chat task next to text generation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -27,6 +28,20 @@ from sutazai.serving.engines import VllmEngine
 from sutazai.serving.service import resolve_targets, serving, serving_many
 from sutazai.workflows.mirror import mirror_catalog
 from tests.conftest import gemma_entry, smollm2_entry
+
+
+def chat(client: openai.OpenAI, model: str, question: str, *, stream: bool = False,
+         max_tokens: int = 16) -> str:
+    """The reply to one user message, greedy, plain or streamed (joined)."""
+    messages: list[Any] = [{"role": "user", "content": question}]
+    if not stream:
+        reply = client.chat.completions.create(model=model, messages=messages,
+                                               max_tokens=max_tokens, temperature=0)
+        return reply.choices[0].message.content or ""
+    chunks = client.chat.completions.create(model=model, messages=messages,
+                                            max_tokens=max_tokens, temperature=0, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
 
 QUICK = LoadProfile(name="quick", mode="concurrency", concurrency=1, num_prompts=3,
                     output_tokens=8, warmup=1)
@@ -75,14 +90,8 @@ def test_the_chat_model_is_benchmarked_and_selected_for_chat_and_text_generation
     with serving(settings, manifest) as (running, url):
         assert running.engine == "llamacpp" and "chat" in running.capabilities
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-        reply = client.chat.completions.create(
-            model=running.model, messages=[{"role": "user", "content": "What is 2 plus 3?"}],
-            max_tokens=16, temperature=0)
-        assert "5" in (reply.choices[0].message.content or "")
-        chunks = list(client.chat.completions.create(
-            model=running.model, messages=[{"role": "user", "content": "Say hello."}],
-            max_tokens=8, temperature=0, stream=True))
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+        assert "5" in chat(client, running.model, "What is 2 plus 3?")
+        assert chat(client, running.model, "Say hello.", stream=True, max_tokens=8).strip()
 
     summary, _ = benchmark(settings, manifest, "llamacpp", QUICK, SLO(ttft_p95_ms=10_000))
     assert summary.tasks == ["text-generation", "chat"]
@@ -132,15 +141,9 @@ def test_the_derived_chat_model_chats_on_vllm_with_its_own_template(
     with serving(settings, derived, "vllm") as (running, url):
         assert running.capabilities == {"completions", "chat"}
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-        reply = client.chat.completions.create(
-            model=running.model, messages=[{"role": "user", "content": "What is 2 plus 3?"}],
-            max_tokens=16, temperature=0)
-        assert "5" in (reply.choices[0].message.content or "")
-        chunks = list(client.chat.completions.create(
-            model=running.model, messages=[{"role": "user", "content": "What is the capital "
-                                            "of Japan?"}],
-            max_tokens=12, temperature=0, stream=True))
-        assert "Tokyo" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "5" in chat(client, running.model, "What is 2 plus 3?")
+        assert "Tokyo" in chat(client, running.model, "What is the capital of Japan?",
+                               stream=True)
 
 
 @pytest.mark.slow
@@ -158,14 +161,8 @@ def test_one_endpoint_serves_the_chat_model_and_both_generation_models(
     with serving_many(settings, resolve_targets(settings, names)) as (_, url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list().data} == set(names)
-        chat = client.chat.completions.create(
-            model="smollm2-135m-instruct", max_tokens=16, temperature=0,
-            messages=[{"role": "user", "content": "What is the capital of Japan?"}])
-        assert "Tokyo" in (chat.choices[0].message.content or "")
-        streamed = list(client.chat.completions.create(
-            model="smollm2-135m-instruct:1", max_tokens=8, temperature=0, stream=True,
-            messages=[{"role": "user", "content": "Say hello."}]))
-        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).strip()
+        assert "Tokyo" in chat(client, "smollm2-135m-instruct", "What is the capital of Japan?")
+        assert chat(client, "smollm2-135m-instruct:1", "Say hello.", stream=True).strip()
         for name in names:
             done = client.completions.create(model=name, prompt="The capital of France is",
                                              max_tokens=4, temperature=0)
