@@ -211,7 +211,8 @@ def test_a_promoted_learned_champion_is_champion_in_every_view(settings: Setting
     table = sutazai("bench", "leaderboard", env={"COLUMNS": "250"})
     assert table.returncode == 0, table.stderr
     [row] = [line for line in table.stdout.splitlines() if home["tuned"] in line]
-    assert "champion" in row and "held-out" in row and "challenger" not in row
+    assert "champion" in row and "†" in row and "challenger" not in row
+    assert "† measured by the promotion on the held-out split" in " ".join(table.stdout.split())
 
     listed = {f"{m['name']}:{m['version']}": m["aliases"] for m in run_json("models", "list")}
     assert listed == {home["tuned"]: ["text-generation@champion"],

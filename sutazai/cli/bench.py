@@ -22,30 +22,32 @@ app = typer.Typer(help="Benchmark model versions on real engines and select cham
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
+#: The figures of both tables; latencies are P95 in ms (the captions say so).
+COLUMNS = ("TTFT", "e2e", "TPOT", "tok/s", "quality", "bits/B", "MiB", "load s")
+CAPTION = ("TTFT, e2e (end to end), TPOT: P95 in ms; tok/s: output tokens/s; bits/B: bits "
+           "per byte of held-out text (lower is better); MiB: the engine's peak RSS")
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _quality(s: BenchmarkSummary) -> tuple[str, str]:
-    """The primary quality score and, for text generation, bits per byte (lower is better;
-    unlike perplexity it compares models with different tokenizers). A chat model's row
-    shows its chat accuracy after its text-generation score."""
+def _quality(s: BenchmarkSummary, task: str | None = None) -> tuple[str, str]:
+    """The quality score ``task``'s selection uses (default: the run's primary one) and, for
+    text generation, bits per byte (lower is better; unlike perplexity it compares models
+    with different tokenizers)."""
     if s.quality is None:
         return "-", "-"
-    scores = s.quality.scores
-    primary = f"{s.quality.score:.3f}"
-    if "chat_accuracy" in scores and s.quality.primary != "chat_accuracy":
-        primary += f" chat {scores['chat_accuracy']:.2f}"
-    bits = scores.get("bits_per_byte")
-    return primary, "-" if bits is None else f"{bits:.3f}"
+    score = s.quality.score_for(task) if task else s.quality.score
+    bits = s.quality.scores.get("bits_per_byte")
+    return ("-" if score is None else f"{score:.3f}"), ("-" if bits is None else f"{bits:.2f}")
 
 
 def summary_table(summaries: list[BenchmarkSummary], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, caption=CAPTION)
     for column in ("model", "engine", "profile", "conc."):
         table.add_column(column, no_wrap=True)
-    for column in ("P95 TTFT ms", "P95 e2e ms", "P95 TPOT ms", "out tok/s", "quality",
-                   "bits/B", "RSS MiB", "load s"):
+    for column in COLUMNS:
         table.add_column(column, justify="right")
     for s in summaries:
         quality, bits = _quality(s)
@@ -90,42 +92,43 @@ def run_command(
                   highlight=False)
 
 
-#: The leaderboard's short name for where a row's numbers come from (JSON: the full one).
-SHORT_SOURCE = {"benchmark": "benchmark", "learning (held-out)": "held-out"}
+#: Marks a row whose numbers the promotion measured on held-out data, not the benchmark.
+HELDOUT_MARK = "†"
 
 
-def leaderboard_table(entries: list[Entry], title: str) -> Table:
+def leaderboard_table(entries: list[Entry], title: str, task: str | None = None) -> Table:
     """The leaderboard: each row's engine x concurrency, the aliases it holds (the task
-    named only when it is not the row's own) and where its numbers come from."""
+    named only when it is not the row's own) and where its numbers come from; quality is
+    the score ``task``'s selection uses (a chat model's chat accuracy under ``chat``)."""
     profiles = {e.summary.profile.name for e in entries if e.summary}
     by_profile = len(profiles) > 1
-    caption = ("held-out: measured by the promotion on the held-out split of its dataset "
-               "(learning experiment), not by the benchmark"
-               if any(e.source != "benchmark" for e in entries) else None)
+    caption = CAPTION + (f"; {HELDOUT_MARK} measured by the promotion on the held-out split of "
+                         "its dataset (learning experiment), not by the benchmark"
+                         if any(e.held_out for e in entries) else "")
     if not by_profile and profiles:
         title = f"{title} (profile {next(iter(profiles))})"
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption)
-    for column in ("model", "engine", *(["profile"] if by_profile else []), "role", "source"):
-        table.add_column(column, no_wrap=True)
-    for column in ("P95 TTFT ms", "P95 e2e ms", "P95 TPOT ms", "out tok/s", "quality",
-                   "bits/B", "RSS MiB", "load s"):
-        table.add_column(column, justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, pad_edge=False)
+    # Names may fold onto a second line; figures never lose digits to an ellipsis.
+    for column in ("model", "engine", *(["profile"] if by_profile else []), "role"):
+        table.add_column(column, overflow="fold")
+    for column in COLUMNS:
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for e in entries:
         s = e.summary
-        source = SHORT_SOURCE.get(e.source, e.source)
+        ref = f"{e.ref} {HELDOUT_MARK}" if e.held_out else e.ref
         if s is None:  # a learned champion or challenger with no measurement on record
-            table.add_row(e.ref, e.engine, *(["-"] if by_profile else []), e.role_at(None),
-                          f"{source}: none", *["-"] * 8)
+            table.add_row(ref, e.engine, *(["-"] if by_profile else []), e.role_at(None),
+                          *["-"] * 8)
             continue
-        quality, bits = _quality(s)
+        quality, bits = _quality(s, task)
         rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
         profile = [s.profile.name] if by_profile else []
         if not s.steps:  # quality-only tasks (embeddings, NER)
-            table.add_row(e.ref, e.engine, *profile, e.role_at(None, s.task), source,
+            table.add_row(ref, e.engine, *profile, e.role_at(None, s.task),
                           "-", "-", "-", "-", quality, bits, rss, f"{s.load_seconds:.1f}")
         for step in s.steps:
-            table.add_row(e.ref, f"{e.engine} x{step.concurrency}", *profile,
-                          e.role_at(step.concurrency, s.task), source, _ms(step.ttft_p95_ms),
+            table.add_row(ref, f"{e.engine} x{step.concurrency}", *profile,
+                          e.role_at(step.concurrency, s.task), _ms(step.ttft_p95_ms),
                           _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),
                           f"{step.output_throughput:.1f}", quality, bits, rss,
                           f"{s.load_seconds:.1f}")
@@ -153,7 +156,7 @@ def leaderboard_command(
     if not entries:
         errors.print("no benchmarks yet: run 'sutazai bench run NAME' or 'make run'")
         return
-    console.print(leaderboard_table(entries, "SutazAI leaderboard"))
+    console.print(leaderboard_table(entries, "SutazAI leaderboard", task))
 
 
 @app.command("select")

@@ -19,6 +19,8 @@ from sutazai.cli.serve import serve_command
 from sutazai.errors import SutazAIError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from sutazai.config import Settings
     from sutazai.workflows.nightly import CycleReport
 
@@ -72,8 +74,7 @@ def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
                       f"verified {'[green]ok[/]' if not report.problems else '[red]FAILED[/]'}; "
                       f"MLflow {settings.tracking_uri}")
         if report.benchmarks:
-            console.print(bench.summary_table(report.benchmarks, "SutazAI leaderboard (profile "
-                                              f"{settings.benchmark_profile})"))
+            console.print(leaderboard_view(settings, report))
         for reason in report.skipped:
             console.print(f"[dim]skipped {escape(reason)}[/]")
         for decision in report.selections:
@@ -94,6 +95,22 @@ def show_report(report: CycleReport, settings: Settings, as_json: bool) -> None:
     if report.problems:
         raise SutazAIError(f"{len(report.problems)} stored file(s) failed verification; run "
                            "'sutazai models verify' for details")
+
+
+def leaderboard_view(settings: Settings, report: CycleReport) -> Table:
+    """The leaderboard as ``sutazai bench leaderboard`` shows it (champions and challengers
+    marked from the MLflow aliases, learned ones with their held-out figures); tonight's
+    benchmarks alone, unmarked, when MLflow cannot be read."""
+    from sutazai.selection.leaderboard import leaderboard
+
+    profile = settings.benchmark_profile
+    try:
+        return bench.leaderboard_table(leaderboard(settings, None, profile),
+                                       "SutazAI leaderboard")
+    except SutazAIError as exc:
+        errors.print(f"[dim]the leaderboard could not read MLflow ({escape(str(exc))}); "
+                     "tonight's benchmarks without their aliases:[/]")
+        return bench.summary_table(report.benchmarks, f"SutazAI leaderboard (profile {profile})")
 
 
 def show_improvement(report: CycleReport) -> None:

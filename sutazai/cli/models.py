@@ -98,7 +98,7 @@ def list_command(as_json: bool = JSON) -> None:
     for column in ("model", "version", "format", "tasks", "size", "digest", "created",
                    "aliases"):
         table.add_column(column, justify="right" if column == "size" else "left",
-                         no_wrap=column in ("tasks", "aliases"))  # these one a line
+                         no_wrap=column in ("model", "tasks", "aliases"))  # these one a line
     for m in manifests:
         table.add_row(m.name, str(m.version), m.format, "\n".join(m.tasks), size(m.size),
                       short(m.digest), m.created.strftime("%Y-%m-%d %H:%M"),

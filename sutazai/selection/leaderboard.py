@@ -45,6 +45,11 @@ class Entry(BaseModel):
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
 
+    @property
+    def held_out(self) -> bool:
+        """Its numbers come from the promotion's held-out run, not from the benchmark."""
+        return self.source != BENCHMARK
+
     def role_at(self, concurrency: int | None, task: str = "") -> str:
         """The roles to show on the row of ``concurrency`` (None: a row without load steps):
         each role on its own concurrency's row, or on every row when none has it; ``task``
