@@ -102,3 +102,71 @@ def evaluate(extractor: ChunkExtractor, gold: Sequence[GoldSentence]) -> Quality
         relations=Scores(true_positives=rel["tp"], predicted=rel["pred"], gold=rel["gold"]),
         relations_untyped=Scores(true_positives=rel["tp_u"], predicted=rel["pred_u"],
                                  gold=rel["gold_u"]))
+
+
+class GoldDocument(BaseModel):
+    """A real document (a file beside the gold file) and every PERSON and ORG it names."""
+
+    document: str
+    entities: list[tuple[str, str]]
+
+
+class DocumentQuality(BaseModel):
+    """Entity P/R/F1 over whole documents: each document's distinct (type, name) pairs, as
+    its entities would be stored, against the hand-annotated ones."""
+
+    documents: int
+    types: list[str]
+    entities: Scores  # the right name with the right type
+    entities_untyped: Scores  # the right name, whichever of ``types``
+    entities_by_type: dict[str, Scores]
+    false_positives: dict[str, list[str]]  # per document: "TYPE name" predicted, not gold
+    false_negatives: dict[str, list[str]]  # per document: "TYPE name" gold, not predicted
+
+
+def load_document_gold(path: Path) -> list[GoldDocument]:
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return [GoldDocument.model_validate(json.loads(line)) for line in lines]
+
+
+def evaluate_documents(extractor: ChunkExtractor, gold: Sequence[GoldDocument], folder: Path,
+                       *, chunk_chars: int = 2000,
+                       types: Sequence[str] = ("PERSON", "ORG")) -> DocumentQuality:
+    """Load, chunk and extract each document as an ingest does, and score the entities of
+    ``types`` it yields against the gold set."""
+    from sutazai.knowledge.documents import chunk, load
+
+    wanted = frozenset(types)
+    tp: Counter[str] = Counter()
+    pred: Counter[str] = Counter()
+    want: Counter[str] = Counter()
+    untyped = Counter[str]()
+    false_positives: dict[str, list[str]] = {}
+    false_negatives: dict[str, list[str]] = {}
+    for item in gold:
+        doc = load(str(folder / item.document), max_bytes=2**24)
+        found = extractor.extract(chunk(doc, chunk_chars))
+        predicted = {(m.type, normalise(m.text, m.type)) for f in found for m in f.mentions
+                     if m.type in wanted}
+        predicted = {p for p in predicted if p[1]}
+        expected = {(t, normalise(n, t)) for n, t in item.entities if t in wanted}
+        for counter, pairs in ((pred, predicted), (want, expected), (tp, predicted & expected)):
+            for etype, _ in pairs:
+                counter[etype] += 1
+        names_got, names_want = {n for _, n in predicted}, {n for _, n in expected}
+        untyped["pred"] += len(names_got)
+        untyped["gold"] += len(names_want)
+        untyped["tp"] += len(names_got & names_want)
+        false_positives[item.document] = sorted(f"{t} {n}" for t, n in predicted - expected)
+        false_negatives[item.document] = sorted(f"{t} {n}" for t, n in expected - predicted)
+    by_type = {t: Scores(true_positives=tp[t], predicted=pred[t], gold=want[t])
+               for t in sorted(wanted)}
+    return DocumentQuality(
+        documents=len(gold), types=sorted(wanted),
+        entities=Scores(true_positives=sum(tp.values()), predicted=sum(pred.values()),
+                        gold=sum(want.values())),
+        entities_untyped=Scores(true_positives=untyped["tp"], predicted=untyped["pred"],
+                                gold=untyped["gold"]),
+        entities_by_type=by_type, false_positives=false_positives,
+        false_negatives=false_negatives)
