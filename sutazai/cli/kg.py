@@ -50,6 +50,10 @@ def ingest_command(
                       str(report.chunks), str(report.entities), str(report.mentions),
                       str(report.relations), f"{report.seconds:.1f}")
         console.print(table)
+        if report.entities_dropped:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in
+                                sorted(report.entities_dropped.items(), key=lambda x: -x[1]))
+            console.print(f"Entity candidates dropped (not names): {reasons}", highlight=False)
         if relations in ("llm", "both"):
             console.print(f"LLM: {report.llm_invalid_outputs} invalid answer(s), "
                           f"{report.llm_chunks_skipped} chunk(s) skipped, "

@@ -13,19 +13,16 @@ import hashlib
 import io
 import re
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from sutazai.errors import DocumentError
-from sutazai.knowledge.models import Chunk, LoadedDocument, SkippedLink
+from sutazai.knowledge import structure
+from sutazai.knowledge.models import Block, Chunk, LoadedDocument, SkippedLink
 
 SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
             ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
             ".pdf": "application/pdf"}
-_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article",
-               "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote",
-               "title", "dd", "dt", "hr"}
 
 
 def expand(paths: list[str], *, follow_links: bool = False,
@@ -144,24 +141,32 @@ def load(source: str, *, max_bytes: int, timeout_s: float = 60.0) -> LoadedDocum
     if not data:
         raise DocumentError(f"{source}: the file is empty; nothing to ingest")
     media_type = media_type or _sniff(data)
+    blocks: list[Block] = []
+    masks: list[tuple[int, int]] = []
+    title = ""
     if media_type == "application/pdf" or data.startswith(b"%PDF-"):
-        text, title = _pdf_text(source, data), ""
+        text, blocks, masks = structure.pages(_pdf_pages(source, data))
         media_type = "application/pdf"
+        if not text.strip():
+            raise DocumentError(f"{source}: the PDF has no text layer (scanned pages?); "
+                                "run OCR first, e.g. ocrmypdf IN.pdf OUT.pdf")
     else:
-        raw = _decode(source, data)
+        raw = _decode(source, data).replace("\r\n", "\n").replace("\r", "\n")
         if media_type == "text/html" or (not media_type and _looks_html(raw)):
-            text, title = _html_text(raw)
+            text, title, blocks, masks = structure.html(raw)
             media_type = "text/html"
+        elif media_type == "text/markdown":
+            text, blocks, masks = structure.markdown(raw)
         else:
-            text, title = raw, ""
+            text = raw
+            blocks, masks = structure.plain(raw)
             media_type = media_type or "text/plain"
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise DocumentError(f"{source}: no text in it (a scanned PDF or an empty page?); "
-                            "convert it to text first")
+        raise DocumentError(f"{source}: no text in it (markup or white space only); "
+                            "nothing to ingest")
     return LoadedDocument(id=hashlib.sha256(data).hexdigest(), uri=uri,
                           title=title or name, media_type=media_type, size=len(data),
-                          text=text)
+                          text=text, blocks=blocks, masks=masks)
 
 
 def _too_large(source: str, size: int, max_bytes: int) -> str:
@@ -238,50 +243,7 @@ def _control_ratio(sample: bytes) -> float:
     return controls / len(sample)
 
 
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title: list[str] = []
-        self._skip = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "noscript", "template"):
-            self._skip += 1
-        elif tag == "title":
-            self._in_title = True
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "noscript", "template") and self._skip:
-            self._skip -= 1
-        elif tag == "title":
-            self._in_title = False
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self._in_title:
-            self.title.append(data)
-            return
-        self.parts.append(data)
-
-
-def _html_text(html: str) -> tuple[str, str]:
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    text = "".join(parser.parts)
-    text = re.sub(r"[ \t\f\v]+", " ", text)
-    text = re.sub(r" *\n[ \n]*\n *", "\n\n", text)
-    return text.strip(), " ".join("".join(parser.title).split())
-
-
-def _pdf_text(source: str, data: bytes) -> str:
+def _pdf_pages(source: str, data: bytes) -> list[str]:
     import logging
 
     from pypdf import PdfReader
@@ -297,32 +259,65 @@ def _pdf_text(source: str, data: bytes) -> str:
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise DocumentError(f"{source}: not a readable PDF ({exc}); repair or re-export it"
                             ) from None
-    return "\n\n".join(p.strip() for p in pages if p.strip())
+    return pages
 
 
 def chunk(document: LoadedDocument, max_chars: int, overlap: int = 0) -> list[Chunk]:
     """Split the text into chunks of at most ``max_chars``, at paragraph, then sentence, then
     word boundaries, with character offsets into the document's text.
 
-    Chunks never cut a sentence unless one sentence is longer than a chunk, so the
-    dependency parse behind subject-verb-object relations sees whole sentences.
+    A chunk never crosses a section (a heading, or a PDF page), so each carries one heading
+    path and one page. Chunks never cut a sentence unless one sentence is longer than a
+    chunk, so the dependency parse behind subject-verb-object relations sees whole sentences.
     """
     text = document.text
     overlap = min(overlap, max_chars // 2)
     chunks: list[Chunk] = []
-    start = _skip_space(text, 0)
-    while start < len(text):
-        end = min(len(text), start + max_chars)
-        if end < len(text):
+    for lo, hi, heading, page in _sections(document):
+        for start, end in _split(text, lo, hi, max_chars, overlap):
+            chunks.append(Chunk(id=f"{document.id[:32]}:{len(chunks)}", document=document.id,
+                                index=len(chunks), start=start, end=end,
+                                text=text[start:end], page=page, heading=heading,
+                                masks=_within(document.masks, start, end)))
+    return chunks
+
+
+def _sections(document: LoadedDocument) -> list[tuple[int, int, list[str], int | None]]:
+    """(start, end, heading path, page) of each run of blocks under one heading and page;
+    a heading opens the section it names."""
+    blocks = document.blocks
+    if not blocks:
+        return [(0, len(document.text), [], None)]
+    sections: list[tuple[int, int, list[str], int | None]] = []
+    for block in blocks:
+        key = (block.heading, block.page)
+        if sections and block.kind != "heading" and (sections[-1][2], sections[-1][3]) == key:
+            lo, _, heading, page = sections[-1]
+            sections[-1] = (lo, block.end, heading, page)
+        else:
+            sections.append((block.start, block.end, block.heading, block.page))
+    return sections
+
+
+def _within(masks: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    return [(max(a, start), min(b, end)) for a, b in masks if a < end and b > start]
+
+
+def _split(text: str, lo: int, hi: int, max_chars: int, overlap: int
+           ) -> list[tuple[int, int]]:
+    """(start, end) of the chunks of text[lo:hi]."""
+    spans: list[tuple[int, int]] = []
+    start = _skip_space(text, lo)
+    while start < hi:
+        end = min(hi, start + max_chars)
+        if end < hi:
             end = _boundary(text, start, end)
         body_end = end
         while body_end > start and text[body_end - 1].isspace():
             body_end -= 1
         if body_end > start:
-            chunks.append(Chunk(id=f"{document.id[:32]}:{len(chunks)}", document=document.id,
-                                index=len(chunks), start=start, end=body_end,
-                                text=text[start:body_end]))
-        if end >= len(text):
+            spans.append((start, body_end))
+        if end >= hi:
             break
         next_start = _skip_space(text, end)
         if overlap:
@@ -330,7 +325,7 @@ def chunk(document: LoadedDocument, max_chars: int, overlap: int = 0) -> list[Ch
             if start < back < body_end:
                 next_start = back
         start = next_start
-    return chunks
+    return spans
 
 
 def _overlap_start(text: str, lo: int, hi: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,8 +134,13 @@ class SpacyExtractor:
     """NER and, with ``relations``, subject-verb-object relations from one spaCy pass."""
 
     def __init__(self, nlp: Any, model: str, entity_types: Sequence[str],
-                 relations: bool = True, batch_size: int = 64) -> None:
+                 relations: bool = True, batch_size: int = 64, candidates: bool = True
+                 ) -> None:
+        """``candidates``: drop entity candidates that are URLs, paths, code and the like
+        (:func:`drop_reason`), and read the text with its masked spans blanked out; off
+        only to measure what that filter is worth."""
         self.nlp = nlp
+        self.candidates = candidates
         self.model = model
         self.types = frozenset(entity_types)
         self.relations = relations
@@ -150,29 +156,39 @@ class SpacyExtractor:
         disable = [] if self.relations else [p for p in ("parser", "lemmatizer")
                                              if p in self.nlp.pipe_names]
         out = []
-        for chunk, doc in zip(chunks, self.nlp.pipe((c.text for c in chunks),
-                                                    batch_size=self.batch_size,
+        texts = (masked_text(c) if self.candidates else c.text for c in chunks)
+        code = _code_words(chunks) if self.candidates else {}
+        for chunk, doc in zip(chunks, self.nlp.pipe(texts, batch_size=self.batch_size,
                                                     disable=disable), strict=True):
-            mentions = self._mentions(chunk, doc)
+            dropped: Counter[str] = Counter()
+            mentions = self._mentions(chunk, doc, code.get(chunk.document, set()), dropped)
             relations = self._relations(chunk, doc, mentions) if self.relations else []
             out.append(Extraction(chunk=chunk, mentions=list(mentions.values()),
-                                  relations=relations))
+                                  relations=relations, entities_dropped=dict(dropped)))
         return out
 
     def _provenance(self, chunk: Chunk, extractor: str) -> Provenance:
         return Provenance(document=chunk.document, chunk=chunk.id, extractor=extractor,
                           model=self.model)
 
-    def _mentions(self, chunk: Chunk, doc: Any) -> dict[int, Mention]:
+    def _mentions(self, chunk: Chunk, doc: Any, code: set[str], dropped: Counter[str]
+                  ) -> dict[int, Mention]:
         """Mentions keyed by the index of their span's first token."""
         found: dict[int, Mention] = {}
         provenance = self._provenance(chunk, "spacy-ner")
         for ent in doc.ents:
             if ent.label_ not in self.types:
                 continue
-            text = ent.text.strip()
+            original = chunk.text[ent.start_char:ent.end_char]
+            text = original.strip()
             if not text or not any(ch.isalnum() for ch in text):
                 continue
+            if self.candidates:
+                reason = drop_reason(text, ent.label_, chunk, code,
+                                     masked=original != ent.text)
+                if reason:
+                    dropped[reason] += 1
+                    continue
             looks_like_a_name = text[0].isupper() or text[0].isdigit()
             found[ent.start] = Mention(
                 text=text, type=ent.label_, start=chunk.start + ent.start_char,
@@ -271,3 +287,89 @@ def _triples(verb: Any) -> list[tuple[Any, Any, str, float]]:
                 for patient in patients:
                     out.append((obj, patient, _relation_name(lemma), SVO_CONFIDENCE))
     return out
+
+
+# ------------------------------------------------------------------ entity candidates
+#: Why an entity candidate is dropped, as the ingest report counts it.
+DROP_REASONS = ("url", "path", "file_name", "identifier", "version", "markup", "heading",
+                "code", "term")
+_NAME_TYPES = frozenset({"PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "PRODUCT",
+                         "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"})
+_URL = re.compile(r"://|^www\.|\.(?:com|org|net|io|dev|edu|gov|cz|de|gg|me)\b|@", re.I)
+_FILE = re.compile(r"(?:^|\s)[\w-]*\.(?:py|md|rst|txt|cfg|toml|ya?ml|json|ini|sh|po|mo|c|h|"
+                   r"js|ts|rs|go|html?|xml|csv|so|whl|gz|zip|exe|dll|lock|pdf|png|svg)$"
+                   r"|^\.\w", re.I)
+_VERSION = re.compile(r"(?:^|\s)v?\d+(?:\.\d+)+\+?(?:\s|$)|\d[\w.]*\.\d|^v\d", re.I)
+_MARKUP = re.compile(r"[\[\]{}<>|`*#=\\^~]|\]\(|!\[|\(\s*\)|^[(\-]|[(\-]$")
+_IDENTIFIER = re.compile(r"_|\(\)|^[a-z]+[A-Z]\w*$|^[A-Za-z]+\d+[A-Za-z]*$"
+                         r"|^\w+(?:\.[a-z_]\w+)+$|^[A-Z][a-z]+(?:[A-Z][a-z]+){2,}$")
+# Words of technical prose a small NER model reads as names: protocols, formats, languages,
+# licences, tools. None of them is a person or an organisation.
+_TERMS = (
+    "api abi cli gui url uri http https ssl tls ssh ftp dns tcp udp ip json yaml toml xml "
+    "html css csv sql pdf svg utf unicode ascii python git svn hg cvs rust java javascript "
+    "go c++ latex tex bibtex markdown rest restructuredtext bsd mit gpl lgpl mpl apache "
+    "license licence pip pypi conda docker linux unix posix windows macos ios android uid "
+    "gid ber der cer per asn ci cd doc docs readme faq todo bugs issues changelog nan "
+    "regex cookie cookies")
+TECHNICAL_TERMS = frozenset(_TERMS.split(" "))
+
+
+def masked_text(chunk: Chunk) -> str:
+    """The chunk's text with its masked spans (code, URLs, paths) blanked out, offsets kept."""
+    if not chunk.masks:
+        return chunk.text
+    chars = list(chunk.text)
+    for start, end in chunk.masks:
+        for i in range(max(start - chunk.start, 0), min(end - chunk.start, len(chars))):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+def _code_words(chunks: Sequence[Chunk]) -> dict[str, set[str]]:
+    """Per document, the identifiers its code and other masked spans use (lowercase)."""
+    words: dict[str, set[str]] = {}
+    for chunk in chunks:
+        found = words.setdefault(chunk.document, set())
+        for start, end in chunk.masks:
+            span = chunk.text[start - chunk.start:end - chunk.start]
+            found.update(w.casefold() for w in re.findall(r"[A-Za-z_][\w-]*", span))
+    return words
+
+
+def drop_reason(text: str, label: str, chunk: Chunk | None = None,
+                code: set[str] | frozenset[str] = frozenset(), masked: bool = False
+                ) -> str | None:
+    """Why a candidate entity is not one (a key of :data:`DROP_REASONS`), or None to keep it.
+
+    ``masked``: the span ran over masked text (code, a URL). ``code``: identifiers the
+    document's code uses, so a lone word that is also an identifier there is one.
+    """
+    if label not in _NAME_TYPES:
+        return None
+    words = text.split()
+    if masked:
+        return "code"
+    if _URL.search(text):
+        return "url"
+    if "/" in text or "\\" in text:
+        return "path"
+    if _FILE.search(text):
+        return "file_name"
+    if _MARKUP.search(text):
+        return "markup"
+    if _VERSION.search(text):
+        return "version"
+    if any(_IDENTIFIER.search(w) for w in words) or (
+            len(words) == 1 and text.casefold() in code):
+        return "identifier"
+    letters = [c for c in text if c.isalpha()]
+    if chunk is not None and any(" ".join(text.split()) == h for h in chunk.heading[-1:]):
+        return "heading"
+    if len(letters) > 3 and all(c.isupper() for c in letters) and (
+            len(words) > 1 or len(letters) > 6):
+        return "heading"  # an all-caps heading or shouted phrase, not an acronym
+    if all(w.casefold().strip(".,'") in TECHNICAL_TERMS for w in words):
+        return "term"
+    return None

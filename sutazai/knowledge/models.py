@@ -27,7 +27,13 @@ class Provenance(BaseModel):
 
 
 class Chunk(BaseModel):
-    """A slice of a document's text; ``start``/``end`` are character offsets in the document."""
+    """A slice of a document's text; ``start``/``end`` are character offsets in the document's
+    extracted text, so ``document.text[start:end] == text`` and a citation can point at it.
+
+    ``page``: the PDF page it lies on (1-based; None for other documents). ``heading``: the
+    headings it sits under, outermost first. ``masks``: spans (document offsets) of code,
+    URLs, paths and option names: searchable text that never becomes an entity.
+    """
 
     id: str
     document: str
@@ -35,6 +41,23 @@ class Chunk(BaseModel):
     start: int
     end: int
     text: str
+    page: int | None = None
+    heading: list[str] = Field(default_factory=list)
+    masks: list[tuple[int, int]] = Field(default_factory=list)
+
+
+#: What a block of a document is: kinds of prose, and code (never a source of entities).
+BlockKind = Literal["heading", "paragraph", "list_item", "table_row", "quote", "code", "page"]
+
+
+class Block(BaseModel):
+    """One block of a document's extracted text: ``text[start:end]``, under ``heading``."""
+
+    kind: BlockKind
+    start: int
+    end: int
+    heading: list[str] = Field(default_factory=list)
+    page: int | None = None
 
 
 class LoadedDocument(BaseModel):
@@ -46,6 +69,10 @@ class LoadedDocument(BaseModel):
     media_type: str
     size: int
     text: str
+    # the structure the parser found (empty: one block of plain text), and the spans of the
+    # text that are code, URLs, paths or option names (see Chunk.masks)
+    blocks: list[Block] = Field(default_factory=list)
+    masks: list[tuple[int, int]] = Field(default_factory=list)
 
 
 class Mention(BaseModel):
@@ -79,6 +106,9 @@ class Extraction(BaseModel):
     skipped: int = 0  # LLM outputs that stayed invalid after retries (chunk-level)
     invalid: int = 0  # invalid LLM outputs seen, retried ones included
     dropped: int = 0  # relations whose ends were not found in the chunk
+    # entity candidates dropped, per reason (url, path, file_name, identifier, version,
+    # markup, heading, code, term): see extract.drop_reason
+    entities_dropped: dict[str, int] = Field(default_factory=dict)
 
 
 class Entity(BaseModel):
@@ -162,6 +192,7 @@ class IngestReport(BaseModel):
     llm_invalid_outputs: int = 0
     llm_chunks_skipped: int = 0
     relations_dropped: int = 0
+    entities_dropped: dict[str, int] = Field(default_factory=dict)  # candidates, per reason
     seconds: float = 0.0
     store: str = ""
 

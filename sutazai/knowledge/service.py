@@ -358,6 +358,8 @@ class _Pipeline:
             report.llm_invalid_outputs += extraction.invalid
             report.llm_chunks_skipped += extraction.skipped
             report.relations_dropped += extraction.dropped
+            for reason, count in extraction.entities_dropped.items():
+                report.entities_dropped[reason] = report.entities_dropped.get(reason, 0) + count
         return chunks, found
 
 

@@ -30,7 +30,7 @@ from sutazai.knowledge.models import (
 Row = list[Any]
 Statement = tuple[str, dict[str, Any]]
 SNIPPET_CHARS = 80
-CHUNKER = "sutazai-chunker-1"  # the chunking rules' version, for chunks' provenance
+CHUNKER = "sutazai-chunker-2"  # the chunking rules' version, for chunks' provenance
 
 
 def batched(rows: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -106,7 +106,9 @@ class GraphStore(ABC):
         doc = graph.document
         chunk_rows = [{"id": c.id, "props": {
             "document": c.document, "index": c.index, "start": c.start, "end": c.end,
-            "text": c.text, "chunk": c.id, "extractor": "chunker", "model": CHUNKER}}
+            "text": c.text, "chunk": c.id, "extractor": "chunker", "model": CHUNKER,
+            "heading": " > ".join(c.heading),
+            **({"page": c.page} if c.page is not None else {})}}
             for c in graph.chunks]
         mention_rows = [{"chunk": m.mention.provenance.chunk, "entity": m.entity,
                          "start": m.mention.start, "props": {
