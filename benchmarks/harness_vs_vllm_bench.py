@@ -43,7 +43,8 @@ TOLERANCE = 0.05
 
 
 def vllm_bench(python: Path, url: str, model: str, tokenizer: Path, prompts: Path, n: int,
-               concurrency: int, output_tokens: int, out: Path) -> dict[str, Any]:
+               concurrency: int, output_tokens: int, out: Path,
+               percentiles: str = "50,90,95,99") -> dict[str, Any]:
     command = [str(python), "-c", SHIM, "bench", "serve", "--backend", "openai",
                "--base-url", url, "--endpoint", "/v1/completions", "--model", model,
                "--tokenizer", str(tokenizer), "--dataset-name", "custom",
@@ -51,7 +52,7 @@ def vllm_bench(python: Path, url: str, model: str, tokenizer: Path, prompts: Pat
                "--skip-chat-template", "--disable-shuffle", "--num-prompts", str(n),
                "--max-concurrency", str(concurrency), "--request-rate", "inf",
                "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el",
-               "--metric-percentiles", "50,90,95,99", "--seed", "0", "--disable-tqdm",
+               "--metric-percentiles", percentiles, "--seed", "0", "--disable-tqdm",
                "--save-result", "--result-dir", str(out.parent), "--result-filename",
                out.name]
     done = subprocess.run(command, capture_output=True, text=True,
