@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from sutazai.config import load_settings
-from sutazai.knowledge.evaluate import Scores, evaluate_documents, load_document_gold
+from sutazai.knowledge.evaluate import evaluate_documents, load_document_gold
 from sutazai.knowledge.extract import SpacyExtractor, load_spacy
 
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-def row(name: str, s: Scores) -> list[str]:
-    return [name, str(s.gold), str(s.predicted), str(s.true_positives), f"{s.precision:.3f}",
-            f"{s.recall:.3f}", f"{s.f1:.3f}"]
+from benchmarks.kg_quality import DATA, row  # noqa: E402 (after the path)
 
 
 def main() -> None:
