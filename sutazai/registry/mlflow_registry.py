@@ -120,7 +120,7 @@ class ModelRegistry:
         if version is None:
             raise NotFoundError(
                 f"{name} has no alias {alias!r} in MLflow at {self.tracking_uri}: run the "
-                f"selection (make run, or sutazai select) or name a version: {name}:1"
+                f"selection (make run, or sutazai bench select) or name a version: {name}:1"
             )
         return int(version.tags[f"{TAG}repository_version"])
 

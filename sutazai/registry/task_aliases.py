@@ -77,7 +77,7 @@ class TaskAliases:
         if choice is None:
             raise NotFoundError(
                 f"no {alias} is selected for task {task!r} yet: run 'make run' (or 'sutazai "
-                "bench run' then 'sutazai select') first, or name a model: sutazai serve NAME"
+                "bench run' then 'sutazai bench select') first, or name a model: sutazai serve NAME"
             )
         return choice
 

@@ -94,7 +94,7 @@ def champion_targets(settings: Settings) -> list[Target]:
                                   choice.engine, choice.concurrency, task))
     if not targets:
         raise NotFoundError("no task has a champion yet: run 'make run' (or 'sutazai bench "
-                            "run' then 'sutazai select') first, or name the models: "
+                            "run' then 'sutazai bench select') first, or name the models: "
                             "sutazai serve NAME [NAME...]")
     return targets
 
