@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sutazai.config import Settings
-from sutazai.errors import ConfigError, NotFoundError, RegistryError
+from sutazai.errors import ConfigError, NotFoundError
 from sutazai.observability.tracing import instrument_app
 from sutazai.registry import open_registry
-from sutazai.registry.task_aliases import TaskAliases
+from sutazai.registry.task_aliases import CHAMPION, TaskAliases, current_aliases
 from sutazai.repository import open_repository
 from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.security.access import AccessGuard
@@ -77,21 +77,12 @@ def resolve_targets(settings: Settings, specs: Sequence[str], champions: bool = 
 
 
 def champion_targets(settings: Settings) -> list[Target]:
-    """The champion of every task that has one (``task.<task>@champion`` in MLflow)."""
-    registry = open_registry(settings)
-    try:
-        found = registry.client.search_registered_models(filter_string="name LIKE 'task.%'")
-    except Exception as exc:  # MlflowException, or the client's errors when unreachable
-        raise RegistryError(f"could not list the tasks in MLflow at {registry.tracking_uri}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from None
-    aliases, repo = TaskAliases(registry), open_repository(settings)
-    targets = []
-    for task in sorted(m.name.removeprefix("task.") for m in found):
-        choice = aliases.get(task)
-        if choice is not None:
-            targets.append(Target(repo.get(choice.model, choice.repository_version),
-                                  choice.engine, choice.concurrency, task))
+    """The champion of every task that has one, as every view reads the aliases
+    (:func:`~sutazai.registry.task_aliases.current_aliases`)."""
+    repo = open_repository(settings)
+    targets = [Target(repo.get(choice.model, choice.repository_version), choice.engine,
+                      choice.concurrency, task)
+               for task, choice in current_aliases(settings).choices(CHAMPION).items()]
     if not targets:
         raise NotFoundError("no task has a champion yet: run 'make run' (or 'sutazai bench "
                             "run' then 'sutazai bench select') first, or name the models: "
