@@ -313,3 +313,23 @@ def test_an_unknown_name_fails_before_anything_serves(home: Settings) -> None:
     both = subprocess.run([sys.executable, "-m", "sutazai.cli.main", "serve", "alpha",
                            "--champions"], capture_output=True, text=True, env=env, timeout=120)
     assert both.returncode == 1 and "not both" in both.stderr
+
+
+def test_champions_are_every_task_champion_as_the_aliases_say(home: Settings) -> None:
+    """--champions serves each task's champion (not its challenger), resolved from the one
+    alias reading every view shares; the task names it as well as its model name."""
+    from sutazai.registry.task_aliases import TaskAliases
+
+    repo = open_repository(home)
+    aliases = TaskAliases(open_registry(home))
+    aliases.set("text-generation", "champion", repo.get("alpha"), "llamacpp", 2)
+    aliases.set("text-generation", "challenger", repo.get("beta"), "llamacpp", 1)
+    aliases.set("chat", "champion", repo.get("gamma"), "llamacpp", 1)
+    try:
+        targets = resolve_targets(home, [], champions=True)
+        assert [(t.task, t.manifest.name, t.engine, t.concurrency) for t in targets] == [
+            ("chat", "gamma", "llamacpp", 1), ("text-generation", "alpha", "llamacpp", 2)]
+    finally:
+        for task in ("text-generation", "chat"):
+            aliases.clear(task, "champion")
+        aliases.clear("text-generation", "challenger")
