@@ -26,6 +26,14 @@ def row(name: str, s: Scores) -> list[str]:
             f"{s.recall:.3f}", f"{s.f1:.3f}"]
 
 
+def scores_table(title: str) -> Table:
+    """A table of P/R/F1 rows (:func:`row`), as both extraction-quality scripts print them."""
+    table = Table(title=title)
+    for column in ("", "gold", "predicted", "correct", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if not column else "right")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gold", type=Path, default=DATA / "kg_gold.jsonl")
@@ -38,9 +46,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report.model_dump(mode="json") | {"model": version}, indent=2))
         return
-    table = Table(title=f"Extraction quality, {report.sentences} sentences, {version}")
-    for column in ("", "gold", "predicted", "correct", "precision", "recall", "F1"):
-        table.add_column(column, justify="left" if not column else "right")
+    table = scores_table(f"Extraction quality, {report.sentences} sentences, {version}")
     for name, scores in report.entities_by_type.items():
         table.add_row(*row(f"entities {name}", scores))
     table.add_row(*row("entities (micro)", report.entities), end_section=True)

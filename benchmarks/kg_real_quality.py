@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from sutazai.config import load_settings
 from sutazai.knowledge.evaluate import evaluate_documents, load_document_gold
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.kg_quality import DATA, row  # noqa: E402 (after the path)
+from benchmarks.kg_quality import DATA, row, scores_table  # noqa: E402 (after the path)
 
 
 def main() -> None:
@@ -44,9 +43,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report.model_dump(mode="json") | {"model": version}, indent=2))
         return
-    table = Table(title=f"Entities in {report.documents} real documents, {version}")
-    for column in ("", "gold", "predicted", "correct", "precision", "recall", "F1"):
-        table.add_column(column, justify="left" if not column else "right")
+    table = scores_table(f"Entities in {report.documents} real documents, {version}")
     for name, scores in report.entities_by_type.items():
         table.add_row(*row(f"entities {name}", scores))
     table.add_row(*row("PERSON+ORG (typed)", report.entities))

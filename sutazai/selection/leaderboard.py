@@ -60,6 +60,7 @@ class Entry(BaseModel):
                          if concurrency is None or r.concurrency == concurrency
                          or r.concurrency not in levels)
 
+
 def _matches(choice: TaskChoice, model: str, version: int, engine: str) -> bool:
     return (choice.model, choice.repository_version, choice.engine) == (model, version, engine)
 
