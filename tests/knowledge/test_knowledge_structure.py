@@ -71,23 +71,17 @@ def test_markdown_blocks_headings_and_masks(tmp_path: Path) -> None:
         assert all(c.start <= a < b <= c.end for a, b in c.masks)
 
 
-@pytest.mark.parametrize("source", [
-    "# Title\n\n```python\nnever closed fence\n",
-    "[broken link](http://x\n\n**bold never closed and _mixed* emphasis\n\n<div><p>stray html",
-    "| a | b |\n|---|\n| c |\n\n> quote\n>> nested\n- item\n  - sub\n1) x",
+@pytest.mark.parametrize(("name", "source"), [
+    ("bad.md", "# Title\n\n```python\nnever closed fence\n"),
+    ("bad.md", "[broken link](http://x\n\n**bold never closed and _mixed* emphasis\n\n"
+               "<div><p>stray html"),
+    ("bad.md", "| a | b |\n|---|\n| c |\n\n> quote\n>> nested\n- item\n  - sub\n1) x"),
+    ("bad.html", "<html><body><h1>Unclosed <b>bold<p>para one<p>para two<li>item</ul></div>"
+                 "</td>"),
+    ("bad.html", "<p>text</span></section><table><tr><td>Ada Lovelace<td>author</table><h2>Next"),
 ])
-def test_malformed_markdown_still_gives_chunks(tmp_path: Path, source: str) -> None:
-    doc = load(write(tmp_path, "bad.md", source), max_bytes=MiB)
-    chunks = chunk(doc, max_chars=500)
-    assert chunks and all(doc.text[c.start:c.end] == c.text for c in chunks)
-
-
-@pytest.mark.parametrize("source", [
-    "<html><body><h1>Unclosed <b>bold<p>para one<p>para two<li>item</ul></div></td>",
-    "<p>text</span></section><table><tr><td>Ada Lovelace<td>author</table><h2>Next",
-])
-def test_malformed_html_still_gives_chunks(tmp_path: Path, source: str) -> None:
-    doc = load(write(tmp_path, "bad.html", source), max_bytes=MiB)
+def test_malformed_markup_still_gives_chunks(tmp_path: Path, name: str, source: str) -> None:
+    doc = load(write(tmp_path, name, source), max_bytes=MiB)
     chunks = chunk(doc, max_chars=500)
     assert chunks and all(doc.text[c.start:c.end] == c.text for c in chunks)
 
