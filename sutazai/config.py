@@ -249,6 +249,12 @@ class Settings(BaseSettings):
                                 description="Retries of invalid LLM output.")
     kg_llm_max_tokens: int = Field(default=512, ge=16)
     kg_llm_timeout_s: float = Field(default=120.0, gt=0)
+    kg_ask_passages: int = Field(default=5, ge=1, le=50,
+                                 description="Passages `kg ask` retrieves and may cite.")
+    kg_min_similarity: float = Field(
+        default=0.3, ge=-1.0, le=1.0,
+        description="Cosine similarity (query to passage) below which `kg ask` finds "
+        "nothing relevant and says so instead of answering.")
 
 
     # self-improvement: training data, gates, architecture search, fine-tuning, promotion

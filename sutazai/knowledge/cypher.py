@@ -41,7 +41,7 @@ def falkordb_schema() -> list[str]:
     nodes = [f"CREATE INDEX FOR (n:{label(lbl)}) ON (n.{prop})" for lbl, prop in UNIQUE + INDEXED]
     edges = [f"CREATE INDEX FOR ()-[r:{relationship(t)}]-() ON (r.{prop})"
              for t, prop in EDGE_INDEXED]
-    return nodes + edges
+    return nodes + edges + [FALKORDB_FULLTEXT_INDEX]
 
 
 def falkordb_constraints(graph: str) -> list[list[str]]:
@@ -57,7 +57,82 @@ def neo4j_schema() -> list[str]:
              for lbl, prop in INDEXED]
     edges = [f"CREATE INDEX {t.lower()}_{prop} IF NOT EXISTS FOR ()-[r:{relationship(t)}]-() "
              f"ON (r.{prop})" for t, prop in EDGE_INDEXED]
-    return unique + nodes + edges
+    return unique + nodes + edges + [NEO4J_FULLTEXT_INDEX]
+
+
+# ------------------------------------------------------------- search indexes (per store)
+# The vector index's dimension is the embedding model's, known only when chunks are
+# embedded (embed.py); ints only, so formatting it into the statement is safe.
+def falkordb_vector_index(dimension: int) -> str:
+    return (f"CREATE VECTOR INDEX FOR (c:Chunk) ON (c.embedding) "
+            f"OPTIONS {{dimension:{int(dimension)}, similarityFunction:'cosine'}}")
+
+
+FALKORDB_DROP_VECTOR_INDEX = "DROP VECTOR INDEX FOR (c:Chunk) ON (c.embedding)"
+FALKORDB_FULLTEXT_INDEX = "CALL db.idx.fulltext.createNodeIndex('Chunk', 'text')"
+
+
+def neo4j_vector_index(dimension: int) -> str:
+    return ("CREATE VECTOR INDEX chunk_embedding IF NOT EXISTS FOR (c:Chunk) ON c.embedding "
+            f"OPTIONS {{indexConfig: {{`vector.dimensions`: {int(dimension)}, "
+            "`vector.similarity_function`: 'cosine'}}")
+
+
+NEO4J_DROP_VECTOR_INDEX = "DROP INDEX chunk_embedding IF EXISTS"
+NEO4J_FULLTEXT_INDEX = ("CREATE FULLTEXT INDEX chunk_text IF NOT EXISTS FOR (c:Chunk) "
+                        "ON EACH [c.text]")
+
+# A chunk counts at time $t (epoch ms) when its version was valid then: valid_from <= t <
+# valid_to, valid_to null for the current version (chunks written before versions had
+# intervals count from the epoch).
+VALID_AT = ("coalesce({v}.valid_from, 0) <= $t AND ({v}.valid_to IS NULL OR {v}.valid_to > $t)")
+_CHUNK_VALID = VALID_AT.format(v="node")
+
+# Both return cosine similarity (FalkorDB's index answers the distance, 1 - similarity).
+FALKORDB_VECTOR_SEARCH = f"""
+CALL db.idx.vector.queryNodes('Chunk', 'embedding', $k, vecf32($vector)) YIELD node, score
+WITH node, 1.0 - score AS similarity
+WHERE {_CHUNK_VALID}
+RETURN node.id, similarity
+ORDER BY similarity DESC
+"""
+
+NEO4J_VECTOR_SEARCH = f"""
+CALL db.index.vector.queryNodes('chunk_embedding', $k, $vector) YIELD node, score
+WITH node, score AS similarity
+WHERE {_CHUNK_VALID}
+RETURN node.id, similarity
+ORDER BY similarity DESC
+"""
+
+# $terms: the query's words as the store's full-text syntax wants them (fulltext_terms).
+FALKORDB_FULLTEXT_SEARCH = f"""
+CALL db.idx.fulltext.queryNodes('Chunk', $terms) YIELD node, score
+WITH node, score
+WHERE {_CHUNK_VALID}
+RETURN node.id, score
+ORDER BY score DESC
+LIMIT $k
+"""
+
+NEO4J_FULLTEXT_SEARCH = f"""
+CALL db.index.fulltext.queryNodes('chunk_text', $terms) YIELD node, score
+WITH node, score
+WHERE {_CHUNK_VALID}
+RETURN node.id, score
+ORDER BY score DESC
+LIMIT $k
+"""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fulltext_terms(text: str, store: str) -> str:
+    """Any of the words of ``text``, in the store's query syntax (RediSearch's ``a|b`` on
+    FalkorDB, Lucene's ``a OR b`` on Neo4j). Only word characters pass: no user text is
+    ever parsed as query syntax. Empty when ``text`` has no words."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text) if len(w) > 1))
+    return ("|" if store == "falkordb" else " OR ").join(words)
 
 
 # ------------------------------------------------------------------------------- writes
@@ -138,6 +213,51 @@ MERGE (d)-[h:HAS_CHUNK]->(c)
 SET h += r.props
 """
 
+# Embeddings are written apart from the chunks (embed.py): FalkorDB stores vectors as
+# vecf32, Neo4j as a list of floats its vector index reads.
+FALKORDB_SET_EMBEDDINGS = """
+UNWIND $rows AS r
+MATCH (c:Chunk {id: r.id})
+SET c.embedding = vecf32(r.vector), c.embedding_model = r.model, c.embedding_dim = r.dim
+"""
+
+NEO4J_SET_EMBEDDINGS = """
+UNWIND $rows AS r
+MATCH (c:Chunk {id: r.id})
+SET c.embedding = r.vector, c.embedding_model = r.model, c.embedding_dim = r.dim
+"""
+
+# Chunks whose embedding is missing or was made by another model.
+CHUNKS_TO_EMBED = """
+MATCH (c:Chunk)
+WHERE c.embedding_model IS NULL OR c.embedding_model <> $model
+RETURN c.id, c.text
+ORDER BY c.id
+LIMIT $limit
+"""
+
+EMBEDDING_MODELS = """
+MATCH (c:Chunk)
+WHERE c.embedding_dim IS NOT NULL
+RETURN c.embedding_model, c.embedding_dim, count(c)
+"""
+
+CLEAR_EMBEDDINGS = """
+MATCH (c:Chunk)
+WHERE c.embedding_dim IS NOT NULL AND c.embedding_dim <> $dim
+SET c.embedding = NULL, c.embedding_model = NULL, c.embedding_dim = NULL
+"""
+
+# Versions of one path or URI: each is valid from its valid_from up to the next one's
+# (valid_to null: the current one). Its chunks, mentions and relations carry the interval.
+_INTERVAL = "SET {v}.valid_from = $valid_from, {v}.valid_to = $valid_to"
+SET_DOCUMENT_INTERVAL = [
+    f"MATCH (d:Document {{id: $document}}) {_INTERVAL.format(v='d')}",
+    f"MATCH (c:Chunk {{document: $document}}) {_INTERVAL.format(v='c')}",
+    f"MATCH (:Chunk {{document: $document}})-[m:MENTIONS]->() {_INTERVAL.format(v='m')}",
+    f"MATCH ()-[r:RELATED {{document: $document}}]->() {_INTERVAL.format(v='r')}",
+]
+
 # -------------------------------------------------------------------------- deletions
 MENTIONED_BY_DOCUMENT = """
 MATCH (c:Chunk {document: $document})-[:MENTIONS]->(e:Entity)
@@ -171,20 +291,60 @@ RETURN count(*)
 """
 
 # ------------------------------------------------------------------------------ reads
-DOCUMENT_BY_URI = """
-MATCH (d:Document {uri: $uri})
-RETURN d.id, d.uri, d.title, d.chunks
+_DOCUMENT = "d.id, d.uri, d.title, d.chunks, d.valid_from, d.valid_to, d.ingested"
+
+DOCUMENT_BY_URI = f"""
+MATCH (d:Document {{uri: $uri}})
+RETURN {_DOCUMENT}
+ORDER BY coalesce(d.valid_from, 0), d.ingested
 """
 
-DOCUMENT_BY_ID = """
-MATCH (d:Document {id: $id})
-RETURN d.id, d.uri, d.title, d.chunks
+DOCUMENT_BY_ID = f"""
+MATCH (d:Document {{id: $id}})
+RETURN {_DOCUMENT}
 """
 
-DOCUMENTS_BY_PREFIX = """
+DOCUMENTS_BY_PREFIX = f"""
 MATCH (d:Document)
 WHERE d.id STARTS WITH $prefix
-RETURN d.id, d.uri, d.title, d.chunks
+RETURN {_DOCUMENT}
+"""
+
+# A search hit's citation: the chunk, where it sits, and its document.
+CHUNKS_BY_ID = """
+UNWIND $ids AS id
+MATCH (c:Chunk {id: id})
+MATCH (d:Document {id: c.document})
+RETURN c.id, c.text, c.start, c.end, c.page, c.heading, d.id, d.uri, d.title,
+       d.valid_from, d.valid_to
+"""
+
+# Graph expansion: entities whose normalised name or alias key is among the query's
+# n-grams, the chunks that mention them, and the chunks that mention their neighbours.
+ENTITIES_BY_KEYS = """
+UNWIND $keys AS k
+MATCH (e:Entity {key: k})
+RETURN DISTINCT e.id, e.name
+"""
+
+_MENTION_VALID = VALID_AT.format(v="c")
+
+CHUNKS_MENTIONING = f"""
+UNWIND $ids AS id
+MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {{id: id}})
+WHERE {_MENTION_VALID}
+RETURN c.id, count(DISTINCT e) AS found
+ORDER BY found DESC, c.id
+LIMIT $k
+"""
+
+CHUNKS_MENTIONING_NEIGHBOURS = f"""
+UNWIND $ids AS id
+MATCH (:Entity {{id: id}})-[r:RELATED]-(n:Entity)<-[:MENTIONS]-(c:Chunk)
+WHERE {VALID_AT.format(v="r")} AND {_MENTION_VALID}
+RETURN c.id, count(DISTINCT n) AS found
+ORDER BY found DESC, c.id
+LIMIT $k
 """
 
 CHUNKS_OF = """
@@ -218,33 +378,40 @@ MATCH (e:Entity)
 RETURN e.name
 """
 
-NEIGHBOURS_OUT = """
-MATCH (e:Entity {id: $id})-[r:RELATED]->(o:Entity)
+NEIGHBOURS_OUT = f"""
+MATCH (e:Entity {{id: $id}})-[r:RELATED]->(o:Entity)
+WHERE {VALID_AT.format(v="r")}
 RETURN r.type, r.confidence, o.id, o.name, o.type, r.document
 ORDER BY r.confidence DESC, o.name
 LIMIT $limit
 """
 
-NEIGHBOURS_IN = """
-MATCH (e:Entity {id: $id})<-[r:RELATED]-(o:Entity)
+NEIGHBOURS_IN = f"""
+MATCH (e:Entity {{id: $id}})<-[r:RELATED]-(o:Entity)
+WHERE {VALID_AT.format(v="r")}
 RETURN r.type, r.confidence, o.id, o.name, o.type, r.document
 ORDER BY r.confidence DESC, o.name
 LIMIT $limit
 """
 
-MENTIONS_OF = """
-MATCH (c:Chunk)-[m:MENTIONS]->(e:Entity {id: $id})
-MATCH (d:Document {id: c.document})
+MENTIONS_OF = f"""
+MATCH (c:Chunk)-[m:MENTIONS]->(e:Entity {{id: $id}})
+WHERE {VALID_AT.format(v="c")}
+MATCH (d:Document {{id: c.document}})
 RETURN d.id, d.uri, c.id, c.text, c.start, m.start, m.end, m.text, m.confidence, m.extractor
 ORDER BY d.uri, m.start
 LIMIT $limit
 """
 
-COUNT_DOCUMENTS = "MATCH (d:Document) RETURN count(d)"
-COUNT_CHUNKS = "MATCH (c:Chunk) RETURN count(c)"
-COUNT_MENTIONS = "MATCH (:Chunk)-[m:MENTIONS]->(:Entity) RETURN count(m)"
-ENTITIES_BY_TYPE = "MATCH (e:Entity) RETURN e.type, count(e)"
-RELATIONS_BY_TYPE = "MATCH (:Entity)-[r:RELATED]->(:Entity) RETURN r.type, count(r)"
+# What the graph held at time $t: the versions valid then, and the entities they mention.
+COUNT_DOCUMENTS = f"MATCH (d:Document) WHERE {VALID_AT.format(v='d')} RETURN count(d)"
+COUNT_CHUNKS = f"MATCH (c:Chunk) WHERE {VALID_AT.format(v='c')} RETURN count(c)"
+COUNT_MENTIONS = (f"MATCH (c:Chunk)-[m:MENTIONS]->(:Entity) WHERE {VALID_AT.format(v='c')} "
+                  "RETURN count(m)")
+ENTITIES_BY_TYPE = (f"MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) WHERE {VALID_AT.format(v='c')} "
+                    "WITH DISTINCT e RETURN e.type, count(e)")
+RELATIONS_BY_TYPE = (f"MATCH (:Entity)-[r:RELATED]->(:Entity) WHERE {VALID_AT.format(v='r')} "
+                     "RETURN r.type, count(r)")
 
 EXPORT_NODES = """
 MATCH (n)

@@ -14,6 +14,7 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sutazai.errors import DocumentError
@@ -144,14 +145,17 @@ def load(source: str, *, max_bytes: int, timeout_s: float = 60.0) -> LoadedDocum
     blocks: list[Block] = []
     masks: list[tuple[int, int]] = []
     title = ""
+    dated: int | None = None
     if media_type == "application/pdf" or data.startswith(b"%PDF-"):
-        text, blocks, masks = structure.pages(_pdf_pages(source, data))
+        pages, dated = _pdf_pages(source, data)
+        text, blocks, masks = structure.pages(pages)
         media_type = "application/pdf"
         if not text.strip():
             raise DocumentError(f"{source}: the PDF has no text layer (scanned pages?); "
                                 "run OCR first, e.g. ocrmypdf IN.pdf OUT.pdf")
     else:
         raw = _decode(source, data).replace("\r\n", "\n").replace("\r", "\n")
+        dated = stated_date(raw)
         if media_type == "text/html" or (not media_type and _looks_html(raw)):
             text, title, blocks, masks = structure.html(raw)
             media_type = "text/html"
@@ -166,7 +170,40 @@ def load(source: str, *, max_bytes: int, timeout_s: float = 60.0) -> LoadedDocum
                             "nothing to ingest")
     return LoadedDocument(id=hashlib.sha256(data).hexdigest(), uri=uri,
                           title=title or name, media_type=media_type, size=len(data),
-                          text=text, blocks=blocks, masks=masks)
+                          text=text, blocks=blocks, masks=masks, dated=dated)
+
+
+# The date a text document states of itself: an HTML date meta tag, or a ``date:`` line in
+# markdown's YAML front matter. Only the first 4 KB are looked at.
+_STATED = re.compile(
+    r"<meta\s+(?:name|property|http-equiv)=[\"'](?:date|dc\.date|dcterms\.modified|"
+    r"article:modified_time|last-modified)[\"']\s+content=[\"']([^\"']+)[\"']"
+    r"|\A---\n(?:.*\n)*?(?:date|updated|last_modified):\s*[\"']?([^\"'\n]+)", re.I)
+
+
+def stated_date(text: str) -> int | None:
+    """Epoch ms of the date the document states (None: none, or one that does not parse)."""
+    found = _STATED.search(text[:4096])
+    return parse_date(found.group(1) or found.group(2)) if found else None
+
+
+def parse_date(value: str) -> int | None:
+    """An ISO-8601 date or time (UTC unless it says), or a PDF date (``D:20250115...``), as
+    epoch ms; None when it does not parse."""
+    from datetime import UTC, datetime
+
+    text = value.strip()
+    if text.startswith("D:"):  # PDF: D:YYYYMMDDHHmmSS, the rest optional
+        digits = re.sub(r"\D", "", text[2:16]).ljust(14, "0")
+        text = (f"{digits[:4]}-{digits[4:6] or '01'}-{digits[6:8] or '01'}T{digits[8:10]}:"
+                f"{digits[10:12]}:{digits[12:14]}")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _too_large(source: str, size: int, max_bytes: int) -> str:
@@ -243,7 +280,7 @@ def _control_ratio(sample: bytes) -> float:
     return controls / len(sample)
 
 
-def _pdf_pages(source: str, data: bytes) -> list[str]:
+def _pdf_pages(source: str, data: bytes) -> tuple[list[str], int | None]:
     import logging
 
     from pypdf import PdfReader
@@ -256,10 +293,12 @@ def _pdf_pages(source: str, data: bytes) -> list[str]:
             raise DocumentError(f"{source}: the PDF is encrypted; decrypt it first "
                                 "(qpdf --decrypt)")
         pages = [page.extract_text() or "" for page in reader.pages]
+        info: Any = reader.metadata or {}
+        stated = info.get("/ModDate") or info.get("/CreationDate")
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise DocumentError(f"{source}: not a readable PDF ({exc}); repair or re-export it"
                             ) from None
-    return pages
+    return pages, parse_date(str(stated)) if stated else None
 
 
 def chunk(document: LoadedDocument, max_chars: int, overlap: int = 0) -> list[Chunk]:

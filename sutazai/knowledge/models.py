@@ -73,6 +73,9 @@ class LoadedDocument(BaseModel):
     # text that are code, URLs, paths or option names (see Chunk.masks)
     blocks: list[Block] = Field(default_factory=list)
     masks: list[tuple[int, int]] = Field(default_factory=list)
+    # the date the document says it is of (PDF ModDate, HTML date meta, markdown front
+    # matter), epoch ms: when this version became valid unless an ingest is told otherwise
+    dated: int | None = None
 
 
 class Mention(BaseModel):
@@ -152,15 +155,21 @@ class DocumentGraph(BaseModel):
     mentions: list[ResolvedMention]
     relations: list[Relation]
     extractors: list[str]
+    valid_from: int = 0  # the version's interval, epoch ms (valid_to None: current)
+    valid_to: int | None = None
 
 
 class DocumentRecord(BaseModel):
-    """A document as stored."""
+    """A document version as stored; valid from ``valid_from`` up to ``valid_to`` (epoch ms;
+    None: the current version, or a graph written before versions had intervals)."""
 
     id: str
     uri: str
     title: str = ""
     chunks: int = 0
+    valid_from: int | None = None
+    valid_to: int | None = None
+    ingested: int | None = None
 
 
 class FailedDocument(BaseModel):
@@ -193,6 +202,9 @@ class IngestReport(BaseModel):
     llm_chunks_skipped: int = 0
     relations_dropped: int = 0
     entities_dropped: dict[str, int] = Field(default_factory=dict)  # candidates, per reason
+    chunks_embedded: int = 0
+    embedding_model: str = ""
+    notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     store: str = ""
 
@@ -262,3 +274,69 @@ class ExtractionBatch(BaseModel):
 
     documents: list[ExtractedDocument] = Field(default_factory=list)
     report: IngestReport = Field(default_factory=IngestReport)
+
+
+class Citation(BaseModel):
+    """Where a passage lies: its document (and the version's interval), PDF page, heading
+    path and character span in the document's extracted text, with a snippet to show."""
+
+    document: str
+    uri: str
+    title: str = ""
+    chunk: str
+    page: int | None = None
+    heading: str = ""
+    start: int
+    end: int
+    snippet: str
+    valid_from: int | None = None
+    valid_to: int | None = None
+
+
+class SearchHit(BaseModel):
+    """One retrieved passage: its fused score and its rank in each retriever (None: that
+    retriever did not find it)."""
+
+    rank: int
+    score: float
+    text: str
+    citation: Citation
+    ranks: dict[str, int | None] = Field(default_factory=dict)
+    similarity: float | None = None  # cosine similarity to the query, when embedded
+
+
+class SearchResult(BaseModel):
+    query: str
+    as_of: int
+    hits: list[SearchHit] = Field(default_factory=list)
+    retrievers: list[str] = Field(default_factory=list)  # the ones that ran
+    entities: list[str] = Field(default_factory=list)  # entities named in the query
+    notes: list[str] = Field(default_factory=list)  # e.g. no embeddings: vector search off
+    seconds: float = 0.0
+
+
+class Answer(BaseModel):
+    """An answer with the passages it cites (numbers refer to ``passages``, from 1).
+
+    ``mode``: ``generated`` (the chat model's answer, its citations checked), ``extractive``
+    (the best supporting sentences) or ``none`` (nothing relevant was found)."""
+
+    question: str
+    answer: str
+    mode: Literal["generated", "extractive", "none"]
+    cited: list[int] = Field(default_factory=list)
+    passages: list[SearchHit] = Field(default_factory=list)
+    model: str = ""
+    notes: list[str] = Field(default_factory=list)
+    as_of: int
+    seconds: float = 0.0
+
+
+class EmbedReport(BaseModel):
+    """What an embedding step did: chunks embedded with which model, and how long."""
+
+    model: str
+    dimension: int = 0
+    chunks_embedded: int = 0
+    index_rebuilt: bool = False
+    seconds: float = 0.0

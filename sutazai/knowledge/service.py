@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,12 +20,15 @@ from urllib.parse import urlparse
 from sutazai.config import Settings
 from sutazai.errors import ConfigError, DocumentError, GraphStoreError, NotFoundError
 from sutazai.knowledge import documents
+from sutazai.knowledge.answer import Generator
 from sutazai.knowledge.extract import ChunkExtractor, SpacyExtractor, load_spacy
 from sutazai.knowledge.models import (
     RELATION_MODES,
+    Answer,
     Chunk,
     DocumentGraph,
     DocumentRecord,
+    EmbedReport,
     ExtractedDocument,
     Extraction,
     ExtractionBatch,
@@ -33,10 +36,12 @@ from sutazai.knowledge.models import (
     GraphStats,
     IngestReport,
     LoadedDocument,
+    SearchResult,
     SkippedLink,
 )
 from sutazai.knowledge.resolve import Resolver
-from sutazai.knowledge.stores.base import GraphStore
+from sutazai.knowledge.retrieve import RETRIEVERS
+from sutazai.knowledge.stores.base import GraphStore, now_ms
 from sutazai.observability.tracing import traced
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.security.secrets import GRAPH_PASSWORD, optional_secret
@@ -113,15 +118,18 @@ def store_label(settings: Settings) -> str:
 
 
 def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
-           follow_links: bool | None = None,
-           progress: Progress = NULL_PROGRESS) -> IngestReport:
+           follow_links: bool | None = None, valid_from: int | None = None,
+           embed: bool = True, progress: Progress = NULL_PROGRESS) -> IngestReport:
     """Ingest files, folders (txt, md, html, pdf inside) and http(s) URIs.
 
     ``relations``: ``svo`` (spaCy dependencies), ``llm`` (the served model, constrained to
     the declared types), ``both``, or ``none`` (entities only). Unchanged documents are
-    skipped; a changed one (same path or URI) replaces its previous version.
-    ``follow_links``: follow links out of the folders given (default the setting
-    ``kg_follow_links``, off); the links skipped are listed in ``links_skipped``.
+    skipped; a changed one (same path or URI) becomes its current version and the previous
+    one is kept as superseded, valid up to ``valid_from`` (epoch ms; default the date the
+    document states, else now). ``follow_links``: follow links out of the folders given
+    (default the setting ``kg_follow_links``, off); the links skipped are listed in
+    ``links_skipped``. ``embed``: embed the new chunks with the embeddings champion when
+    the repository has one (the pipeline runs that as a step of its own).
     """
     _check_relations(relations)
     started = time.monotonic()
@@ -132,13 +140,51 @@ def ingest(settings: Settings, paths: list[str], *, relations: str = "svo",
         for source in _each(sources, progress):
             try:
                 doc = pipeline.load(source)
-                if not pipeline.skip_stored(doc, report):
+                if not pipeline.skip_stored(doc, report, valid_from):
                     chunks, found = pipeline.extract(doc, report)
-                    pipeline.write(doc, chunks, found, pipeline.extractor_names, report)
+                    pipeline.write(doc, chunks, found, pipeline.extractor_names, report,
+                                   valid_from)
             except DocumentError as exc:  # this document only (see _each)
                 report.documents_failed.append(FailedDocument(path=source, error=str(exc)))
+        if embed and report.chunks:
+            _embed_new(settings, store, report, progress)
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def _embed_new(settings: Settings, store: GraphStore, report: IngestReport,
+               progress: Progress) -> None:
+    """Embed the chunks just written, when the repository has an embeddings model; the
+    graph is complete without them (search falls back to full text and the graph)."""
+    from sutazai.knowledge.embed import embed_chunks, embedding_model_ref, load_embedder
+
+    if embedding_model_ref(settings) is None:
+        report.notes.append("chunks not embedded: no embeddings model in the repository "
+                            "(vector search stays off until 'sutazai kg embed')")
+        return
+    done = embed_chunks(store, load_embedder(settings), progress)
+    report.chunks_embedded, report.embedding_model = done.chunks_embedded, done.model
+
+
+def embed(settings: Settings, progress: Progress = NULL_PROGRESS) -> EmbedReport:
+    """Embed every chunk not yet embedded by the embeddings champion: new chunks, and all
+    of them after the champion changed. Safe to re-run; a killed run resumes."""
+    from sutazai.knowledge.embed import embed_chunks, load_embedder
+
+    embedder = load_embedder(settings)
+    with open_store(settings) as store:
+        return embed_chunks(store, embedder, progress)
+
+
+def search(settings: Settings, query: str, *, top: int = 5, as_of: int | None = None,
+           use: Sequence[str] = RETRIEVERS) -> SearchResult:
+    """Hybrid search (see :mod:`.retrieve`); a read: it never takes the writer's lock."""
+    from sutazai.knowledge.retrieve import Retriever, check_query, open_retriever
+
+    check_query(query)
+    with open_store(settings, read_only=True) as store:
+        retriever: Retriever = open_retriever(settings, store)
+        return retriever.search(query, top, as_of=as_of, use=use)
 
 
 @traced("extract_documents")
@@ -233,10 +279,36 @@ def _each(sources: list[str], progress: Progress) -> Iterator[str]:
         bar.close()
 
 
-def graph_stats(settings: Settings) -> GraphStats:
-    """Documents, chunks, entities by type and relations by type."""
+def ask(settings: Settings, question: str, *, top: int | None = None,
+        as_of: int | None = None, generate: bool = True,
+        generator: Generator | None = None) -> Answer:
+    """Retrieve, then answer with cited passages (see :mod:`.answer`); a read.
+
+    The answer is generated by ``generator`` when given (the gateway passes the chat
+    engine it serves), else by the chat champion (:func:`.answer.chat_generator`) unless
+    ``generate`` is off; otherwise it is extracted."""
+    from sutazai.knowledge.answer import answer, chat_generator
+    from sutazai.knowledge.retrieve import check_query, open_retriever
+
+    check_query(question)
     with open_store(settings, read_only=True) as store:
-        stats = store.stats()
+        retriever = open_retriever(settings, store)
+        result = retriever.search(question, top or settings.kg_ask_passages, as_of=as_of)
+    why: str | None = None
+    if generator is None:
+        generator, why = (chat_generator(settings) if generate
+                          else (None, "answers not generated (--no-generate)"))
+    reply = answer(question, result, generator=generator, embedder=retriever.embedder,
+                   min_similarity=settings.kg_min_similarity)
+    if why and reply.mode == "extractive":
+        reply.notes.append(f"{why}: the answer is extracted from the passages")
+    return reply
+
+
+def graph_stats(settings: Settings, as_of: int | None = None) -> GraphStats:
+    """Documents, chunks, entities by type and relations by type (as of a moment)."""
+    with open_store(settings, read_only=True) as store:
+        stats = store.stats(as_of)
     stats.store = store_label(settings)
     return stats
 
@@ -303,43 +375,73 @@ class _Pipeline:
         return (any(v.id == doc.id for v in self.store.documents_at(doc.uri))
                 or self.store.document_by_id(doc.id) is not None)
 
-    def skip_stored(self, doc: LoadedDocument, report: IngestReport) -> bool:
-        """Count a stored document as unchanged (and tidy what an interrupted replacement
-        left); False when it must be written."""
+    def skip_stored(self, doc: LoadedDocument, report: IngestReport,
+                    valid_from: int | None = None) -> bool:
+        """Count a stored document as unchanged (and mend the intervals an interrupted
+        ingest left); False when it must be written.
+
+        Unchanged: these bytes are this name's current version, or the version dated
+        ``valid_from``, or are stored under another name (ids are content hashes, so not
+        twice). Bytes equal to a superseded version (a revert) are written again as the
+        current version: that version's earlier interval is not kept.
+        """
         versions = self.store.documents_at(doc.uri)
-        stale = [v for v in versions if v.id != doc.id]
-        if len(stale) < len(versions):  # this content is stored under this name
-            report.documents_unchanged += 1
-            self._drop(stale)  # left by a replacement that was interrupted
-            return True
+        same = next((v for v in versions if v.id == doc.id), None)
+        if same is not None:
+            current = versions[-1].id == same.id
+            if current or (valid_from is None and same.valid_to is None) or (
+                    valid_from is not None and same.valid_from == valid_from):
+                report.documents_unchanged += 1
+                self._retime(doc.uri)
+                return True
+            self._drop([same])  # a revert: written again below, as the latest version
+            return False
         twin = self.store.document_by_id(doc.id)
         if twin is not None:
-            # the same bytes are stored under another name: not twice (ids are content
-            # hashes); an older version of this name goes
             report.documents_unchanged += 1
             log.info("%s has the content of %s; not ingested twice", doc.uri, twin.uri)
-            self._drop(stale)
             return True
         return False
 
     def write(self, doc: LoadedDocument, chunks: list[Chunk], found: list[Extraction],
-              extractors: list[str], report: IngestReport) -> None:
-        """Resolve against the stored entities, upsert, then retire the old version."""
+              extractors: list[str], report: IngestReport, valid_from: int | None = None
+              ) -> None:
+        """Resolve against the stored entities and upsert this version, valid from
+        ``valid_from`` (else the date the document states, else now) up to the next
+        version's start; then the previous version ends where this one starts."""
         if self.store.has_leftovers(doc.id):
             self.store.delete_document(doc.id)  # an interrupted earlier write
-        stale = [v for v in self.store.documents_at(doc.uri) if v.id != doc.id]
+        others = [v for v in self.store.documents_at(doc.uri) if v.id != doc.id]
+        start = valid_from if valid_from is not None else doc.dated or now_ms()
+        later = [v.valid_from for v in others if v.valid_from is not None
+                 and v.valid_from > start]
         entities, mentions, relations = self.resolver.resolve(found)
         graph = DocumentGraph(document=doc, chunks=chunks, entities=entities, mentions=mentions,
-                              relations=relations, extractors=extractors)
+                              relations=relations, extractors=extractors, valid_from=start,
+                              valid_to=min(later) if later else None)
         self.store.upsert_document(graph)  # the new version first: never no version
-        if stale:
-            self._drop(stale)
+        if others:
+            self._retime(doc.uri)
             report.documents_replaced += 1
         report.documents_ingested += 1
         report.chunks += len(graph.chunks)
         report.entities += len(graph.entities)
         report.mentions += len(graph.mentions)
         report.relations += len(graph.relations)
+
+    def _retime(self, uri: str) -> None:
+        """Each version of ``uri`` valid from its start to the next one's (the last: open).
+        Versions written before intervals existed start when they were ingested."""
+        versions = sorted(self.store.documents_at(uri),
+                          key=lambda v: (v.valid_from if v.valid_from is not None
+                                         else v.ingested or 0, v.ingested or 0))
+        for version, after in zip(versions, [*versions[1:], None], strict=True):
+            start = version.valid_from if version.valid_from is not None else (
+                version.ingested or 0)
+            end = None if after is None else (after.valid_from if after.valid_from is not None
+                                              else after.ingested)
+            if (version.valid_from, version.valid_to) != (start, end):
+                self.store.set_interval(version.id, start, end)
 
     def _drop(self, versions: list[DocumentRecord]) -> None:
         for version in versions:

@@ -9,6 +9,7 @@ behave the same and a third store costs two small methods.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
@@ -17,6 +18,7 @@ from typing import Any
 from sutazai.errors import NotFoundError
 from sutazai.knowledge import cypher
 from sutazai.knowledge.models import (
+    Citation,
     DocumentGraph,
     DocumentRecord,
     Entity,
@@ -72,6 +74,16 @@ class GraphStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    # The statements that differ per store (cypher.py has both stores' versions).
+    VECTOR_SEARCH: str
+    FULLTEXT_SEARCH: str
+    SET_EMBEDDINGS: str
+
+    @abstractmethod
+    def create_vector_index(self, dimension: int, *, replace: bool = False) -> None:
+        """The chunks' vector index for ``dimension``; ``replace`` drops the old one first
+        (another embedding model, another dimension)."""
+
     def __enter__(self) -> GraphStore:
         return self
 
@@ -104,23 +116,28 @@ class GraphStore(ABC):
         node, written last, is what marks a document as stored).
         """
         doc = graph.document
+        # every part carries its version's interval (valid_to absent: the current version)
+        interval = {"valid_from": graph.valid_from,
+                    **({"valid_to": graph.valid_to} if graph.valid_to is not None else {})}
         chunk_rows = [{"id": c.id, "props": {
             "document": c.document, "index": c.index, "start": c.start, "end": c.end,
             "text": c.text, "chunk": c.id, "extractor": "chunker", "model": CHUNKER,
-            "heading": " > ".join(c.heading),
+            "heading": " > ".join(c.heading), **interval,
             **({"page": c.page} if c.page is not None else {})}}
             for c in graph.chunks]
         mention_rows = [{"chunk": m.mention.provenance.chunk, "entity": m.entity,
                          "start": m.mention.start, "props": {
                              "end": m.mention.end, "text": m.mention.text,
                              "type": m.mention.type, "confidence": m.mention.confidence,
-                             **m.mention.provenance.model_dump()}} for m in graph.mentions]
+                             **interval, **m.mention.provenance.model_dump()}}
+                        for m in graph.mentions]
         relation_rows = [{"source": r.source, "target": r.target, "type": r.type,
                           "chunk": r.provenance.chunk, "props": {
                               "confidence": r.confidence, "evidence": r.evidence,
                               "document": r.provenance.document,
                               "extractor": r.provenance.extractor,
-                              "model": r.provenance.model}} for r in graph.relations]
+                              "model": r.provenance.model, **interval}}
+                         for r in graph.relations]
         link_rows = [{"chunk": c.id, "props": {
             "document": doc.id, "chunk": c.id, "extractor": "chunker", "model": CHUNKER}}
             for c in graph.chunks]
@@ -133,9 +150,16 @@ class GraphStore(ABC):
                 "uri": doc.uri, "title": doc.title, "media_type": doc.media_type,
                 "size": doc.size, "chars": len(doc.text), "chunks": len(graph.chunks),
                 "document": doc.id, "chunk": "", "extractor": "loader",
-                "model": ",".join(graph.extractors)}}),
+                "model": ",".join(graph.extractors), **interval}}),
         ]
         self._write_all(statements)
+
+    def set_interval(self, document_id: str, valid_from: int | None,
+                     valid_to: int | None) -> None:
+        """Set the interval of one stored version: its document, chunks, mentions and
+        relations (the document first, so readers filtering on it see the change first)."""
+        params = {"document": document_id, "valid_from": valid_from, "valid_to": valid_to}
+        self._write_all([(statement, params) for statement in cypher.SET_DOCUMENT_INTERVAL])
 
     def delete_document(self, document_id: str) -> int:
         """Remove a document, its chunks, mentions and relations, and the entities it alone
@@ -196,13 +220,16 @@ class GraphStore(ABC):
                                    confidence=float(confidence or 0.0), stored=True))
         return entities
 
-    def stats(self) -> GraphStats:
+    def stats(self, as_of: int | None = None) -> GraphStats:
+        """What the graph held at ``as_of`` (epoch ms; default now)."""
+        at = {"t": now_ms() if as_of is None else as_of}
+
         def count(statement: str) -> int:
-            rows = self._read(statement)
+            rows = self._read(statement, at)
             return int(rows[0][0]) if rows else 0
 
-        by_type = {str(t): int(n) for t, n in self._read(cypher.ENTITIES_BY_TYPE)}
-        relations = {str(t): int(n) for t, n in self._read(cypher.RELATIONS_BY_TYPE)}
+        by_type = {str(t): int(n) for t, n in self._read(cypher.ENTITIES_BY_TYPE, at)}
+        relations = {str(t): int(n) for t, n in self._read(cypher.RELATIONS_BY_TYPE, at)}
         return GraphStats(documents=count(cypher.COUNT_DOCUMENTS),
                           chunks=count(cypher.COUNT_CHUNKS),
                           entities=sum(by_type.values()), relations=sum(relations.values()),
@@ -229,8 +256,10 @@ class GraphStore(ABC):
                     rows += self._read(cypher.ENTITY_BY_ID, {"id": eid})
         return rows
 
-    def entity(self, name: str, limit: int = 50) -> list[EntityView]:
-        """The entities called ``name`` with neighbours and mentions (with snippets)."""
+    def entity(self, name: str, limit: int = 50, as_of: int | None = None) -> list[EntityView]:
+        """The entities called ``name`` with neighbours and mentions (with snippets), as the
+        versions valid at ``as_of`` (epoch ms; default now) state them."""
+        t = now_ms() if as_of is None else as_of
         rows = self.entities_named(name)
         if not rows:
             from rapidfuzz import fuzz, process
@@ -243,15 +272,16 @@ class GraphStore(ABC):
             raise NotFoundError(f"no entity named {name!r} in the graph{hint}")
         views = []
         for eid, ename, etype, aliases, confidence in rows:
-            neighbours = [Neighbour(direction=direction, type=str(t), confidence=float(c or 0),
+            neighbours = [Neighbour(direction=direction, type=str(rtype),
+                                    confidence=float(c or 0),
                                     entity=o, name=n, entity_type=ot, document=str(d or ""))
                           for direction, statement in (("out", cypher.NEIGHBOURS_OUT),
                                                        ("in", cypher.NEIGHBOURS_IN))
-                          for t, c, o, n, ot, d in self._read(statement,
-                                                              {"id": eid, "limit": limit})]
+                          for rtype, c, o, n, ot, d in self._read(
+                              statement, {"id": eid, "limit": limit, "t": t})]
             mentions = []
             for did, uri, cid, text, cstart, mstart, mend, mtext, mconf, extractor in self._read(
-                    cypher.MENTIONS_OF, {"id": eid, "limit": limit}):
+                    cypher.MENTIONS_OF, {"id": eid, "limit": limit, "t": t}):
                 mentions.append(MentionView(
                     document=did, uri=uri, chunk=cid, text=mtext,
                     snippet=snippet(text, int(mstart) - int(cstart), int(mend) - int(cstart)),
@@ -260,6 +290,71 @@ class GraphStore(ABC):
                                     confidence=float(confidence or 0), neighbours=neighbours,
                                     mentions=mentions))
         return views
+
+    # ------------------------------------------------------------------------ search
+    def chunks_to_embed(self, model: str, limit: int) -> list[tuple[str, str]]:
+        """(id, text) of up to ``limit`` chunks not yet embedded by ``model``."""
+        return [(str(cid), str(text or "")) for cid, text in
+                self._read(cypher.CHUNKS_TO_EMBED, {"model": model, "limit": limit})]
+
+    def embedding_models(self) -> dict[str, tuple[int, int]]:
+        """The models the chunks are embedded with: name -> (dimension, chunks)."""
+        return {str(name): (int(dim), int(n))
+                for name, dim, n in self._read(cypher.EMBEDDING_MODELS)}
+
+    def clear_embeddings(self, keep_dimension: int) -> None:
+        """Forget embeddings of another dimension (a new model replaces them)."""
+        self._write(cypher.CLEAR_EMBEDDINGS, {"dim": keep_dimension})
+
+    def set_embeddings(self, model: str, vectors: dict[str, list[float]]) -> None:
+        rows = [{"id": cid, "vector": vector, "model": model, "dim": len(vector)}
+                for cid, vector in vectors.items()]
+        self._write_all(self._batches(self.SET_EMBEDDINGS, rows))
+
+    def vector_search(self, vector: list[float], k: int, as_of: int) -> list[tuple[str, float]]:
+        """(chunk id, cosine similarity) of the ``k`` nearest chunks valid at ``as_of``. The
+        index is asked for more than ``k``, since superseded versions are filtered after."""
+        rows = self._read(self.VECTOR_SEARCH, {"vector": vector, "k": k * 4, "t": as_of})
+        return [(str(cid), float(sim)) for cid, sim in rows[:k]]
+
+    def fulltext_search(self, text: str, k: int, as_of: int) -> list[tuple[str, float]]:
+        """(chunk id, score) of the chunks whose text has the most of ``text``'s words."""
+        terms = cypher.fulltext_terms(text, self.name)
+        if not terms:
+            return []
+        rows = self._read(self.FULLTEXT_SEARCH, {"terms": terms, "k": k, "t": as_of})
+        return [(str(cid), float(score)) for cid, score in rows]
+
+    def entities_with_keys(self, keys: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, name) of the entities whose normalised name is one of ``keys``."""
+        if not keys:
+            return []
+        return [(str(eid), str(name)) for eid, name in
+                self._read(cypher.ENTITIES_BY_KEYS, {"keys": list(keys)})]
+
+    def chunks_mentioning(self, entity_ids: Sequence[str], k: int, as_of: int, *,
+                          neighbours: bool = False) -> list[tuple[str, int]]:
+        """(chunk id, how many of the entities it mentions), most first; with
+        ``neighbours``, the chunks that mention the entities' related entities instead."""
+        if not entity_ids:
+            return []
+        statement = (cypher.CHUNKS_MENTIONING_NEIGHBOURS if neighbours
+                     else cypher.CHUNKS_MENTIONING)
+        return [(str(cid), int(found)) for cid, found in
+                self._read(statement, {"ids": list(entity_ids), "k": k, "t": as_of})]
+
+    def citations(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, Citation]]:
+        """Each chunk's text and citation, by chunk id (chunks that vanished are absent)."""
+        found: dict[str, tuple[str, Citation]] = {}
+        for (cid, text, start, end, page, heading, did, uri, title, valid_from,
+             valid_to) in self._read(cypher.CHUNKS_BY_ID, {"ids": list(chunk_ids)}):
+            text = str(text or "")
+            found[str(cid)] = (text, Citation(
+                document=str(did), uri=str(uri), title=str(title or ""), chunk=str(cid),
+                page=_int(page), heading=str(heading or ""), start=int(start or 0),
+                end=int(end or 0), snippet=_passage_snippet(text),
+                valid_from=_int(valid_from), valid_to=_int(valid_to)))
+        return found
 
     def export(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """All nodes and edges as plain dictionaries (for GraphML/JSON writers)."""
@@ -282,8 +377,23 @@ def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
 
 
 def _document(row: Row) -> DocumentRecord:
-    did, uri, title, chunks = row
-    return DocumentRecord(id=did, uri=uri, title=title or "", chunks=int(chunks or 0))
+    did, uri, title, chunks, valid_from, valid_to, ingested = row
+    return DocumentRecord(id=did, uri=uri, title=title or "", chunks=int(chunks or 0),
+                          valid_from=_int(valid_from), valid_to=_int(valid_to),
+                          ingested=_int(ingested))
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _passage_snippet(text: str, width: int = 2 * SNIPPET_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width].rsplit(" ", 1)[0] + "…"
 
 
 def snippet(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> str:

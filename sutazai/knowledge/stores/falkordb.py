@@ -8,6 +8,7 @@ interrupted write leaves no Document and the next ingest redoes it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
@@ -21,6 +22,9 @@ from sutazai.knowledge.stores.base import GraphStore, Row, Statement, entity_row
 
 class FalkorDBStore(GraphStore):
     name = "falkordb"
+    VECTOR_SEARCH = cypher.FALKORDB_VECTOR_SEARCH
+    FULLTEXT_SEARCH = cypher.FALKORDB_FULLTEXT_SEARCH
+    SET_EMBEDDINGS = cypher.FALKORDB_SET_EMBEDDINGS
 
     def __init__(self, host: str, port: int, graph: str, password: str | None = None,
                  batch_size: int = 1000, timeout_s: float = 60.0, writers: int = 2) -> None:
@@ -90,6 +94,16 @@ class FalkorDBStore(GraphStore):
                 if "already exists" not in str(exc):
                     raise GraphStoreError(f"FalkorDB refused a constraint: {exc}") from None
 
+    def create_vector_index(self, dimension: int, *, replace: bool = False) -> None:
+        if replace:
+            with contextlib.suppress(GraphStoreError):  # none yet
+                self._run(cypher.FALKORDB_DROP_VECTOR_INDEX, None, False)
+        try:
+            self._run(cypher.falkordb_vector_index(dimension), None, False)
+        except GraphStoreError as exc:
+            if "already indexed" not in str(exc):
+                raise
+
     def _read(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:
         return list(self._run(statement, params, True).result_set)
 
@@ -144,8 +158,6 @@ class FalkorDBStore(GraphStore):
                            rows=[[plain(v) for v in row] for row in result.result_set])
 
     def close(self) -> None:
-        import contextlib
-
         for graph in self._writers:
             with contextlib.suppress(Exception):
                 graph.client.connection.close()

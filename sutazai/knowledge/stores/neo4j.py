@@ -22,6 +22,9 @@ BOLT_SCHEMES = ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
 
 class Neo4jStore(GraphStore):
     name = "neo4j"
+    VECTOR_SEARCH = cypher.NEO4J_VECTOR_SEARCH
+    FULLTEXT_SEARCH = cypher.NEO4J_FULLTEXT_SEARCH
+    SET_EMBEDDINGS = cypher.NEO4J_SET_EMBEDDINGS
 
     def __init__(self, uri: str, user: str | None, password: str | None,
                  database: str | None = None, batch_size: int = 1000,
@@ -79,6 +82,11 @@ class Neo4jStore(GraphStore):
 
     def ensure_schema(self) -> None:
         for statement in cypher.neo4j_schema():
+            self._call(False, lambda tx, s=statement: tx.run(s).consume())
+
+    def create_vector_index(self, dimension: int, *, replace: bool = False) -> None:
+        statements = [cypher.NEO4J_DROP_VECTOR_INDEX] if replace else []
+        for statement in [*statements, cypher.neo4j_vector_index(dimension)]:
             self._call(False, lambda tx, s=statement: tx.run(s).consume())
 
     def _read(self, statement: str, params: dict[str, Any] | None = None) -> list[Row]:

@@ -1,0 +1,166 @@
+"""Hybrid retrieval: vector, full-text and graph expansion, fused by reciprocal rank.
+
+Each retriever ranks chunks its own way — the embedding's cosine similarity (the store's
+vector index), the store's full-text index over the chunk text, and the graph (entities the
+query names, the chunks that mention them, then the chunks that mention their related
+entities) — and reciprocal rank fusion (Cormack et al., 2009: ``sum 1 / (60 + rank)``)
+merges the rankings without calibrating their scores against each other. Every hit carries
+its citation. Everything is read as of a moment: only the document versions valid then.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sutazai.errors import ConfigError, GraphStoreError
+from sutazai.knowledge.models import SearchHit, SearchResult
+from sutazai.knowledge.resolve import normalise
+from sutazai.knowledge.stores.base import now_ms
+
+if TYPE_CHECKING:
+    from sutazai.config import Settings
+    from sutazai.knowledge.embed import Embedder
+    from sutazai.knowledge.stores.base import GraphStore
+
+log = logging.getLogger(__name__)
+
+RETRIEVERS = ("vector", "fulltext", "graph")
+RRF_K = 60  # the constant of the original paper; rankings this long barely depend on it
+MAX_NGRAM = 4  # longest entity name looked up, in words
+_WORDS = re.compile(r"[\w.&'-]+", re.UNICODE)
+MAX_QUERY_CHARS = 2000
+
+
+class Retriever:
+    """Searches one store; ``embedder`` None leaves the vector retriever out (with a note)."""
+
+    def __init__(self, store: GraphStore, embedder: Embedder | None,
+                 notes: Sequence[str] = ()) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.notes = list(notes)
+
+    def search(self, query: str, top: int = 5, *, as_of: int | None = None,
+               use: Sequence[str] = RETRIEVERS) -> SearchResult:
+        """The ``top`` chunks for ``query`` valid at ``as_of`` (epoch ms; default now)."""
+        started = time.monotonic()
+        query = check_query(query)
+        unknown = set(use) - set(RETRIEVERS)
+        if unknown or not use:
+            raise ConfigError(f"retrievers must be among {', '.join(RETRIEVERS)}, not "
+                              f"{', '.join(sorted(unknown)) or 'none'}")
+        at = now_ms() if as_of is None else as_of
+        depth = max(20, 4 * top)  # candidates per retriever
+        result = SearchResult(query=query, as_of=at, notes=list(self.notes))
+        rankings: dict[str, list[str]] = {}
+        similarity: dict[str, float] = {}
+        if "vector" in use:
+            if self.embedder is None:
+                result.notes.append("vector search is off: no chunk is embedded (run "
+                                    "'sutazai kg embed')")
+            else:
+                [vector] = self.embedder.embed([query])
+                try:
+                    found = self.store.vector_search(vector, depth, at)
+                except GraphStoreError as exc:
+                    found = []
+                    result.notes.append(f"vector search failed: {exc}")
+                similarity = dict(found)
+                rankings["vector"] = [cid for cid, _ in found]
+        if "fulltext" in use:
+            rankings["fulltext"] = [cid for cid, _ in
+                                    self.store.fulltext_search(query, depth, at)]
+        if "graph" in use:
+            entities = self.store.entities_with_keys(query_keys(query))
+            result.entities = sorted({name for _, name in entities})
+            ids = [eid for eid, _ in entities]
+            direct = [cid for cid, _ in self.store.chunks_mentioning(ids, depth, at)]
+            related = [cid for cid, _ in self.store.chunks_mentioning(ids, depth, at,
+                                                                      neighbours=True)]
+            rankings["graph"] = list(dict.fromkeys(direct + related))[:depth]
+        result.retrievers = list(rankings)
+        fused = reciprocal_rank_fusion(rankings)[:top]
+        cited = self.store.citations([cid for cid, _ in fused])
+        for cid, score in fused:
+            if cid not in cited:
+                continue  # removed since it was ranked
+            text, citation = cited[cid]
+            result.hits.append(SearchHit(
+                rank=len(result.hits) + 1, score=round(score, 6), text=text,
+                citation=citation, similarity=similarity.get(cid),
+                ranks={name: (ranking.index(cid) + 1 if cid in ranking else None)
+                       for name, ranking in rankings.items()}))
+        result.seconds = round(time.monotonic() - started, 4)
+        return result
+
+
+def check_query(query: str) -> str:
+    text = " ".join(query.split())
+    if not text:
+        raise ConfigError("the question is empty; ask something, e.g. "
+                          "sutazai kg ask \"Who maintains urllib3?\"")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ConfigError(f"the question is {len(text)} characters long; keep it under "
+                          f"{MAX_QUERY_CHARS}")
+    return text
+
+
+def reciprocal_rank_fusion(rankings: dict[str, list[str]], k: int = RRF_K
+                           ) -> list[tuple[str, float]]:
+    """Items by ``sum(1 / (k + rank))`` over the rankings that hold them, best first (ties:
+    the order of first appearance, so the result is deterministic)."""
+    scores: dict[str, float] = {}
+    for ranking in rankings.values():
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def query_keys(query: str) -> list[str]:
+    """The normalised keys of every run of up to MAX_NGRAM words in the query, as the
+    resolver normalises entity names of each type: what the graph's ``key`` index holds."""
+    words = [w.strip(".'-") for w in _WORDS.findall(query)]
+    words = [w for w in words if w]
+    keys: set[str] = set()
+    for size in range(1, MAX_NGRAM + 1):
+        for i in range(len(words) - size + 1):
+            gram = " ".join(words[i:i + size])
+            if size == 1 and len(gram) < 3:
+                continue
+            keys.update(normalise(gram, kind) for kind in ("PERSON", "ORG", "OTHER"))
+    keys.discard("")
+    return sorted(keys)
+
+
+def open_retriever(settings: Settings, store: GraphStore) -> Retriever:
+    """A retriever whose query embeddings match the stored chunks': the embeddings
+    champion when the chunks are embedded with it, else the model they are embedded with
+    (and a note to re-embed), else none (vector search off)."""
+    from sutazai.errors import NotFoundError
+    from sutazai.knowledge.embed import Embedder, embedding_model_ref
+    from sutazai.repository import open_repository
+
+    stored = store.embedding_models()
+    if not stored:
+        return Retriever(store, None)
+    champion = embedding_model_ref(settings)
+    wanted = f"{champion[0]}:{champion[1]}" if champion else ""
+    name = wanted if wanted in stored else max(stored, key=lambda m: stored[m][1])
+    notes = []
+    if wanted and name != wanted:
+        notes.append(f"chunks are embedded with {name}, not the embeddings champion "
+                     f"{wanted}; 'sutazai kg embed' re-embeds them")
+    model, _, version = name.rpartition(":")
+    repository = open_repository(settings)
+    try:
+        manifest = repository.get(model, int(version))
+    except (NotFoundError, ValueError):
+        return Retriever(store, None, [f"vector search is off: the chunks' embedding model "
+                                       f"{name} is not in the repository; 'sutazai kg embed' "
+                                       "re-embeds them"])
+    folder = repository.ensure_snapshot(manifest, verify=False)
+    return Retriever(store, Embedder.load(name, folder), notes)
