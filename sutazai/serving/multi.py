@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -240,6 +241,35 @@ class ModelRouter:
         model.last_used = time.monotonic()
         payload["model"] = ready.engine.model  # what the engine knows it by
         return Lease(ready, release)
+
+    async def chat_lease(self) -> Lease | str:
+        """A lease on a model that offers chat, to generate knowledge answers with; or why
+        there is none. A loaded one first (the chat champion, else the one used last), so
+        a question loads nothing; else the chat champion, loaded on demand as a request
+        naming it would load it."""
+
+        def offers_chat(model: ServedModel) -> bool:
+            gateway = model.gateway
+            return (gateway is not None and "chat" in gateway.engine.capabilities
+                    and gateway.status()[0] in ("ok", "busy"))
+
+        champion = next((m for m in self.models if m.task == "chat"), None)
+        loaded = sorted((m for m in self.models if offers_chat(m)),
+                        key=lambda m: (m is champion, m.last_used), reverse=True)
+        if loaded:
+            chosen = loaded[0]
+        elif champion is not None and champion.gateway is None:
+            chosen = champion
+        else:
+            return ("no model served here offers chat (none loaded offers it, and no chat "
+                    "champion is served)")
+        lease = await self.route({"model": chosen.key})
+        if isinstance(lease, Response):
+            return f"the chat model {chosen.key} is not available ({_message(lease)})"
+        if "chat" not in lease.gateway.engine.capabilities:
+            lease.release()
+            return f"the chat model {chosen.key} has no chat template"
+        return lease
 
     async def find(self, asked: object) -> ServedModel | JSONResponse:
         """The served model a request's ``model`` names: its id, the task it is champion
@@ -533,6 +563,14 @@ def _stop_started(started: asyncio.Future[RunningEngine]) -> None:
         started.result().stop()
 
 
+def _message(response: Response) -> str:
+    """The message of an OpenAI-style error response."""
+    try:
+        return str(json.loads(bytes(response.body))["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
 def _load_failed(model: ServedModel, why: str) -> JSONResponse:
     response = openai_error(500, f"model {model.key} could not be loaded: {why}",
                             "model_load_failed", "server_error")
@@ -563,6 +601,9 @@ class RouterRouting:
 
     async def models(self) -> Response | None:
         return await self.router.models_response()
+
+    async def chat(self) -> Lease | str:
+        return await self.router.chat_lease()
 
     def live(self) -> dict[str, Any]:
         return self.router.live()

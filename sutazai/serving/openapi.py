@@ -13,6 +13,10 @@ gateway itself adds (the interaction-id header, OpenAI-style errors).
 ``null`` (and llama.cpp also ``0``) as "until the context is full", which turns one
 request into seconds of generation; the contract leaves that out on purpose.
 
+``/v1/knowledge/ask`` and ``/v1/knowledge/search`` are the gateway's own (the knowledge
+graph, :class:`~sutazai.serving.gateway.KnowledgeApi`); their answers are documented from
+the core's pydantic models, so the document cannot drift from what they return.
+
 ``auth`` adds the API-key security scheme of :mod:`sutazai.security.access`: every route but the
 health probes (``/health``, ``/health/live``, ``/health/ready``) then needs
 ``Authorization: Bearer <key>`` or ``X-API-Key``, and documents 401
@@ -30,14 +34,18 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 JSON = "application/json"
 REQUEST_SCHEMAS = {"completions": "CompletionRequest", "chat/completions": "ChatCompletionRequest",
-                   "embeddings": "EmbeddingRequest", "feedback": "FeedbackRequest"}
+                   "embeddings": "EmbeddingRequest", "feedback": "FeedbackRequest",
+                   "knowledge/ask": "KnowledgeAskRequest",
+                   "knowledge/search": "KnowledgeSearchRequest"}
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _SAMPLING: dict[str, Any] = {
     "model": {"type": "string", "description": "The served model's name (or name:version); "
-              "another name is refused with 404 model_not_found. Optional."},
+              "another name is refused with 404 model_not_found. Optional. At "
+              "/v1/chat/completions, 'knowledge' answers the last user message from the "
+              "knowledge graph, with its sources (see /v1/knowledge/ask)."},
     "max_tokens": {"type": "integer", "minimum": 1, "default": 16,
                    "description": "Most tokens to generate; prompt plus output must fit the "
                    "engine's context (else 400)."},
@@ -170,6 +178,14 @@ _SCHEMAS: dict[str, Any] = {
                 },
             }},
             "usage": {"$ref": "#/components/schemas/Usage"},
+            "sutazai_citations": {
+                "type": "array", "description": "Model 'knowledge' only: the passages of the "
+                "answer, numbered from 1 as its [n] markers, each with 'cited' and its "
+                "citation (document, uri, title, heading, page, start, end, snippet).",
+                "items": {"type": "object", "required": ["number", "cited", "uri"]}},
+            "sutazai_answer": {
+                "type": "object", "description": "Model 'knowledge' only: how it was answered "
+                "(mode generated, extractive or none; the chat model; notes; as_of)."},
         },
     },
     "EmbeddingList": {
@@ -238,6 +254,43 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+_TOP = {"type": "integer", "minimum": 1, "maximum": 50,
+        "description": "Passages to retrieve (default: the settings' kg_ask_passages for an "
+        "answer, 5 for a search)."}
+_AS_OF = {"type": ["string", "null"], "examples": ["2025-01-15", "2025-01-15T12:00:00Z"],
+          "description": "The graph as it was then: an ISO-8601 date or time, UTC unless it "
+          "says (default: now)."}
+_SCHEMAS["KnowledgeAskRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["question"],
+    "properties": {"question": {"type": "string", "description": "What to ask the documents "
+                                "(at most 2000 characters)."},
+                   "top": _TOP, "as_of": _AS_OF},
+}
+_SCHEMAS["KnowledgeSearchRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["query"],
+    "properties": {"query": {"type": "string"}, "top": _TOP, "as_of": _AS_OF},
+}
+
+
+def _knowledge_schemas() -> dict[str, Any]:
+    """Answer and SearchResult (and the models they hold) from the core's pydantic models."""
+    from sutazai.knowledge.models import Answer, SearchResult
+
+    found: dict[str, Any] = {}
+    for model in (Answer, SearchResult):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                         mode="serialization")
+        found.update(schema.pop("$defs", {}))
+        found[model.__name__] = schema
+    return found
+
+
+_SCHEMAS.update(_knowledge_schemas())
+
 
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": ERROR_REF}}}
@@ -297,6 +350,28 @@ def _generation(summary: str, request: str, reply: str, stream: bool) -> dict[st
     }}
 
 
+def _knowledge(summary: str, operation: str, request: str, reply: str, invalid: str
+               ) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "operationId": operation,
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": {"$ref": f"#/components/schemas/{request}"}}}},
+        "responses": {
+            "200": _json(f"The {reply}", reply),
+            "400": _error(f"Not valid JSON, not the documented body, an empty or too long "
+                          f"text, or an as_of that is no date (codes invalid_json, "
+                          f"invalid_request, {invalid}, invalid_as_of)."),
+            "404": _error("This gateway does not serve the knowledge base (code "
+                          "knowledge_disabled)."),
+            "503": {**_error("The knowledge graph store is not available (code "
+                             "knowledge_unavailable)."),
+                    "headers": {"Retry-After": {"description": "Seconds to wait",
+                                                "schema": {"type": "integer", "minimum": 1}}}},
+        },
+    }}
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/health": {"get": {
@@ -336,6 +411,13 @@ def _paths() -> dict[str, Any]:
                                             stream=True),
         "/v1/embeddings": _generation("Embeddings (embedding models)", "EmbeddingRequest",
                                       "EmbeddingList", stream=False),
+        "/v1/knowledge/ask": _knowledge(
+            "Answer a question from the knowledge graph, citing the passages (generated by "
+            "the chat model served, else extracted)", "askKnowledge", "KnowledgeAskRequest",
+            "Answer", "invalid_question"),
+        "/v1/knowledge/search": _knowledge(
+            "The passages of the knowledge graph that match a query (hybrid retrieval)",
+            "searchKnowledge", "KnowledgeSearchRequest", "SearchResult", "invalid_query"),
         "/v1/feedback": {"post": {
             "summary": "Rate a logged answer (request logging on)",
             "operationId": "rate",

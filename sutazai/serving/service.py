@@ -7,6 +7,9 @@ engine the selection chose for it.
 Several names, or every task's champion (``--champions``), are served behind one endpoint
 by :mod:`sutazai.serving.multi` (:func:`serving_many`, :func:`serve_many_forever`): each is
 resolved here first, so an unknown name fails before any engine starts.
+
+``sutazai serve`` also answers from the knowledge graph of its home (``/v1/knowledge/...``
+and the model ``knowledge``: :class:`~sutazai.serving.gateway.KnowledgeApi`).
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def _serve(settings: Settings, target: Target, running: RunningEngine, engine_na
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     try:
         app = create_app(running, owns_engine=True, feedback=feedback_sink(settings),
-                         guard=guard, restart=engine_restart(settings))
+                         guard=guard, restart=engine_restart(settings), knowledge=settings)
         instrument_app(app, settings)
         if target.task and not engine_name and settings.serve_watch_interval_s > 0:
             watcher = ChampionWatcher(
@@ -240,7 +243,7 @@ def serve_many_forever(settings: Settings, targets: Sequence[Target], engine_nam
     with server_tls(settings) as tls:
         router = model_router(settings, targets, engine_name, heal=True,
                               feedback=feedback_sink(settings))
-        app = routed_app(RouterRouting(router), guard=guard)
+        app = routed_app(RouterRouting(router), guard=guard, knowledge=settings)
         instrument_app(app, settings)
         url = f"{'https' if tls else 'http'}://{host}:{port}"
         refs = ",".join(m.manifest.ref for m in router.models)
