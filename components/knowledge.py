@@ -1,7 +1,9 @@
-"""Knowledge steps: documents to entities and relations in the graph store.
+"""Knowledge steps: documents to entities and relations in the graph store, then chunk
+embeddings for vector search.
 
-Extraction (the model's work) and the upsert (the store's) are separate steps, so that on a
-cluster each gets the resources it needs and a failed write does not redo the extraction.
+Extraction (the model's work), the upsert (the store's) and the embedding (the embeddings
+champion's) are separate steps, so that on a cluster each gets the resources it needs and a
+failed write does not redo the extraction.
 No ``from __future__ import annotations`` in component modules: KFP reads the annotations.
 """
 
@@ -44,6 +46,33 @@ def upsert_documents(extracted: Input[Artifact], metrics: Output[Metrics]) -> di
         metrics.log_metric(name, float(getattr(report, name)))
     metrics.log_metric("documents_failed", float(len(report.documents_failed)))
     return report.model_dump(mode="json", exclude_none=True)
+
+
+@component
+def embed_chunks(ingested: dict, metrics: Output[Metrics]) -> dict:
+    """Embed the chunks the embeddings champion has not embedded yet (all of them after the
+    champion changed); ``ingested`` orders this step after the upsert. Without an
+    embeddings model in the repository the ingest still stands: the step succeeds with
+    ``chunks_embedded`` 0 and ``skipped`` saying why (search runs without its vector half).
+    """
+    import logging
+
+    from sutazai.config import load_settings
+    from sutazai.errors import NotFoundError
+    from sutazai.knowledge.service import embed
+
+    try:
+        report = embed(load_settings()).model_dump(mode="json", exclude_none=True)
+    except NotFoundError as exc:
+        logging.getLogger("sutazai.components.knowledge").warning(
+            "chunks not embedded (%d written by the ingest): %s", ingested.get("chunks", 0),
+            exc)
+        report = {"model": "", "dimension": 0, "chunks_embedded": 0, "index_rebuilt": False,
+                  "seconds": 0.0, "skipped": str(exc)}
+    for name in ("chunks_embedded", "dimension", "seconds"):
+        metrics.log_metric(name, float(report[name]))
+    metrics.log_metric("index_rebuilt", float(report["index_rebuilt"]))
+    return report
 
 
 @component

@@ -4,6 +4,10 @@
 Turns documents (txt, md, html, pdf) into entities and relations in the knowledge graph
 (Neo4j in production, the embedded FalkorDB on one machine), through the Kubeflow pipeline
 `knowledge_ingest`. Unchanged documents are skipped; changed ones replace their old chunks.
+After the write, the chunks not yet embedded by the embeddings champion (all of them when
+the champion changed) are embedded for the vector half of hybrid search; without an
+embeddings model in the repository that step is skipped, not failed (search then uses full
+text and the graph), and its log says so.
 
 **Scheduled** on the `sutazai-documents` asset: post an asset event (Airflow's REST API,
 `POST /api/v2/assets/events`) after dropping documents into SutazAI's documents folder.

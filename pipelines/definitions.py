@@ -7,7 +7,8 @@
   group of tasks each (the mirror and benchmark groups as above; the architecture search is
   shared by two worker steps).
 - ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
-  the graph -> statistics.
+  the graph -> embed the new chunks with the embeddings champion (skipped, not failed,
+  when the repository has none) -> statistics.
 
 Resource requests and GPU limits only matter on a Kubeflow cluster; ``kfp.local`` ignores
 them. Step retries are quick (5 s, then 10 s...) for blips such as a pod evicted or a
@@ -23,7 +24,12 @@ from kfp import dsl
 from kfp.dsl import PipelineTask
 
 from components.benchmark import benchmark_model, convert_models, plan_benchmarks, select_champions
-from components.knowledge import extract_documents, graph_statistics, upsert_documents
+from components.knowledge import (
+    embed_chunks,
+    extract_documents,
+    graph_statistics,
+    upsert_documents,
+)
 from components.learning import (
     finetune_and_challenge,
     monitor_champions,
@@ -166,13 +172,18 @@ def nightly(models: list[str] = [], profile: str = "") -> dict:  # noqa: B006
 
 
 @dsl.pipeline(name="sutazai-knowledge-ingest",
-              description="Documents to entities and relations in the knowledge graph.")
+              description="Documents to entities and relations in the knowledge graph, and "
+                          "their chunks embedded for vector search.")
 def knowledge_ingest(paths: list[str] = [], relations: str = "svo") -> dict:  # noqa: B006
     extracted = on_cluster(extract_documents(paths=paths, relations=relations), "2", "4G",
                            retries=1)
     written = on_cluster(upsert_documents(extracted=extracted.outputs["extracted"]), "1", "2G",
                          retries=2)
-    return on_cluster(graph_statistics(ingested=written.outputs["Output"]), "0.5", "1G").output
+    # the embedding model runs on the CPU (a MiniLM); resumable, so a retry only does the rest
+    embedded = on_cluster(embed_chunks(ingested=written.outputs["Output"]), "2", "4G",
+                          retries=1)
+    return on_cluster(graph_statistics(ingested=written.outputs["Output"]), "0.5", "1G"
+                      ).after(embedded).output
 
 
 PIPELINES = {

@@ -138,3 +138,6 @@ def test_knowledge_dag_ingests_the_documents_folder(airflow: Airflow, settings: 
     assert result["state"] == "success", airflow.last_log[-4000:]
     assert "graph after ingest: 1 documents, 1 chunks" in airflow.last_log, [
         line for line in airflow.last_log.splitlines() if "graph after" in line or "rror" in line]
+    # the embedding step ran after the write and, with no embeddings model, skipped it
+    assert "chunks not embedded (1 written by the ingest): no embeddings model" in (
+        airflow.last_log), [line for line in airflow.last_log.splitlines() if "embed" in line]

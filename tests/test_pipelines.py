@@ -227,6 +227,22 @@ def test_unreachable_kubeflow_is_a_clear_error(local_settings: Settings,
         run_pipeline("model_sync", {}, load_settings())
 
 
+def test_compiled_knowledge_ingest_embeds_after_the_upsert() -> None:
+    """extract -> upsert -> embed -> statistics: the embedding step waits for the write, and
+    the statistics (the pipeline's output) for the embedding."""
+    spec = yaml.safe_load((COMPILED_DIR / "knowledge_ingest.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    depends = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert depends == {"extract-documents": set(), "upsert-documents": {"extract-documents"},
+                       "embed-chunks": {"upsert-documents"},
+                       "graph-statistics": {"upsert-documents", "embed-chunks"}}
+    assert tasks["embed-chunks"]["retryPolicy"]["maxRetryCount"] >= 1
+    assert spec["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRUCT"
+    assert spec["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"][
+        "producerSubtask"] == "graph-statistics"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"paths", "relations"}
+
+
 @pytest.mark.slow
 def test_knowledge_ingest_pipeline_runs_locally(local_settings: Settings, tmp_path: Path
                                                 ) -> None:
@@ -240,6 +256,12 @@ def test_knowledge_ingest_pipeline_runs_locally(local_settings: Settings, tmp_pa
     stats = first.output
     assert stats["documents"] == 1 and stats["entities"] >= 3
     assert stats["entities_by_type"]["PERSON"] >= 1
+    # no embeddings model in this repository: the embed step ran, and skipped rather than
+    # failing the ingest
+    [embed_output] = Path(first.where).glob("*/embed-chunks/executor_output.json")
+    embedded = json.loads(embed_output.read_text())["parameterValues"]["Output"]
+    assert embedded["chunks_embedded"] == 0 and embedded["model"] == ""
+    assert "no embeddings model in the repository" in embedded["skipped"]
     again = run_pipeline("knowledge_ingest", {"paths": [str(documents)]}, local_settings)
     assert again.output == stats  # unchanged documents change nothing
 
