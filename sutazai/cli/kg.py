@@ -13,6 +13,7 @@ from rich.table import Table
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.config import load_settings
 from sutazai.errors import ConfigError
+from sutazai.knowledge.models import Citation
 
 app = typer.Typer(help="Turn documents into a knowledge graph (FalkorDB or Neo4j) and query it.",
                   no_args_is_help=True)
@@ -28,15 +29,23 @@ def ingest_command(
         None, "--follow-links/--no-follow-links", show_default=False,
         help="Follow links that lead out of a folder given (default: the setting "
              "kg_follow_links, off); links inside a folder are always followed."),
+    valid_from: str = typer.Option(
+        None, "--valid-from", "--as-of", show_default=False,
+        help="The date these versions became valid (ISO 8601, e.g. 2025-01-15); default "
+             "the date a document states (PDF, HTML meta, front matter), else now."),
+    embed: bool = typer.Option(True, "--embed/--no-embed",
+                               help="Embed the new chunks with the embeddings champion."),
     as_json: bool = JSON,
 ) -> None:
-    """Extract entities and relations and upsert them; unchanged documents are skipped."""
+    """Extract entities and relations and upsert them; unchanged documents are skipped, and
+    a changed one becomes the current version (the previous one is kept, superseded)."""
     from sutazai.cli.progress import RichProgress
     from sutazai.knowledge.service import ingest
 
     settings = load_settings()
     with RichProgress(errors) as progress:
         report = ingest(settings, paths, relations=relations, follow_links=follow_links,
+                        valid_from=_moment(valid_from, "--valid-from"), embed=embed,
                         progress=progress)
     if as_json:
         emit_json(report.model_dump(mode="json"))
@@ -54,6 +63,11 @@ def ingest_command(
             reasons = ", ".join(f"{reason} {count}" for reason, count in
                                 sorted(report.entities_dropped.items(), key=lambda x: -x[1]))
             console.print(f"Entity candidates dropped (not names): {reasons}", highlight=False)
+        if report.chunks_embedded:
+            console.print(f"Embedded {report.chunks_embedded} chunk(s) with "
+                          f"{report.embedding_model}", highlight=False)
+        for note in report.notes:
+            console.print(f"note: {escape(note)}", highlight=False)
         if relations in ("llm", "both"):
             console.print(f"LLM: {report.llm_invalid_outputs} invalid answer(s), "
                           f"{report.llm_chunks_skipped} chunk(s) skipped, "
@@ -64,12 +78,30 @@ def ingest_command(
         raise typer.Exit(1)
 
 
+AS_OF = typer.Option(None, "--as-of", show_default=False,
+                     help="Read the graph as it was at this date or time (ISO 8601, e.g. "
+                          "2025-06-01 or 2025-06-01T12:00:00Z); default now.")
+
+
+def _moment(value: str | None, option: str = "--as-of") -> int | None:
+    """An ISO 8601 date or time as epoch ms (None stays None); a clear error otherwise."""
+    from sutazai.knowledge.documents import parse_date
+
+    if value is None:
+        return None
+    moment = parse_date(value)
+    if moment is None:
+        raise ConfigError(f"{option} {value!r} is not a date; write it as ISO 8601, e.g. "
+                          "2025-06-01 or 2025-06-01T12:00:00Z")
+    return moment
+
+
 @app.command("stats")
-def stats_command(as_json: bool = JSON) -> None:
+def stats_command(as_of: str = AS_OF, as_json: bool = JSON) -> None:
     """Documents, chunks, entities by type and relations by type."""
     from sutazai.knowledge.service import graph_stats
 
-    stats = graph_stats(load_settings())
+    stats = graph_stats(load_settings(), _moment(as_of))
     if as_json:
         emit_json(stats.model_dump(mode="json"))
         return
@@ -90,12 +122,13 @@ def stats_command(as_json: bool = JSON) -> None:
 @app.command("entity")
 def entity_command(name: str = typer.Argument(..., help="A name, alias or entity id."),
                    limit: int = typer.Option(20, help="Neighbours and mentions shown."),
-                   as_json: bool = JSON) -> None:
+                   as_of: str = AS_OF, as_json: bool = JSON) -> None:
     """An entity's neighbours, and its mentions with snippets."""
     from sutazai.knowledge.service import open_store
 
+    moment = _moment(as_of)
     with open_store(load_settings(), read_only=True) as store:
-        views = store.entity(name, limit=limit)
+        views = store.entity(name, limit=limit, as_of=moment)
     if as_json:
         emit_json([v.model_dump(mode="json") for v in views])
         return
@@ -117,6 +150,97 @@ def entity_command(name: str = typer.Argument(..., help="A name, alias or entity
         for m in view.mentions:
             table.add_row(Path(m.uri).name or m.uri, escape(m.snippet), m.extractor)
         console.print(table)
+
+
+@app.command("search")
+def search_command(
+    query: str = typer.Argument(..., help="What to look for, in words."),
+    top: int = typer.Option(5, "--top", "-k", min=1, max=100, help="Passages to return."),
+    use: list[str] = typer.Option(None, "--use", help="Only these retrievers: vector, "
+                                                      "fulltext, graph (repeatable)."),
+    as_of: str = AS_OF,
+    as_json: bool = JSON,
+) -> None:
+    """Hybrid search: vector, full text and the graph, fused; every hit cited."""
+    from sutazai.knowledge.retrieve import RETRIEVERS
+    from sutazai.knowledge.service import search
+
+    result = search(load_settings(), query, top=top, as_of=_moment(as_of),
+                    use=use or RETRIEVERS)
+    if as_json:
+        emit_json(result.model_dump(mode="json"))
+        return
+    for note in result.notes:
+        errors.print(f"note: {escape(note)}", highlight=False)
+    if not result.hits:
+        console.print("No passage matches.")
+        return
+    table = Table(title=f"{len(result.hits)} passage(s) for {result.query!r} "
+                        f"({', '.join(result.retrievers)}; {result.seconds * 1000:.0f} ms)")
+    for column in ("#", "source", "passage", "found by"):
+        table.add_column(column, overflow="fold")
+    for hit in result.hits:
+        found = ", ".join(f"{name} #{rank}" for name, rank in hit.ranks.items() if rank)
+        table.add_row(str(hit.rank), escape(_source(hit.citation)),
+                      escape(hit.citation.snippet), found)
+    console.print(table)
+
+
+@app.command("ask")
+def ask_command(
+    question: str = typer.Argument(..., help="A question about the ingested documents."),
+    top: int = typer.Option(None, "--top", "-k", min=1, max=50, show_default=False,
+                            help="Passages to retrieve (default: setting kg_ask_passages)."),
+    generate: bool = typer.Option(True, "--generate/--no-generate",
+                                  help="Let the chat champion write the answer (checked); "
+                                       "--no-generate extracts it."),
+    as_of: str = AS_OF,
+    as_json: bool = JSON,
+) -> None:
+    """Answer from the documents, citing the passages (or say nothing relevant was found)."""
+    from sutazai.knowledge.service import ask
+
+    reply = ask(load_settings(), question, top=top, as_of=_moment(as_of), generate=generate)
+    if as_json:
+        emit_json(reply.model_dump(mode="json"))
+        return
+    console.print(escape(reply.answer), highlight=False)
+    for number in reply.cited:
+        hit = reply.passages[number - 1]
+        console.print(f"  [{number}] {escape(_source(hit.citation))}", highlight=False)
+    how = {"generated": f"written by {reply.model}, citations checked",
+           "extractive": "extracted from the passages", "none": "nothing relevant found"}
+    errors.print(f"({how[reply.mode]}; {reply.seconds * 1000:.0f} ms)", highlight=False)
+    for note in reply.notes:
+        errors.print(f"note: {escape(note)}", highlight=False)
+
+
+@app.command("embed")
+def embed_command(as_json: bool = JSON) -> None:
+    """Embed the chunks the embeddings champion has not embedded yet (all of them after
+    the champion changed); safe to re-run."""
+    from sutazai.cli.progress import RichProgress
+    from sutazai.knowledge.service import embed
+
+    with RichProgress(errors) as progress:
+        report = embed(load_settings(), progress)
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+        return
+    rebuilt = " (vector index rebuilt for the new dimension)" if report.index_rebuilt else ""
+    console.print(f"embedded {report.chunks_embedded} chunk(s) with {report.model}, "
+                  f"{report.dimension} dimensions, in {report.seconds:.1f} s{rebuilt}",
+                  highlight=False)
+
+
+def _source(citation: Citation) -> str:
+    """``file > heading, p. N, chars A-B``: where a passage is, in one line."""
+    name = Path(citation.uri).name or citation.uri
+    parts = [" > ".join(x for x in (name, citation.heading) if x)]
+    if citation.page is not None:
+        parts.append(f"p. {citation.page}")
+    parts.append(f"chars {citation.start}-{citation.end}")
+    return ", ".join(parts)
 
 
 @app.command("query")

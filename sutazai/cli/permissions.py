@@ -34,6 +34,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "data rate": "ingest",
     "data remove": "delete",
     "kg ingest": "ingest",
+    "kg embed": "ingest",
     "kg rm": "delete",
     "learn finetune": "ingest",
     "nas run": "ingest",
@@ -45,7 +46,8 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
 }
 READ_ONLY = frozenset({
     "report", "models list", "models show", "models verify", "models export", "bench leaderboard",
-    "data validate", "data stats", "kg stats", "kg entity", "kg query", "kg export", "nas show",
+    "data validate", "data stats", "kg stats", "kg entity", "kg query", "kg export", "kg search",
+    "kg ask", "nas show",
     "audit verify", "audit tail",
 })
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sutazai.knowledge.models import Answer, SearchHit, SearchResult
+from sutazai.knowledge.retrieve import STOP_WORDS
 
 if TYPE_CHECKING:
     from sutazai.config import Settings
@@ -37,14 +38,6 @@ _CITATION = re.compile(r"\[(\d{1,3})\]")
 _QUOTE = re.compile(r"[\"“]([^\"”]{4,})[\"”]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
 _WORD = re.compile(r"\w+", re.UNICODE)
-STOP_WORDS = frozenset({
-    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "could", "did", "do",
-    "does", "for", "from", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its",
-    "me", "my", "of", "on", "or", "our", "should", "so", "than", "that", "the", "their",
-    "them", "then", "there", "these", "they", "this", "to", "was", "we", "were", "what",
-    "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you",
-    "your",
-})
 
 
 class Generator(Protocol):

@@ -69,7 +69,10 @@ def falkordb_vector_index(dimension: int) -> str:
 
 
 FALKORDB_DROP_VECTOR_INDEX = "DROP VECTOR INDEX FOR (c:Chunk) ON (c.embedding)"
-FALKORDB_FULLTEXT_INDEX = "CALL db.idx.fulltext.createNodeIndex('Chunk', 'text')"
+# The full-text indexes cover ``search_text``: the chunk's text on one line, since
+# FalkorDB's tokenizer does not split on line breaks ("Community\n\nurllib3" would be one
+# word) while the chunk's own text keeps them for citations.
+FALKORDB_FULLTEXT_INDEX = "CALL db.idx.fulltext.createNodeIndex('Chunk', 'search_text')"
 
 
 def neo4j_vector_index(dimension: int) -> str:
@@ -80,7 +83,15 @@ def neo4j_vector_index(dimension: int) -> str:
 
 NEO4J_DROP_VECTOR_INDEX = "DROP INDEX chunk_embedding IF EXISTS"
 NEO4J_FULLTEXT_INDEX = ("CREATE FULLTEXT INDEX chunk_text IF NOT EXISTS FOR (c:Chunk) "
-                        "ON EACH [c.text]")
+                        "ON EACH [c.search_text]")
+
+# Chunks written before search_text existed get it (the embedding step runs this).
+BACKFILL_SEARCH_TEXT = """
+MATCH (c:Chunk)
+WHERE c.search_text IS NULL
+SET c.search_text = replace(replace(c.text, '\n', ' '), '\t', ' ')
+RETURN count(c)
+"""
 
 # A chunk counts at time $t (epoch ms) when its version was valid then: valid_from <= t <
 # valid_to, valid_to null for the current version (chunks written before versions had
@@ -110,28 +121,46 @@ FALKORDB_FULLTEXT_SEARCH = f"""
 CALL db.idx.fulltext.queryNodes('Chunk', $terms) YIELD node, score
 WITH node, score
 WHERE {_CHUNK_VALID}
-RETURN node.id, score
+RETURN node.id, node.search_text
 ORDER BY score DESC
 LIMIT $k
+"""
+
+FALKORDB_FULLTEXT_COUNT = f"""
+CALL db.idx.fulltext.queryNodes('Chunk', $terms) YIELD node
+WITH node
+WHERE {_CHUNK_VALID}
+RETURN count(node)
 """
 
 NEO4J_FULLTEXT_SEARCH = f"""
 CALL db.index.fulltext.queryNodes('chunk_text', $terms) YIELD node, score
 WITH node, score
 WHERE {_CHUNK_VALID}
-RETURN node.id, score
+RETURN node.id, node.search_text
 ORDER BY score DESC
 LIMIT $k
 """
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+NEO4J_FULLTEXT_COUNT = f"""
+CALL db.index.fulltext.queryNodes('chunk_text', $terms) YIELD node
+WITH node
+WHERE {_CHUNK_VALID}
+RETURN count(node)
+"""
+
+# The chunks' count and mean length (in characters) at $t: BM25's collection statistics.
+CHUNK_TEXT_STATS = f"""
+MATCH (c:Chunk)
+WHERE {VALID_AT.format(v="c")}
+RETURN count(c), avg(size(c.search_text))
+"""
 
 
-def fulltext_terms(text: str, store: str) -> str:
-    """Any of the words of ``text``, in the store's query syntax (RediSearch's ``a|b`` on
-    FalkorDB, Lucene's ``a OR b`` on Neo4j). Only word characters pass: no user text is
-    ever parsed as query syntax. Empty when ``text`` has no words."""
-    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text) if len(w) > 1))
+def fulltext_terms(words: list[str], store: str) -> str:
+    """Any of ``words`` (word characters only: no user text is ever parsed as query
+    syntax), in the store's syntax: RediSearch's ``a|b`` on FalkorDB, Lucene's ``a OR b``
+    on Neo4j."""
     return ("|" if store == "falkordb" else " OR ").join(words)
 
 

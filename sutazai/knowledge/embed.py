@@ -104,6 +104,7 @@ def embed_chunks(store: GraphStore, embedder: Embedder,
     """
     started = time.monotonic()
     report = EmbedReport(model=embedder.name, dimension=embedder.dimension)
+    store.backfill_search_text()  # a graph from before full-text search: index it too
     others = sorted({dim for dim, _ in store.embedding_models().values()}
                     - {embedder.dimension})
     if others:

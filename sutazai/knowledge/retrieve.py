@@ -11,10 +11,12 @@ its citation. Everything is read as of a moment: only the document versions vali
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sutazai.errors import ConfigError, GraphStoreError
 from sutazai.knowledge.models import SearchHit, SearchResult
@@ -33,6 +35,17 @@ RRF_K = 60  # the constant of the original paper; rankings this long barely depe
 MAX_NGRAM = 4  # longest entity name looked up, in words
 _WORDS = re.compile(r"[\w.&'-]+", re.UNICODE)
 MAX_QUERY_CHARS = 2000
+FULLTEXT_CANDIDATES = 200  # chunks the store's full-text index hands BM25 to rank
+BM25_K1, BM25_B = 1.2, 0.75  # Robertson's usual parameters (as Lucene and Elasticsearch)
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+STOP_WORDS = frozenset({
+    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "could", "did", "do",
+    "does", "for", "from", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its",
+    "me", "my", "of", "on", "or", "our", "should", "so", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "to", "was", "we", "were", "what",
+    "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you",
+    "your",
+})
 
 
 class Retriever:
@@ -73,7 +86,7 @@ class Retriever:
                 rankings["vector"] = [cid for cid, _ in found]
         if "fulltext" in use:
             rankings["fulltext"] = [cid for cid, _ in
-                                    self.store.fulltext_search(query, depth, at)]
+                                    bm25_search(self.store, query, depth, at)]
         if "graph" in use:
             entities = self.store.entities_with_keys(query_keys(query))
             result.entities = sorted({name for _, name in entities})
@@ -107,6 +120,48 @@ def check_query(query: str) -> str:
         raise ConfigError(f"the question is {len(text)} characters long; keep it under "
                           f"{MAX_QUERY_CHARS}")
     return text
+
+
+def bm25_search(store: GraphStore, query: str, k: int, as_of: int
+                ) -> list[tuple[str, float]]:
+    """(chunk id, BM25 score) of the ``k`` best chunks for the query's words.
+
+    The store's full-text index finds the chunks holding any of the words and counts the
+    chunks holding each (document frequency); the scoring is Okapi BM25 here, since the
+    stores' own scorers differ (FalkorDB's RediSearch TF-IDF favours a short chunk that
+    says "company" once over one that answers the question). Words match by their Snowball
+    stem, as the index matches them.
+    """
+    words = query_words(query)
+    candidates = store.fulltext_candidates(words, FULLTEXT_CANDIDATES, as_of)
+    if not candidates:
+        return []
+    chunks, mean_length = store.chunk_text_stats(as_of)
+    frequencies = store.document_frequencies(words, as_of)
+    stems = dict(zip(words, stem(words), strict=True))
+    idf = {w: math.log(1 + (chunks - df + 0.5) / (df + 0.5)) for w, df in frequencies.items()}
+    scored = []
+    for cid, text in candidates:
+        counts = Counter(stem(_TOKEN.findall(text.casefold())))
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(text) / max(mean_length, 1.0))
+        score = sum(idf[w] * counts[stems[w]] * (BM25_K1 + 1) / (counts[stems[w]] + norm)
+                    for w in words if counts[stems[w]])
+        scored.append((cid, score))
+    scored.sort(key=lambda item: -item[1])
+    return scored[:k]
+
+
+def query_words(query: str) -> list[str]:
+    """The query's distinct words, lower-cased, without stop words and single letters."""
+    words = (w.casefold() for w in _TOKEN.findall(query))
+    return list(dict.fromkeys(w for w in words if len(w) > 1 and w not in STOP_WORDS))
+
+
+def stem(words: list[str]) -> list[str]:
+    import snowballstemmer
+
+    stemmer: Any = snowballstemmer.stemmer("english")
+    return list(stemmer.stemWords(words))
 
 
 def reciprocal_rank_fusion(rankings: dict[str, list[str]], k: int = RRF_K

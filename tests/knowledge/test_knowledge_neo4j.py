@@ -64,7 +64,7 @@ def test_neo4j_adapter_over_falkordb_bolt(tmp_path: Path) -> None:
 def test_neo4j_schema_is_idempotent_cypher() -> None:
     """The statements a real Neo4j 5 gets (not runnable here): all IF NOT EXISTS."""
     statements = cypher.neo4j_schema()
-    assert len(statements) == 7 and all("IF NOT EXISTS" in s for s in statements)
+    assert len(statements) == 8 and all("IF NOT EXISTS" in s for s in statements)
     assert "CREATE CONSTRAINT entity_id IF NOT EXISTS FOR (n:Entity) REQUIRE n.id IS UNIQUE" \
         in statements
 

@@ -77,6 +77,7 @@ class GraphStore(ABC):
     # The statements that differ per store (cypher.py has both stores' versions).
     VECTOR_SEARCH: str
     FULLTEXT_SEARCH: str
+    FULLTEXT_COUNT: str
     SET_EMBEDDINGS: str
 
     @abstractmethod
@@ -121,7 +122,8 @@ class GraphStore(ABC):
                     **({"valid_to": graph.valid_to} if graph.valid_to is not None else {})}
         chunk_rows = [{"id": c.id, "props": {
             "document": c.document, "index": c.index, "start": c.start, "end": c.end,
-            "text": c.text, "chunk": c.id, "extractor": "chunker", "model": CHUNKER,
+            "text": c.text, "search_text": " ".join(c.text.split()), "chunk": c.id,
+            "extractor": "chunker", "model": CHUNKER,
             "heading": " > ".join(c.heading), **interval,
             **({"page": c.page} if c.page is not None else {})}}
             for c in graph.chunks]
@@ -302,6 +304,11 @@ class GraphStore(ABC):
         return {str(name): (int(dim), int(n))
                 for name, dim, n in self._read(cypher.EMBEDDING_MODELS)}
 
+    def backfill_search_text(self) -> int:
+        """Give chunks written before full-text search their one-line search text."""
+        rows = self._write(cypher.BACKFILL_SEARCH_TEXT)
+        return int(rows[0][0]) if rows else 0
+
     def clear_embeddings(self, keep_dimension: int) -> None:
         """Forget embeddings of another dimension (a new model replaces them)."""
         self._write(cypher.CLEAR_EMBEDDINGS, {"dim": keep_dimension})
@@ -317,13 +324,26 @@ class GraphStore(ABC):
         rows = self._read(self.VECTOR_SEARCH, {"vector": vector, "k": k * 4, "t": as_of})
         return [(str(cid), float(sim)) for cid, sim in rows[:k]]
 
-    def fulltext_search(self, text: str, k: int, as_of: int) -> list[tuple[str, float]]:
-        """(chunk id, score) of the chunks whose text has the most of ``text``'s words."""
-        terms = cypher.fulltext_terms(text, self.name)
-        if not terms:
+    def fulltext_candidates(self, words: Sequence[str], k: int, as_of: int
+                            ) -> list[tuple[str, str]]:
+        """(chunk id, search text) of up to ``k`` chunks with any of ``words`` (the store's
+        own full-text index finds them; :mod:`..retrieve` ranks them by BM25)."""
+        if not words:
             return []
-        rows = self._read(self.FULLTEXT_SEARCH, {"terms": terms, "k": k, "t": as_of})
-        return [(str(cid), float(score)) for cid, score in rows]
+        return [(str(cid), str(text or "")) for cid, text in self._read(
+            self.FULLTEXT_SEARCH, {"terms": cypher.fulltext_terms(list(words), self.name),
+                                   "k": k, "t": as_of})]
+
+    def document_frequencies(self, words: Sequence[str], as_of: int) -> dict[str, int]:
+        """How many chunks valid at ``as_of`` hold each word (as the index stems it)."""
+        return {word: int(self._read(self.FULLTEXT_COUNT, {
+            "terms": cypher.fulltext_terms([word], self.name), "t": as_of})[0][0])
+            for word in words}
+
+    def chunk_text_stats(self, as_of: int) -> tuple[int, float]:
+        """(chunks valid at ``as_of``, their mean search-text length in characters)."""
+        rows = self._read(cypher.CHUNK_TEXT_STATS, {"t": as_of})
+        return (int(rows[0][0]), float(rows[0][1] or 0.0)) if rows else (0, 0.0)
 
     def entities_with_keys(self, keys: Sequence[str]) -> list[tuple[str, str]]:
         """(id, name) of the entities whose normalised name is one of ``keys``."""

@@ -24,6 +24,7 @@ class FalkorDBStore(GraphStore):
     name = "falkordb"
     VECTOR_SEARCH = cypher.FALKORDB_VECTOR_SEARCH
     FULLTEXT_SEARCH = cypher.FALKORDB_FULLTEXT_SEARCH
+    FULLTEXT_COUNT = cypher.FALKORDB_FULLTEXT_COUNT
     SET_EMBEDDINGS = cypher.FALKORDB_SET_EMBEDDINGS
 
     def __init__(self, host: str, port: int, graph: str, password: str | None = None,

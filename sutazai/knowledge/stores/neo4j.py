@@ -24,6 +24,7 @@ class Neo4jStore(GraphStore):
     name = "neo4j"
     VECTOR_SEARCH = cypher.NEO4J_VECTOR_SEARCH
     FULLTEXT_SEARCH = cypher.NEO4J_FULLTEXT_SEARCH
+    FULLTEXT_COUNT = cypher.NEO4J_FULLTEXT_COUNT
     SET_EMBEDDINGS = cypher.NEO4J_SET_EMBEDDINGS
 
     def __init__(self, uri: str, user: str | None, password: str | None,
