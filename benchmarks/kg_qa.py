@@ -29,6 +29,7 @@ questions (the query embedding is real): P50/P95 of the whole hybrid search.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -170,7 +171,7 @@ def latency(settings: Any, questions: list[dict[str, Any]], chunks: int = 10_000
         dimension = 384
         store.create_vector_index(dimension)
         for d in range(chunks // per_document):
-            doc_id = f"{d:064x}"
+            doc_id = hashlib.sha256(str(d).encode()).hexdigest()
             texts = [" ".join(rng.sample(pool, 4)) for _ in range(per_document)]
             text = "\n\n".join(texts)
             doc = LoadedDocument(id=doc_id, uri=f"synthetic://{d}", title=f"synthetic {d}",

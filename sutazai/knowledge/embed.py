@@ -53,7 +53,9 @@ class Embedder:
     @classmethod
     def load(cls, name: str, folder: Path) -> Embedder:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load is noise on every kg search
         try:
             model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         except (OSError, ValueError) as exc:

@@ -10,6 +10,7 @@ its citation. Everything is read as of a moment: only the document versions vali
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -138,11 +139,15 @@ def bm25_search(store: GraphStore, query: str, k: int, as_of: int
         return []
     chunks, mean_length = store.chunk_text_stats(as_of)
     frequencies = store.document_frequencies(words, as_of)
-    stems = dict(zip(words, stem(words), strict=True))
+    stems = {w: stem(w) for w in words}
+    # a word's stem is its prefix but for a last letter (company -> compani): only tokens
+    # starting so can match, and only those are stemmed (stemming is most of the cost)
+    prefixes = tuple({s[:-1] or s for s in stems.values()})
     idf = {w: math.log(1 + (chunks - df + 0.5) / (df + 0.5)) for w, df in frequencies.items()}
     scored = []
     for cid, text in candidates:
-        counts = Counter(stem(_TOKEN.findall(text.casefold())))
+        counts = Counter(stem(token) for token in _TOKEN.findall(text.casefold())
+                         if token.startswith(prefixes))
         norm = BM25_K1 * (1 - BM25_B + BM25_B * len(text) / max(mean_length, 1.0))
         score = sum(idf[w] * counts[stems[w]] * (BM25_K1 + 1) / (counts[stems[w]] + norm)
                     for w in words if counts[stems[w]])
@@ -157,11 +162,17 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if len(w) > 1 and w not in STOP_WORDS))
 
 
-def stem(words: list[str]) -> list[str]:
+@functools.lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """The word's Snowball (Porter 2) English stem, as full-text indexes stem it."""
+    return str(_stemmer().stemWord(word))
+
+
+@functools.cache
+def _stemmer() -> Any:
     import snowballstemmer
 
-    stemmer: Any = snowballstemmer.stemmer("english")
-    return list(stemmer.stemWords(words))
+    return snowballstemmer.stemmer("english")
 
 
 def reciprocal_rank_fusion(rankings: dict[str, list[str]], k: int = RRF_K

@@ -691,11 +691,9 @@ class KnowledgeApi:
 
         lease = await self.routing.chat()
         if isinstance(lease, str):
-            reply = await self._call(ask, "invalid_question", self.settings, question,
-                                     top=top, as_of=as_of, generate=False)
-            if not isinstance(reply, Response):
-                _extracted_because(reply, lease)
-            return reply
+            return await self._call(ask, "invalid_question", self.settings, question,
+                                    top=top, as_of=as_of,
+                                    generate=f"answers are not generated: {lease}")
         try:
             upstream = lease.gateway.current
             engine = upstream.engine
@@ -755,15 +753,6 @@ def _knowledge_options(body: dict[str, Any]) -> tuple[int | None, int | None] | 
                             "time, e.g. 2025-01-15 or 2025-01-15T12:00:00Z (UTC unless it "
                             "says)", "invalid_as_of")
     return top, as_of
-
-
-def _extracted_because(reply: Answer, why: str) -> None:
-    """Say why an answer is extracted: the gateway has no chat engine to generate it (the
-    core's note names the CLI's --no-generate, which means nothing to an HTTP caller)."""
-    reply.notes = [n for n in reply.notes if "--no-generate" not in n]
-    if reply.mode == "extractive":
-        reply.notes.append(f"answers are not generated: {why}; the answer is extracted "
-                           "from the passages")
 
 
 def chat_text(reply: Answer) -> str:
