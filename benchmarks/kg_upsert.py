@@ -7,8 +7,8 @@ and upsert.
         [--batch 1000] [--sentences 2000] [--json] [--check]
 
 Targets: batched >= 20x one-per-entity, and >= 50,000 entities/s batched. Entities are
-upserted as SutazAI writes them (ten properties: name, type, key, aliases, confidence and
-four of provenance); a row of id+name-only nodes shows what those properties cost.
+upserted as SutazAI writes them (seven properties: id, name, type, key, aliases, confidence
+and provenance as one list); a row of id+name-only nodes shows what those properties cost.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def upserts(store: FalkorDBStore, n: int, single: int) -> dict[str, float]:
     flagged_update = time.perf_counter() - t
     assert count(store) == 2 * n + single, "every entity exactly once"
     # For scale, the shape PLATFORM-FACTS measured (id and name only), same store, same
-    # UNWIND/MERGE, same writers: what ten properties of provenance cost.
+    # UNWIND/MERGE, same writers: what the entity properties cost.
     lean = [{"id": f"lean:{i}", "name": f"Lean {i}"} for i in range(n)]
     t = time.perf_counter()
     store._write_all((cypher.UPSERT_BARE_ENTITIES, {"rows": lean[i:i + store.batch_size]})

@@ -173,14 +173,14 @@ SET c += r.props
 """
 
 # The statement the benchmark measures: one MERGE per row, batched by UNWIND. Entities
-# carry ten properties, no more: on FalkorDB each property costs about as much to set as
-# the MERGE itself (benchmarks/kg_upsert.py). The resolver sends the merged aliases and
-# the best confidence seen, so plain SETs suffice; provenance is where it was first seen.
+# carry seven properties, no more: on FalkorDB each property costs about as much to set as
+# the MERGE itself (benchmarks/kg_upsert.py), so where an entity was first seen is one
+# list, ``provenance`` = [document, chunk, extractor, model]. The resolver sends the merged
+# aliases and the best confidence seen, so plain SETs suffice.
 UPSERT_ENTITIES = """
 UNWIND $rows AS r
 MERGE (e:Entity {id: r.id})
-ON CREATE SET e.document = r.document, e.chunk = r.chunk, e.extractor = r.extractor,
-              e.model = r.model
+ON CREATE SET e.provenance = r.provenance
 SET e.name = r.name, e.type = r.type, e.key = r.key, e.aliases = r.aliases,
     e.confidence = r.confidence
 """
@@ -188,8 +188,7 @@ SET e.name = r.name, e.type = r.type, e.key = r.key, e.aliases = r.aliases,
 # The same upsert for one entity: the benchmark's baseline (one round trip per entity).
 UPSERT_ENTITY = """
 MERGE (e:Entity {id: $id})
-ON CREATE SET e.document = $document, e.chunk = $chunk, e.extractor = $extractor,
-              e.model = $model
+ON CREATE SET e.provenance = $provenance
 SET e.name = $name, e.type = $type, e.key = $key, e.aliases = $aliases,
     e.confidence = $confidence
 """
@@ -200,9 +199,8 @@ SET e.name = $name, e.type = $type, e.key = $key, e.aliases = $aliases,
 # redone with UPSERT_ENTITIES.
 CREATE_ENTITIES = """
 UNWIND $rows AS r
-CREATE (e:Entity {id: r.id, document: r.document, chunk: r.chunk, extractor: r.extractor,
-                  model: r.model, name: r.name, type: r.type, key: r.key, aliases: r.aliases,
-                  confidence: r.confidence})
+CREATE (e:Entity {id: r.id, provenance: r.provenance, name: r.name, type: r.type,
+                  key: r.key, aliases: r.aliases, confidence: r.confidence})
 """
 
 # Nodes of the shape PLATFORM-FACTS measured (id and name only): the benchmark's yardstick

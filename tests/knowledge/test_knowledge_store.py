@@ -55,14 +55,14 @@ def test_batched_upserts_are_idempotent_and_keep_values_literal(tmp_path: Path) 
         assert counts(store) == first == (251, 0)
         [view] = store.entity(hostile.id)
         assert view.name == hostile.name and view.aliases == ["$rows", "`Entity`"]
-        row = store.query("MATCH (e:Entity {id: $id}) RETURN e.confidence, e.document, "
-                          "e.chunk, e.extractor, e.model", {"id": "person:e7"}).rows[0]
-        assert row == [0.5, "doc-1", "doc-1:0", "test", "test-1"]
+        row = store.query("MATCH (e:Entity {id: $id}) RETURN e.confidence, e.provenance",
+                          {"id": "person:e7"}).rows[0]
+        assert row == [0.5, ["doc-1", "doc-1:0", "test", "test-1"]]
         later = PROVENANCE.model_copy(update={"document": "doc-2"})
         moved = entities(8)[7].model_copy(update={"confidence": 0.8, "provenance": later})
         store.upsert_entity(moved)  # one at a time: the same statement, one row
         assert store.query("MATCH (e:Entity {id: 'person:e7'}) RETURN e.confidence, "
-                           "e.document").rows == [[0.8, "doc-1"]]  # first seen stays
+                           "e.provenance[0]").rows == [[0.8, "doc-1"]]  # first seen stays
         assert counts(store) == first
 
 

@@ -391,8 +391,7 @@ def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
         p = e.provenance
         rows.append({"id": e.id, "name": e.name, "type": e.type, "key": e.key,
                      "aliases": e.aliases, "confidence": e.confidence,
-                     "document": p.document if p else "", "chunk": p.chunk if p else "",
-                     "extractor": p.extractor if p else "", "model": p.model if p else ""})
+                     "provenance": [p.document, p.chunk, p.extractor, p.model] if p else []})
     return rows
 
 
