@@ -47,6 +47,7 @@ class _Builder:
         self.blocks: list[Block] = []
         self.masks: list[tuple[int, int]] = []
         self.heading: list[str] = []
+        self._levels: list[int] = []  # the level of each heading in self.heading
         self.page: int | None = None
 
     def add(self, kind: BlockKind, segments: Iterable[tuple[str, bool]]) -> None:
@@ -71,7 +72,13 @@ class _Builder:
         title, _ = _join(segments, keep_space=False)
         if not title:
             return
-        self.heading = [*self.heading[:max(level - 1, 0)], title]
+        # the headings above it are the open ones of a lower level (a document may skip
+        # levels: "## A" then "## B" are siblings even without a "# Title" above them)
+        keep = 0
+        while keep < len(self._levels) and self._levels[keep] < level:
+            keep += 1
+        self.heading = [*self.heading[:keep], title]
+        self._levels = [*self._levels[:keep], level]
         self.add("heading", segments)
 
     def result(self) -> tuple[str, list[Block], list[tuple[int, int]]]:

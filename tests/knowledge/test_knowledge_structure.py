@@ -188,3 +188,13 @@ def test_real_document_quality_floor(settings: Settings) -> None:
     assert report.entities.precision > unfiltered.entities.precision + 0.1
     for document in ("libffi_introduction.html", "gitpython.md"):
         assert not any("/" in fp or "http" in fp for fp in report.false_positives[document])
+
+
+def test_sibling_headings_without_a_title_above_them_stay_siblings() -> None:
+    """READMEs often start at ``##`` (the title is an HTML banner): ``## B`` after ``## A``
+    sits beside it, not under it, and a deeper heading nests under the nearest shallower."""
+    from sutazai.knowledge.structure import markdown
+
+    _, blocks, _ = markdown("## A\n\na\n\n#### A1\n\nx\n\n## B\n\nb\n\n# T\n\n### C\n\nc\n")
+    paragraphs = [b.heading for b in blocks if b.kind == "paragraph"]
+    assert paragraphs == [["A"], ["A", "A1"], ["B"], ["T", "C"]]
