@@ -145,10 +145,14 @@ def extract_answer(question: str, hits: Sequence[SearchHit], embedder: Embedder 
     """The best-matching sentences of the passages (at most SENTENCES_SHOWN, in passage
     order), each followed by its citation."""
     candidates = [(number, sentence) for number, hit in enumerate(hits, start=1)
-                  for sentence in sentences(hit.text)]
+                  for sentence in sentences(hit.text) if not _is_label(sentence, hit)]
     if not candidates:
         return NOTHING_FOUND, []
-    scores = _scores(question, [s for _, s in candidates], embedder)
+    scores = [score + _answer_type_bonus(question, sentence)
+              + _novelty_bonus(question, sentence)
+              for score, (_, sentence) in zip(
+                  _scores(question, [s for _, s in candidates], embedder), candidates,
+                  strict=True)]
     # a passage's rank counts too: the fused ranking already weighed the evidence
     ranked = sorted(range(len(candidates)),
                     key=lambda i: -(scores[i] + 0.05 / candidates[i][0]))
@@ -159,11 +163,63 @@ def extract_answer(question: str, hits: Sequence[SearchHit], embedder: Embedder 
     return text, sorted({candidates[i][0] for i in chosen})
 
 
+# What kind of answer a question wants, and what a sentence holding one looks like: a
+# name (two capitalised words) for who, a number for when, how many and which version.
+_WANTS_NAME = re.compile(r"^\s*(who|whom|whose|which (company|person|developer|"
+                         r"organi[sz]ation|institute|foundation))\b", re.I)
+_WANTS_NUMBER = re.compile(r"\b(when|what year|which year|how (many|much|long|old)|"
+                           r"number|versions?|releases?)\b", re.I)
+_NAME = re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][\w'\u2019-]+(?: [A-Z][\w.'\u2019-]*)+")
+_NUMBER = re.compile(r"\d")
+TYPE_BONUS = 0.15  # about the gap between a sentence that answers and one that echoes
+
+
+def _answer_type_bonus(question: str, sentence: str) -> float:
+    if _WANTS_NAME.search(question):
+        return TYPE_BONUS if _NAME.search(sentence) else 0.0
+    if _WANTS_NUMBER.search(question):
+        return TYPE_BONUS if _NUMBER.search(sentence) else 0.0
+    return 0.0
+
+
+def _novelty_bonus(question: str, sentence: str) -> float:
+    """A sentence that only repeats the question's words ("What is libffi?") answers
+    nothing: up to 0.1 for words the question does not have."""
+    new = content_words(sentence) - content_words(question)
+    return 0.1 * min(1.0, len(new) / 3)
+
+
+def _is_label(sentence: str, hit: SearchHit) -> bool:
+    """Headings, the title and questions the document asks itself are not answers."""
+    flat = sentence.casefold().strip(" #:")
+    labels = {hit.citation.title.casefold(), *(h.strip().casefold() for h in
+                                               hit.citation.heading.split(" > "))}
+    return flat in labels or sentence.endswith("?")
+
+
 def sentences(text: str) -> list[str]:
-    """Sentences and lines of a passage, with single spaces; fragments under 3 words and
-    lines of code (shell and REPL prompts, mostly symbols) go."""
-    parts = (" ".join(p.split()) for p in _SENTENCE_END.split(text))
-    return [p for p in parts if len(p.split()) >= 3 and not _looks_like_code(p)]
+    """Sentences of a passage, with single spaces. A line break inside a paragraph is a
+    space (plain text wraps lines), unless the next line is a list item or table row;
+    fragments under 3 words, lines of code and lines that are mostly a link go."""
+    parts = (" ".join(p.split()) for p in _SENTENCE_END.split(_unwrap(text)))
+    return [p for p in parts if len(p.split()) >= 3 and not _looks_like_code(p)
+            and len(_URL.sub("", p).split()) >= 3]
+
+
+_ITEM = re.compile(r"^\s*([-*•+]|\d+[.)])\s|\|")
+_URL = re.compile(r"\(?\bhttps?://\S+|\]\(\S+?\)")
+
+
+def _unwrap(text: str) -> str:
+    """Paragraphs on one line each, list items and table rows on their own lines."""
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if lines and lines[-1] and line.strip() and not _ITEM.search(line) \
+                and not _ITEM.search(lines[-1]) and not lines[-1].rstrip().endswith(":"):
+            lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
+        else:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _looks_like_code(line: str) -> bool:
