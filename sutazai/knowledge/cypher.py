@@ -99,26 +99,28 @@ RETURN count(c)
 VALID_AT = ("coalesce({v}.valid_from, 0) <= $t AND ({v}.valid_to IS NULL OR {v}.valid_to > $t)")
 _CHUNK_VALID = VALID_AT.format(v="node")
 
-# Both return cosine similarity (FalkorDB's index answers the distance, 1 - similarity).
-FALKORDB_VECTOR_SEARCH = f"""
-CALL db.idx.vector.queryNodes('Chunk', 'embedding', $k, vecf32($vector)) YIELD node, score
-WITH node, 1.0 - score AS similarity
+# Each store's index procedures; the statements around them are the same.
+_FALKORDB_VECTOR = "db.idx.vector.queryNodes('Chunk', 'embedding', $k, vecf32($vector))"
+_NEO4J_VECTOR = "db.index.vector.queryNodes('chunk_embedding', $k, $vector)"
+_FALKORDB_FULLTEXT = "db.idx.fulltext.queryNodes('Chunk', $terms)"
+_NEO4J_FULLTEXT = "db.index.fulltext.queryNodes('chunk_text', $terms)"
+
+
+def _vector_search(procedure: str, similarity: str) -> str:
+    """Chunks nearest $vector, valid at $t, with their cosine similarity."""
+    return f"""
+CALL {procedure} YIELD node, score
+WITH node, {similarity} AS similarity
 WHERE {_CHUNK_VALID}
 RETURN node.id, similarity
 ORDER BY similarity DESC
 """
 
-NEO4J_VECTOR_SEARCH = f"""
-CALL db.index.vector.queryNodes('chunk_embedding', $k, $vector) YIELD node, score
-WITH node, score AS similarity
-WHERE {_CHUNK_VALID}
-RETURN node.id, similarity
-ORDER BY similarity DESC
-"""
 
-# $terms: the query's words as the store's full-text syntax wants them (fulltext_terms).
-FALKORDB_FULLTEXT_SEARCH = f"""
-CALL db.idx.fulltext.queryNodes('Chunk', $terms) YIELD node, score
+def _fulltext_search(procedure: str) -> str:
+    """Up to $k chunks valid at $t with any of $terms (fulltext_terms), best first."""
+    return f"""
+CALL {procedure} YIELD node, score
 WITH node, score
 WHERE {_CHUNK_VALID}
 RETURN node.id, node.search_text
@@ -126,28 +128,24 @@ ORDER BY score DESC
 LIMIT $k
 """
 
-FALKORDB_FULLTEXT_COUNT = f"""
-CALL db.idx.fulltext.queryNodes('Chunk', $terms) YIELD node
+
+def _fulltext_count(procedure: str) -> str:
+    """How many chunks valid at $t hold $terms (a document frequency, for BM25)."""
+    return f"""
+CALL {procedure} YIELD node
 WITH node
 WHERE {_CHUNK_VALID}
 RETURN count(node)
 """
 
-NEO4J_FULLTEXT_SEARCH = f"""
-CALL db.index.fulltext.queryNodes('chunk_text', $terms) YIELD node, score
-WITH node, score
-WHERE {_CHUNK_VALID}
-RETURN node.id, node.search_text
-ORDER BY score DESC
-LIMIT $k
-"""
 
-NEO4J_FULLTEXT_COUNT = f"""
-CALL db.index.fulltext.queryNodes('chunk_text', $terms) YIELD node
-WITH node
-WHERE {_CHUNK_VALID}
-RETURN count(node)
-"""
+# FalkorDB's vector index answers the cosine distance, Neo4j's the similarity.
+FALKORDB_VECTOR_SEARCH = _vector_search(_FALKORDB_VECTOR, "1.0 - score")
+NEO4J_VECTOR_SEARCH = _vector_search(_NEO4J_VECTOR, "score")
+FALKORDB_FULLTEXT_SEARCH = _fulltext_search(_FALKORDB_FULLTEXT)
+NEO4J_FULLTEXT_SEARCH = _fulltext_search(_NEO4J_FULLTEXT)
+FALKORDB_FULLTEXT_COUNT = _fulltext_count(_FALKORDB_FULLTEXT)
+NEO4J_FULLTEXT_COUNT = _fulltext_count(_NEO4J_FULLTEXT)
 
 # The chunks' count and mean length (in characters) at $t: BM25's collection statistics.
 CHUNK_TEXT_STATS = f"""

@@ -291,6 +291,7 @@ def ask(settings: Settings, question: str, *, top: int | None = None,
     from sutazai.knowledge.answer import answer, chat_generator
     from sutazai.knowledge.retrieve import check_query, open_retriever
 
+    started = time.monotonic()
     check_query(question)
     with open_store(settings, read_only=True) as store:
         retriever = open_retriever(settings, store)
@@ -305,6 +306,7 @@ def ask(settings: Settings, question: str, *, top: int | None = None,
                    min_similarity=settings.kg_min_similarity)
     if why and reply.mode == "extractive":
         reply.notes.append(f"{why}: the answer is extracted from the passages")
+    reply.seconds = round(time.monotonic() - started, 4)  # retrieval included
     return reply
 
 
