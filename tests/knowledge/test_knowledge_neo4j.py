@@ -12,7 +12,11 @@ one has none; it has no login once a password is set, no rollback, no Neo4j sche
 statements, and it reads the access-mode field as a graph name, so reads go in WRITE mode
 (``read_access_mode=False``) and the schema is made through FalkorDB's own client.
 What this proves: the adapter's Cypher, parameters and result handling work over Bolt.
-What it cannot: Neo4j's constraints, READ-mode enforcement, transactions and retries.
+What it cannot: Neo4j's constraints, READ-mode enforcement, transactions and retries,
+and search: Neo4j's vector and full-text indexes (``db.index.vector.queryNodes``,
+``db.index.fulltext.queryNodes``, ``CREATE VECTOR INDEX``) exist only in Neo4j, so
+``kg search`` and ``kg ask`` on Neo4j are checked here only as far as their statements
+(all IF NOT EXISTS, every value a parameter).
 """
 
 from __future__ import annotations
@@ -74,3 +78,16 @@ def test_an_unreachable_neo4j_is_a_clear_error() -> None:
         Neo4jStore(f"bolt://127.0.0.1:{free_port()}", "neo4j", "pw")
     with pytest.raises(GraphStoreError, match="invalid Neo4j URI"):
         Neo4jStore("http://x", "neo4j", "pw")
+
+
+def test_neo4j_search_statements_use_its_index_procedures() -> None:
+    """Not runnable here (see the module docstring): the statements Neo4j would get."""
+    from sutazai.knowledge.stores.neo4j import Neo4jStore
+
+    assert "db.index.vector.queryNodes('chunk_embedding', $k, $vector)" in (
+        Neo4jStore.VECTOR_SEARCH)
+    assert "db.index.fulltext.queryNodes('chunk_text', $terms)" in Neo4jStore.FULLTEXT_SEARCH
+    assert "$t" in Neo4jStore.VECTOR_SEARCH and "$t" in Neo4jStore.FULLTEXT_COUNT
+    index = cypher.neo4j_vector_index(384)
+    assert "IF NOT EXISTS" in index and "`vector.dimensions`: 384" in index
+    assert cypher.fulltext_terms(["widget", "acme"], "neo4j") == "widget OR acme"
