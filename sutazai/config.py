@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     )
     selection_weights: Weights = Field(default_factory=Weights)
 
+    # capacity and cost
+    hardware_profile: str = Field(
+        default="cpu-node", description="The hardware profile this machine's measurements "
+        "stand for: a key of hardware_costs.")
+    hardware_costs: dict[str, float] = Field(
+        default_factory=dict, description="Price per hour of one replica's node, by "
+        "hardware profile (JSON in SUTAZAI_HARDWARE_COSTS, e.g. {\"cpu-node\": 0.10, "
+        "\"a100-80g\": 3.67}); empty: cost columns are left out, never shown as zero.")
+    cost_currency: str = Field(default="USD", description="The unit of hardware_costs.")
+    capacity_target_rps: float | None = Field(
+        default=None, gt=0, description="Expected requests per second per task: the nightly "
+        "report shows the replicas it needs.")
+
     # serving
     serve_host: str = Field(default="127.0.0.1", description="Where `sutazai serve` listens.")
     serve_port: int = Field(default=8000, ge=1, le=65535)
