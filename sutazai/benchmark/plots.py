@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sutazai.benchmark.capacity import CapacityCurve
     from sutazai.benchmark.loadgen import LoadResult
+    from sutazai.benchmark.metrics import SLO
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -79,6 +81,37 @@ def pareto_front(points: Sequence[tuple[str, float, float, bool, bool]], x_label
     axis.set_ylabel(y_label)
     axis.set_title(title)
     axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def goodput_curve(curve: CapacityCurve, slo: SLO, title: str, path: Path) -> Path:
+    """Offered rate against served rate and requests within the SLOs, with P95 TTFT and
+    its limit on a second axis; the sustainable rate marked."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = sorted(curve.steps, key=lambda s: s.rate)
+    rates = [s.rate for s in steps]
+    axis.plot(rates, [s.throughput_rps for s in steps], marker="o", label="served req/s")
+    axis.plot(rates, [s.rate * s.good_ratio for s in steps], marker="^",
+              label="goodput req/s (within SLOs)")
+    axis.plot(rates, rates, color="grey", linewidth=0.5, linestyle=":", label="offered")
+    if curve.max_rate_rps:
+        axis.axvline(curve.max_rate_rps, color="tab:green", linestyle="--",
+                     label=f"sustainable {curve.max_rate_rps:.2f} req/s")
+    axis.set_xlabel("offered requests per second (Poisson)")
+    axis.set_ylabel("requests per second")
+    twin = axis.twinx()
+    twin.plot(rates, [s.ttft_p95_ms or 0 for s in steps], marker="s", color="tab:red",
+              label="P95 TTFT (ms)")
+    if slo.ttft_p95_ms is not None:
+        twin.axhline(slo.ttft_p95_ms, color="tab:red", linewidth=0.7, linestyle="--")
+    twin.set_ylabel("P95 TTFT (ms)")
+    axis.grid(alpha=0.3)
+    figure.legend(loc="upper left", fontsize=7)
+    axis.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

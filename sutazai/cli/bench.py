@@ -14,6 +14,7 @@ from sutazai.cli.progress import RichProgress
 from sutazai.config import load_settings
 
 if TYPE_CHECKING:
+    from sutazai.benchmark.capacity import CapacityPlan
     from sutazai.benchmark.runner import BenchmarkSummary
     from sutazai.selection.leaderboard import Entry
 
@@ -157,6 +158,62 @@ def leaderboard_command(
         errors.print("no benchmarks yet: run 'sutazai bench run NAME' or 'make run'")
         return
     console.print(leaderboard_table(entries, "SutazAI leaderboard", task))
+
+
+@app.command("capacity")
+def capacity_command(
+    task: str = typer.Argument(None, help="The task; default: the default task."),
+    rate: float = typer.Option(..., "--rate", "-r", min=0.001,
+                               help="Requests per second the task must serve."),
+    profile: str = typer.Option(None, "--profile", "-p",
+                                help="Load profile for prompt and output lengths."),
+    as_json: bool = JSON,
+) -> None:
+    """Replicas each candidate needs for --rate within the SLOs, from a rate sweep of one
+    replica (logged to MLflow with its goodput curve), and cost per 1M tokens."""
+    from sutazai.workflows.capacity import capacity_plans
+
+    settings = load_settings()
+    with RichProgress(errors) as progress:
+        plans = capacity_plans(settings, task or settings.default_task, rate, profile,
+                               progress)
+    if as_json:
+        emit_json([p.model_dump(mode="json") for p in plans])
+        return
+    console.print(capacity_table(plans, settings.hardware_profile))
+    for plan in plans:
+        for key, value in plan.assumptions.items():
+            console.print(f"  assumed {key}: {value}", highlight=False)
+        for note in plan.notes:
+            console.print(f"  note ({plan.curve.candidate}): {note}", highlight=False)
+
+
+def capacity_table(plans: list[CapacityPlan], hardware: str) -> Table:
+    """One row per candidate; cost columns only when a price is configured."""
+    priced = any(p.cost_per_1m_output is not None for p in plans)
+    currency = next((p.currency for p in plans if p.currency), "")
+    target = plans[0].target_rps if plans else 0
+    table = Table(title=f"Capacity for {target:g} req/s on {hardware}")
+    columns = ["candidate", "sustainable req/s", "replicas", "headroom", "P95 TTFT at plan"]
+    if priced:
+        columns += [f"{currency}/1M in", f"{currency}/1M out"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for plan in plans:
+        curve = plan.curve
+        bound = "" if curve.limit_found else "≥"
+        row = [curve.candidate, f"{bound}{curve.max_rate_rps:.2f}",
+               str(plan.replicas) if plan.replicas is not None else "none meets",
+               f"{plan.headroom:.0%}" if plan.headroom is not None else "",
+               _ms(plan.predicted_ttft_p95_ms) if plan.replicas is not None else ""]
+        if priced:
+            row += [_money(plan.cost_per_1m_input), _money(plan.cost_per_1m_output)]
+        table.add_row(*row)
+    return table
+
+
+def _money(value: float | None) -> str:
+    return "" if value is None else f"{value:,.4f}" if value < 1 else f"{value:,.2f}"
 
 
 @app.command("select")

@@ -29,6 +29,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "registry sync": "ingest",
     "bench run": "ingest",
     "bench select": "promote",
+    "bench capacity": "ingest",
     "data import": "ingest",
     "data snapshot": "ingest",
     "data rate": "ingest",
