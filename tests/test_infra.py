@@ -174,7 +174,7 @@ def test_promtool_checks_the_rule_files() -> None:
 
 def test_promtool_unit_tests_pass_and_cover_firing_and_silent_cases() -> None:
     test_files = sorted((PROM / "tests").glob("*_test.yml"))
-    assert len(test_files) == 2
+    assert len(test_files) == 3
     result = promtool("test", "rules", *(str(f.relative_to(PROM)) for f in test_files),
                       cwd=PROM)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -193,6 +193,30 @@ def test_promtool_unit_tests_pass_and_cover_firing_and_silent_cases() -> None:
     # the healthy series in the multi-series groups are real (promtool matches exp_alerts
     # exactly, so a firing "sutazai-healthy" job would fail the run above)
     assert "sutazai-healthy" in (PROM / "tests" / "alerts_test.yml").read_text()
+
+
+def test_promtool_unit_tests_cover_every_cost_rule() -> None:
+    """Each cost recording rule has expected values in cost_test.yml (run above), and the
+    case with no price expects every cost series to be absent, not zero."""
+    groups = yaml.safe_load((PROM / "recording.yml").read_text())["groups"]
+    cost_rules = {rule["record"] for group in groups if group["name"] == "sutazai-cost"
+                  for rule in group["rules"]}
+    costs = {name for name in cost_rules if "cost_per_1m" in name}
+    assert len(costs) == 4, costs  # blended, output, input per model; the fleet's
+    tests = yaml.safe_load((PROM / "tests" / "cost_test.yml").read_text())["tests"]
+    checked = {name for test in tests for case in test["promql_expr_test"]
+               for name in RECORDED.findall(case["expr"])}
+    shown = {name for test in tests for case in test["promql_expr_test"]
+             if case["exp_samples"] for name in RECORDED.findall(case["expr"])}
+    assert costs <= shown
+    assert checked <= cost_rules
+    unpriced = next(test for test in tests if not any(
+        "sutazai_hardware_cost_per_hour" in series["series"] for series in test["input_series"]))
+    absent = {RECORDED.findall(case["expr"])[0] for case in unpriced["promql_expr_test"]
+              if case["exp_samples"] == []}
+    assert costs <= absent
+    board = (DASHBOARDS / "sutazai-serving.json").read_text()
+    assert all(name in board for name in costs)
 
 
 def test_promtool_fails_a_wrong_expectation(tmp_path: Path) -> None:

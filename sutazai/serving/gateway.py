@@ -440,6 +440,8 @@ def routed_app(routing: Routing, *, guard: AccessGuard | None = None,
             metrics.latency.labels(path, label).observe(done - tally.started)
             if tally.tokens:
                 metrics.output_tokens.labels(path, label).inc(tally.tokens)
+            if tally.prompt_tokens:
+                metrics.input_tokens.labels(path, label).inc(tally.prompt_tokens)
             if tally.first_token is not None:
                 metrics.ttft.labels(path, label).observe(tally.first_token - tally.started)
                 if tally.tokens > 1 and done > tally.first_token:
@@ -506,7 +508,7 @@ def routed_app(routing: Routing, *, guard: AccessGuard | None = None,
         reply: dict[str, Any] = {}
         with contextlib.suppress(ValueError, KeyError, TypeError):
             reply = json.loads(content)
-            tally.usage_tokens = int(reply["usage"]["completion_tokens"])
+            tally.read_usage(reply["usage"])
         if logged and answer.status_code == 200 and reply:
             interaction = await asyncio.to_thread(_record, gateway, upstream.engine, payload,
                                                   _reply_text(reply))

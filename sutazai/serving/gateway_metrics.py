@@ -2,7 +2,19 @@
 
 Engines differ in what they measure (llama-cpp-python exports no metrics at all), so the
 gateway counts end-to-end latency, time to first token (first streamed text), output
-tokens and their rate, and requests in flight itself, the same way for every engine.
+tokens and their rate, input (prompt) tokens, and requests in flight itself, the same way
+for every engine.
+
+Input tokens come only from the usage the engine reports (``prompt_tokens``): the gateway
+has no tokenizer. Every non-streamed answer carries usage; a stream does when the client
+asked for it (``stream_options.include_usage``), or the engine adds it anyway. Output tokens
+fall back to the streamed chunks with text; input tokens have no such fallback.
+
+The price of the node a replica runs on (setting ``hardware_costs`` for the gateway's
+``hardware_profile``) is exported as ``sutazai_hardware_cost_per_hour{profile,currency}``,
+and only when it is configured: with no price there is no series, never a zero, so the cost
+recording rules (``infra/prometheus/recording.yml``) have nothing to divide and leave the
+cost out.
 
 Request series carry the ``model`` that answered (the id a client names it by), so one
 gateway in front of several models (:mod:`sutazai.serving.multi`) still says which model is
@@ -17,10 +29,14 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sutazai.serving.engines import RunningEngine
+
+if TYPE_CHECKING:
+    from sutazai.config import Settings
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
@@ -43,6 +59,13 @@ class GatewayMetrics:
                               buckets=TTFT_BUCKETS, registry=self.registry)
         self.output_tokens = Counter("sutazai_output_tokens", "Generated tokens", labels,
                                      registry=self.registry)
+        self.input_tokens = Counter("sutazai_input_tokens", "Prompt tokens, as the engine "
+                                    "reported them (usage.prompt_tokens)", labels,
+                                    registry=self.registry)
+        self.hardware_cost = Gauge("sutazai_hardware_cost_per_hour", "Price per hour of the "
+                                   "node this replica runs on (setting hardware_costs); no "
+                                   "series when it has no price", ["profile", "currency"],
+                                   registry=self.registry)
         self.tokens_per_second = Histogram(
             "sutazai_output_tokens_per_second", "Per-request decode rate after the first token",
             labels, buckets=RATE_BUCKETS, registry=self.registry)
@@ -75,6 +98,14 @@ class GatewayMetrics:
         if engine is not None:
             self.models_loaded.set(1)
             self.show_model(engine)
+
+    def show_cost(self, settings: Settings) -> None:
+        """``sutazai_hardware_cost_per_hour`` from the settings, only when the gateway's
+        hardware profile has a price (none: no series at all, so no cost is made up)."""
+        price = settings.hardware_costs.get(settings.hardware_profile)
+        if price is not None:
+            self.hardware_cost.labels(settings.hardware_profile,
+                                      settings.cost_currency).set(price)
 
     def set_up(self, model: str, up: bool) -> None:
         """``sutazai_engine_up``: 1 while every engine the gateway runs is up."""
@@ -113,6 +144,7 @@ class Tally:
     first_token: float | None = None
     chunks_with_text: int = 0
     usage_tokens: int | None = None
+    prompt_tokens: int | None = None
     buffer: bytes = b""
     broken: bool = False
     text: list[str] = field(default_factory=list)
@@ -130,9 +162,9 @@ class Tally:
             payload = json.loads(raw)
         except ValueError:
             return
-        usage = payload.get("usage")
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-            self.usage_tokens = int(usage["completion_tokens"])
+        if not isinstance(payload, dict):
+            return
+        self.read_usage(payload.get("usage"))
         for choice in payload.get("choices") or ():
             delta = choice.get("delta") or {}
             piece = choice.get("text") or delta.get("content")
@@ -142,6 +174,18 @@ class Tally:
                 self.chunks_with_text += 1
                 if self.first_token is None:
                     self.first_token = time.perf_counter()
+
+    def read_usage(self, usage: object) -> None:
+        """The token counts of an OpenAI ``usage`` object (a streamed one may come in every
+        chunk, cumulative: the last one wins)."""
+        if not isinstance(usage, dict):
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            if usage.get("completion_tokens") is not None:
+                self.usage_tokens = int(usage["completion_tokens"])
+        with contextlib.suppress(ValueError, TypeError):
+            if usage.get("prompt_tokens") is not None:
+                self.prompt_tokens = int(usage["prompt_tokens"])
 
     @property
     def tokens(self) -> int:

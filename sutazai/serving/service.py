@@ -139,6 +139,7 @@ def serving(settings: Settings, manifest: Manifest, engine_name: str | None = No
             port = free_port()
         app = create_app(running, restart=engine_restart(settings) if heal else None)
         instrument_app(app, settings)
+        app.state.routing.metrics.show_cost(settings)  # the node's price, if set
         with GatewayThread(app, host, port) as gateway:
             yield running, gateway.url
     finally:
@@ -158,6 +159,7 @@ def serving_many(settings: Settings, targets: Sequence[Target], engine_name: str
     router = model_router(settings, targets, engine_name, heal=heal)
     app = routed_app(RouterRouting(router))
     instrument_app(app, settings)
+    app.state.routing.metrics.show_cost(settings)  # the node's price, if set
     try:
         with GatewayThread(app, host, port or free_port()) as gateway:
             yield router, gateway.url
@@ -205,6 +207,7 @@ def _serve(settings: Settings, target: Target, running: RunningEngine, engine_na
         app = create_app(running, owns_engine=True, feedback=feedback_sink(settings),
                          guard=guard, restart=engine_restart(settings), knowledge=settings)
         instrument_app(app, settings)
+        app.state.routing.metrics.show_cost(settings)  # the node's price, if set
         if target.task and not engine_name and settings.serve_watch_interval_s > 0:
             watcher = ChampionWatcher(
                 settings, app.state.gateway, target.task,
@@ -245,6 +248,7 @@ def serve_many_forever(settings: Settings, targets: Sequence[Target], engine_nam
                               feedback=feedback_sink(settings))
         app = routed_app(RouterRouting(router), guard=guard, knowledge=settings)
         instrument_app(app, settings)
+        app.state.routing.metrics.show_cost(settings)  # the node's price, if set
         url = f"{'https' if tls else 'http'}://{host}:{port}"
         refs = ",".join(m.manifest.ref for m in router.models)
         watchers = []
