@@ -91,6 +91,7 @@ class BenchmarkSummary(BaseModel):
     incomplete: bool = False
     abort_reason: str = ""
     run_id: str | None = None
+    hardware_profile: str = ""  # what it ran on (setting hardware_profile): prices its tokens
 
     @property
     def ref(self) -> str:
@@ -199,6 +200,7 @@ def benchmark(settings: Settings, manifest: Manifest, engine: str | None, profil
             peak_rss_bytes=running.peak_rss_bytes, size_bytes=manifest.size,
             incomplete=bool(abort), abort_reason=abort,
         )
+    summary.hardware_profile = settings.hardware_profile
     summary.run_id = log_benchmark(settings, summary, steps, slo)
     if summary.incomplete:
         raise BenchmarkError(f"benchmark of {manifest.ref} on {summary.engine} is incomplete: "
@@ -220,6 +222,7 @@ def log_benchmark(settings: Settings, summary: BenchmarkSummary, steps: list[Loa
               "sutazai.digest": summary.digest, "sutazai.task": summary.task,
               "sutazai.tasks": ",".join(summary.measured_tasks),
               "sutazai.engine": summary.engine, "sutazai.profile": summary.profile.name,
+              "sutazai.hardware_profile": summary.hardware_profile,
               "sutazai.incomplete": str(summary.incomplete).lower()},
         params=params, experiment=settings.benchmark_experiment,
     )

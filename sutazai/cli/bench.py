@@ -97,10 +97,26 @@ def run_command(
 HELDOUT_MARK = "†"
 
 
-def leaderboard_table(entries: list[Entry], title: str, task: str | None = None) -> Table:
+def leaderboard_table(entries: list[Entry], title: str, task: str | None = None, *,
+                      prices: dict[str, float] | None = None, currency: str = "") -> Table:
     """The leaderboard: each row's engine x concurrency, the aliases it holds (the task
     named only when it is not the row's own) and where its numbers come from; quality is
-    the score ``task``'s selection uses (a chat model's chat accuracy under ``chat``)."""
+    the score ``task``'s selection uses (a chat model's chat accuracy under ``chat``).
+    With ``prices`` (per hour, by hardware profile) a column gives the cost per 1M output
+    tokens at the measured throughput; rows on an unpriced profile show "-"."""
+    from sutazai.benchmark.capacity import per_million
+
+    prices = prices or {}
+    priced = any(e.summary and e.summary.hardware_profile in prices for e in entries)
+    cost_column = [f"{currency}/1M out"] if priced else []
+
+    def cost(s: BenchmarkSummary, throughput: float) -> list[str]:
+        if not priced:
+            return []
+        price = prices.get(s.hardware_profile)
+        value = per_million(price, throughput) if price is not None else None
+        return [_money(value) if value is not None else "-"]
+
     profiles = {e.summary.profile.name for e in entries if e.summary}
     by_profile = len(profiles) > 1
     caption = CAPTION + (f"; {HELDOUT_MARK} measured by the promotion on the held-out split of "
@@ -112,27 +128,28 @@ def leaderboard_table(entries: list[Entry], title: str, task: str | None = None)
     # Names may fold onto a second line; figures never lose digits to an ellipsis.
     for column in ("model", "engine", *(["profile"] if by_profile else []), "role"):
         table.add_column(column, overflow="fold")
-    for column in COLUMNS:
+    for column in (*COLUMNS, *cost_column):
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for e in entries:
         s = e.summary
         ref = f"{e.ref} {HELDOUT_MARK}" if e.held_out else e.ref
         if s is None:  # a learned champion or challenger with no measurement on record
             table.add_row(ref, e.engine, *(["-"] if by_profile else []), e.role_at(None),
-                          *["-"] * 8)
+                          *["-"] * (8 + len(cost_column)))
             continue
         quality, bits = _quality(s, task)
         rss = f"{s.peak_rss_bytes / 2**20:.0f}" if s.peak_rss_bytes else "-"
         profile = [s.profile.name] if by_profile else []
         if not s.steps:  # quality-only tasks (embeddings, NER)
             table.add_row(ref, e.engine, *profile, e.role_at(None, s.task),
-                          "-", "-", "-", "-", quality, bits, rss, f"{s.load_seconds:.1f}")
+                          "-", "-", "-", "-", quality, bits, rss, f"{s.load_seconds:.1f}",
+                          *(["-"] if priced else []))
         for step in s.steps:
             table.add_row(ref, f"{e.engine} x{step.concurrency}", *profile,
                           e.role_at(step.concurrency, s.task), _ms(step.ttft_p95_ms),
                           _ms(step.e2el_p95_ms), _ms(step.tpot_p95_ms),
                           f"{step.output_throughput:.1f}", quality, bits, rss,
-                          f"{s.load_seconds:.1f}")
+                          f"{s.load_seconds:.1f}", *cost(s, step.output_throughput))
     return table
 
 
@@ -147,7 +164,8 @@ def leaderboard_command(
     (fine-tuned, quantised, searched) with its held-out measurements from the promotion."""
     from sutazai.selection.leaderboard import leaderboard
 
-    entries = leaderboard(load_settings(), task, profile)
+    settings = load_settings()
+    entries = leaderboard(settings, task, profile)
     if as_json:
         emit_json([(json.loads(e.summary.model_dump_json()) if e.summary else
                     {"model": e.model, "version": e.version, "engine": e.engine})
@@ -157,7 +175,9 @@ def leaderboard_command(
     if not entries:
         errors.print("no benchmarks yet: run 'sutazai bench run NAME' or 'make run'")
         return
-    console.print(leaderboard_table(entries, "SutazAI leaderboard", task))
+    console.print(leaderboard_table(entries, "SutazAI leaderboard", task,
+                                    prices=settings.hardware_costs,
+                                    currency=settings.cost_currency))
 
 
 @app.command("capacity")

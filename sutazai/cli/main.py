@@ -106,7 +106,8 @@ def leaderboard_view(settings: Settings, report: CycleReport) -> Table:
     profile = settings.benchmark_profile
     try:
         return bench.leaderboard_table(leaderboard(settings, None, profile),
-                                       "SutazAI leaderboard")
+                                       "SutazAI leaderboard", prices=settings.hardware_costs,
+                                       currency=settings.cost_currency)
     except SutazAIError as exc:
         errors.print(f"[dim]the leaderboard could not read MLflow ({escape(str(exc))}); "
                      "tonight's benchmarks without their aliases:[/]")

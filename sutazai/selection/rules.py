@@ -31,6 +31,8 @@ class Weights(BaseModel):
     ttft: float = Field(default=1.0, ge=0)
     throughput: float = Field(default=1.0, ge=0)
     memory: float = Field(default=0.25, ge=0)
+    cost: float = Field(default=0.0, ge=0, description="Cost per 1M output tokens at the "
+                        "measured throughput (needs hardware_costs); off by default")
 
 
 class Candidate(BaseModel):
@@ -46,6 +48,7 @@ class Candidate(BaseModel):
     quality: float | None = None
     run_id: str | None = None
     digest: str = ""
+    cost_per_1m_output: float | None = None  # None: no price for its hardware profile
 
     @property
     def label(self) -> str:
@@ -104,9 +107,18 @@ def slo_misses(candidate: Candidate, slo: SLO) -> list[str]:
     return misses
 
 
-def dominates(a: Candidate, b: Candidate) -> bool:
-    oa, ob = a.objectives(), b.objectives()
+def dominates(a: Candidate, b: Candidate, cost: bool = False) -> bool:
+    """``a`` is at least as good on every objective and better on one; with ``cost``, the
+    price of its tokens is an objective too (a cheaper, slower candidate is not dominated)."""
+    oa, ob = _objectives(a, cost), _objectives(b, cost)
     return all(x >= y for x, y in zip(oa, ob, strict=True)) and oa != ob
+
+
+def _objectives(c: Candidate, cost: bool) -> tuple[float, ...]:
+    if not cost:
+        return c.objectives()
+    return (*c.objectives(), -(c.cost_per_1m_output if c.cost_per_1m_output is not None
+                               else float("inf")))
 
 
 def _normalised(values: Sequence[float]) -> list[float]:
@@ -130,10 +142,16 @@ def select(task: str, candidates: Sequence[Candidate], slo: SLO, weights: Weight
     columns = list(zip(*(c.objectives() for c in feasible), strict=True)) if feasible else []
     norms = [_normalised(col) for col in columns]
     weight = (weights.ttft, weights.throughput, weights.memory, weights.quality)
+    # With a cost weight the price of tokens is one more objective (unpriced: the dearest);
+    # on one hardware profile it falls as throughput rises, across profiles it need not.
+    use_cost = weights.cost > 0
+    cheap = _normalised([-c.cost_per_1m_output if c.cost_per_1m_output is not None
+                         else float("-inf") for c in feasible])
     ranked = []
     for i, candidate in enumerate(feasible):
-        dominator = next((o.label for o in feasible if dominates(o, candidate)), None)
+        dominator = next((o.label for o in feasible if dominates(o, candidate, use_cost)), None)
         score = sum(w * norms[k][i] for k, w in enumerate(weight)) if norms else 0.0
+        score += weights.cost * cheap[i] if feasible else 0.0
         ranked.append(Ranked(candidate, score, dominator is None, dominator))
 
     def order(r: Ranked) -> tuple[bool, float, float, float, float, str]:
@@ -162,7 +180,8 @@ def explain(task: str, ranked: Sequence[Ranked], rejected: dict[str, list[str]],
     limits = ", ".join(f"{k}={v:g}" for k, v in slo.model_dump().items() if v is not None)
     lines = [f"# Selection for task {task}", "",
              f"SLOs: {limits or 'none'}. Weights: quality {weights.quality:g}, TTFT "
-             f"{weights.ttft:g}, throughput {weights.throughput:g}, memory {weights.memory:g}.",
+             f"{weights.ttft:g}, throughput {weights.throughput:g}, memory {weights.memory:g}"
+             + (f", cost {weights.cost:g}." if weights.cost else "."),
              ""]
     if not ranked:
         lines.append("No candidate meets the SLOs, so no champion was chosen.")

@@ -60,14 +60,20 @@ def latest_summaries(settings: Settings, task: str | None = None,
     return summaries
 
 
-def candidates(summaries: list[BenchmarkSummary], task: str | None = None) -> list[Candidate]:
+def candidates(summaries: list[BenchmarkSummary], task: str | None = None,
+               prices: dict[str, float] | None = None) -> list[Candidate]:
     """One candidate per concurrency level; one per summary for quality-only tasks.
 
     Quality is the score ``task``'s selection uses (a chat model's summary holds the
     scores of text generation and chat); without ``task``, the summary's primary score.
+    ``prices`` (per hour, by hardware profile) give each candidate its cost per 1M output
+    tokens at the throughput measured.
     """
+    from sutazai.benchmark.capacity import per_million
+
     pool = []
     for s in summaries:
+        price = (prices or {}).get(s.hardware_profile)
         memory = s.peak_rss_bytes / 2**20 if s.peak_rss_bytes else None
         quality = None if s.quality is None else (
             s.quality.score_for(task) if task else s.quality.score)
@@ -80,7 +86,9 @@ def candidates(summaries: list[BenchmarkSummary], task: str | None = None) -> li
                                   tpot_p95_ms=None, output_throughput=0.0, **common))
         pool += [Candidate(concurrency=step.concurrency, ttft_p95_ms=step.ttft_p95_ms,
                            e2el_p95_ms=step.e2el_p95_ms, tpot_p95_ms=step.tpot_p95_ms,
-                           output_throughput=step.output_throughput, **common)
+                           output_throughput=step.output_throughput,
+                           cost_per_1m_output=None if price is None else per_million(
+                               price, step.output_throughput), **common)
                  for step in s.steps if step.completed]
     return pool
 
@@ -100,7 +108,7 @@ def select_and_promote(settings: Settings, task: str, profile: str, slo: SLO,
     if not summaries:
         raise NotFoundError(f"no complete benchmark of task {task!r} with profile {profile!r} "
                             "in MLflow yet: run 'sutazai bench run NAME' first")
-    pool = candidates(summaries, task)
+    pool = candidates(summaries, task, settings.hardware_costs)
     slo = slo_for_task(task, slo)
     decision = select(task, pool, slo, weights)
     repo = open_repository(settings)

@@ -86,3 +86,36 @@ def test_ties_break_deterministically_whatever_the_input_order() -> None:
 ])
 def test_dominance(x: Candidate, y: Candidate, expected: bool) -> None:
     assert dominates(x, y) is expected
+
+
+def test_a_cost_weight_prefers_the_cheaper_hardware_when_asked() -> None:
+    """Two profiles: a GPU node serves 4x the tokens at 30x the price. Off by default, the
+    selection ignores price; with a cost weight the cheaper tokens win."""
+    from sutazai.benchmark.profiles import get_profile
+    from sutazai.benchmark.runner import BenchmarkSummary, StepSummary
+    from sutazai.selection.store import candidates
+
+    def summary(model: str, hardware: str, throughput: float) -> BenchmarkSummary:
+        step = StepSummary(concurrency=1, completed=24, failed=0, ttft_p95_ms=40.0,
+                           tpot_p95_ms=10.0, e2el_p95_ms=300.0, ttft_p50_ms=30.0,
+                           ttft_p99_ms=45.0, request_throughput=throughput / 16,
+                           output_throughput=throughput, goodput=None)
+        return BenchmarkSummary(model=model, version=1, digest="d", task="text-generation",
+                                engine="llama.cpp", profile=get_profile("latency"),
+                                steps=[step], quality=None, load_seconds=1.0,
+                                peak_rss_bytes=None, size_bytes=1, hardware_profile=hardware)
+
+    prices = {"cpu-node": 0.10, "a100-80g": 3.00}
+    pool = candidates([summary("on-cpu", "cpu-node", 50.0), summary("on-gpu", "a100-80g", 200.0),
+                       summary("unpriced", "tpu", 500.0)], "text-generation", prices)
+    cost = {c.model: c.cost_per_1m_output for c in pool}
+    assert cost["on-cpu"] == pytest.approx(0.10 / (50 * 3600) * 1e6)
+    assert cost["on-gpu"] == pytest.approx(3.00 / (200 * 3600) * 1e6)
+    assert cost["unpriced"] is None
+    priced = [c for c in pool if c.model != "unpriced"]
+    plain = select("text-generation", priced, SLO(), Weights(quality=0, memory=0))
+    assert plain.winner is not None and plain.winner.model == "on-gpu"
+    frugal = select("text-generation", priced, SLO(),
+                    Weights(quality=0, memory=0, ttft=0, throughput=0.1, cost=1))
+    assert frugal.winner is not None and frugal.winner.model == "on-cpu"
+    assert "cost 1." in frugal.explanation
