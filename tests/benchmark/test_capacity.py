@@ -13,6 +13,7 @@ from sutazai.benchmark.capacity import RateStep, curve_of, plan, sweep
 from sutazai.benchmark.metrics import SLO
 from sutazai.benchmark.profiles import LoadProfile
 from sutazai.benchmark.synthetic_server import Timing, serve_in_subprocess
+from sutazai.config import Settings
 from sutazai.serving.balancer import round_robin
 from sutazai.workflows.capacity import measure_curve, stepper
 
@@ -78,3 +79,25 @@ def test_the_planned_replicas_meet_the_slo_and_one_fewer_does_not(tmp_path: Path
             two = stepper(balanced, "synthetic", profile, slo, prompts, step_seconds=4.0)
             measured = two(target)
         assert measured.meets_slo, measured.why
+
+
+def test_the_capacity_table_shows_cost_only_with_a_price(settings: Settings) -> None:
+    from rich.console import Console
+
+    from sutazai.cli.bench import capacity_table
+    from sutazai.errors import NotFoundError
+    from sutazai.workflows.capacity import capacity_plans
+
+    curve = curve_of("m:1@llamacpp", sweep(step, 2.0))
+
+    def render(price: float | None) -> str:
+        console = Console(width=140, record=True)
+        console.print(capacity_table([plan(curve, 20.0, price_per_hour=price,
+                                           currency="USD")], "cpu-node"))
+        return console.export_text()
+
+    priced, unpriced = render(0.36), render(None)
+    assert "USD/1M out" in priced and "0.7629" in priced  # 0.36 / (8.192*16*3600) * 1e6
+    assert "1M" not in unpriced and "8.19" in unpriced and "3" in unpriced
+    with pytest.raises(NotFoundError, match="no champion to plan for"):
+        capacity_plans(settings, "text-generation", 5.0)
