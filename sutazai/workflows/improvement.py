@@ -168,14 +168,18 @@ def improve_champion(settings: Settings, data: DataOutcome, task: str | None = N
     return outcome
 
 
-def monitor_champions(settings: Settings, champions: dict[str, tuple[str, dict[str, float]]]
+def monitor_champions(settings: Settings, champions: dict[str, tuple[str, dict[str, float]]],
+                      runs: dict[str, tuple[str, int | None]] | None = None
                       ) -> list[Regression]:
-    """Record each task's champion measurements; the regressions against earlier nights."""
+    """Record each task's champion measurements; the regressions against earlier nights.
+    ``runs`` (:func:`champion_runs`) names the benchmark runs whose per-request records the
+    latencies are judged on."""
     from sutazai.learning.monitoring import monitor_champion
 
     found: list[Regression] = []
     for task, (label, metrics) in sorted(champions.items()):
-        found += monitor_champion(settings, task, label, metrics)
+        run, concurrency = (runs or {}).get(task, (None, None))
+        found += monitor_champion(settings, task, label, metrics, run, concurrency)
     return found
 
 
@@ -250,4 +254,23 @@ def champion_measurements(selections: list[tuple[str, Candidate | None]],
             if "mc_accuracy" in fresh.metrics:  # the selection's quality for text generation
                 metrics["quality"] = fresh.metrics["mc_accuracy"]
             found[decision.task] = (decision.champion_after, metrics)
+    return found
+
+
+def champion_runs(selections: list[tuple[str, Candidate | None]],
+                  improvement: ImprovementOutcome | None
+                  ) -> dict[str, tuple[str, int | None]]:
+    """The benchmark run (and its concurrency level; None: the run's first) behind each
+    champion's numbers in :func:`champion_measurements`, for the per-request records."""
+    found: dict[str, tuple[str, int | None]] = {
+        task: (champion.run_id, champion.concurrency) for task, champion in selections
+        if champion is not None and champion.run_id}
+    decision = improvement.decision if improvement else None
+    if decision is not None and decision.champion_after:
+        fresh = next((e for e in decision.evaluations
+                      if f"{e.ref}@{e.engine}" == decision.champion_after), None)
+        if fresh is not None:
+            found.pop(decision.task, None)
+            if fresh.run_id:
+                found[decision.task] = (fresh.run_id, None)
     return found

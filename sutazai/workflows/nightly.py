@@ -357,8 +357,8 @@ def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
                       improvement: ImprovementOutcome | None) -> list[Regression]:
     """Compare each champion with earlier nights (MLflow) and push, per task, the
     regression flag and change of every watched metric and the champion itself."""
-    champions = self_improvement.champion_measurements([(s.task, s.champion) for s in selections],
-                                              improvement)
+    chosen = [(s.task, s.champion) for s in selections]
+    champions = self_improvement.champion_measurements(chosen, improvement)
     changes: dict[str, dict[str, float]] = {}
     if settings.pushgateway_url:  # the history is read before tonight's run joins it
         for task, (label, tonight) in champions.items():
@@ -366,7 +366,8 @@ def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
                 changes[task] = champion_changes(settings, task, label, tonight)
             except Exception as exc:  # metrics must not stop the monitor
                 log.warning("could not read the earlier nights of %s for metrics: %s", task, exc)
-    regressions = self_improvement.monitor_champions(settings, champions)
+    regressions = self_improvement.monitor_champions(
+        settings, champions, self_improvement.champion_runs(chosen, improvement))
     for task, (label, tonight) in champions.items():
         push_champion_metrics(settings, champion_figures(task, label, tonight,
                                                          changes.get(task, {}), regressions))
