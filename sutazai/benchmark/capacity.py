@@ -5,8 +5,8 @@ One replica is swept with Poisson arrivals at rising rates (GuideLLM's and AIPer
 a step meets the SLOs when every request completed and the P95 of TTFT, TPOT and end-to-end
 latency are within the limits (a replica that falls behind queues, and its TTFT shows
 it). The highest rate that meets them is the replica's sustainable rate;
-the sweep grows geometrically until a step fails, then bisects once between the last pass
-and the first failure. A target rate then needs ``ceil(target / sustainable)`` replicas
+the sweep grows geometrically until a step fails, then bisects twice between the last
+pass and the first failure. A target rate then needs ``ceil(target / sustainable)`` replicas
 (llm-d's planner rule), and the plan predicts P95 TTFT at the rate each replica would get
 by interpolating the sweep. Cost per 1M tokens is the replica's price per hour over the
 tokens it serves per hour at its sustainable rate.
@@ -28,6 +28,7 @@ from sutazai.benchmark.metrics import SLO
 
 GROWTH = 1.6  # each sweep step offers this much more than the last
 MAX_STEPS = 10
+REFINE = 2  # bisections of the bracket where the SLOs start to fail
 
 
 class RateStep(BaseModel):
@@ -104,11 +105,12 @@ def judge(result: LoadResult, rate: float, slo: SLO) -> RateStep:
 
 
 def sweep(run_at: Callable[[float], RateStep], start_rate: float, *,
-          growth: float = GROWTH, max_steps: int = MAX_STEPS,
+          growth: float = GROWTH, max_steps: int = MAX_STEPS, refine: int = REFINE,
           on_step: Callable[[RateStep], None] = lambda step: None) -> list[RateStep]:
-    """Steps at ``start_rate * growth**i`` until one fails (or ``max_steps``), then one
-    more between the last pass and the first failure. If the first step already fails, the
-    rate is lowered the same way until one passes, or the steps run out."""
+    """Steps at ``start_rate * growth**i`` until one fails (or ``max_steps``), then
+    ``refine`` more, each between the last pass and the first failure. If the first step
+    already fails, the rate is lowered the same way until one passes, or the steps run
+    out."""
     steps: list[RateStep] = []
 
     def run(rate: float) -> RateStep:
@@ -124,9 +126,11 @@ def sweep(run_at: Callable[[float], RateStep], start_rate: float, *,
         rate *= direction
         if run(rate).meets_slo != first.meets_slo:
             break
-    passed = [s.rate for s in steps if s.meets_slo]
-    above = [s.rate for s in steps if not s.meets_slo and passed and s.rate > max(passed)]
-    if above:
+    for _ in range(refine):  # bisect the bracket: each halves it (1.6x -> 1.26x -> 1.12x)
+        passed = [s.rate for s in steps if s.meets_slo]
+        above = [s.rate for s in steps if not s.meets_slo and passed and s.rate > max(passed)]
+        if not above:
+            break
         run(math.sqrt(max(passed) * min(above)))  # geometric midpoint, as the steps grow
     return sorted(steps, key=lambda s: s.rate)
 

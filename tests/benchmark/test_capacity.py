@@ -28,25 +28,26 @@ def step(rate: float, capacity: float = 10.0, tokens: int = 16) -> RateStep:
                     why="" if ok else "P95 TTFT 140 ms > 100 ms")
 
 
-def test_the_sweep_grows_until_a_step_fails_then_bisects_once() -> None:
+def test_the_sweep_grows_until_a_step_fails_then_bisects_twice() -> None:
     steps = sweep(step, 2.0)
     rates = [round(s.rate, 2) for s in steps]
-    assert rates == [2.0, 3.2, 5.12, 8.19, 10.36, 13.11]
+    assert rates == [2.0, 3.2, 5.12, 8.19, 9.21, 10.36, 13.11]  # 8.19 passes, 10.36 fails
     curve = curve_of("m:1@llama.cpp", steps)
-    assert curve.max_rate_rps == pytest.approx(8.192) and curve.limit_found
+    assert curve.max_rate_rps == steps[4].rate and curve.limit_found
     down = sweep(lambda rate: step(rate, capacity=1.0), 2.0)  # the first step fails: go down
-    assert [round(s.rate, 2) for s in down] == [0.78, 0.99, 1.25, 2.0]
-    assert curve_of("m", down).max_rate_rps == pytest.approx(math.sqrt(0.78125 * 1.25))
+    assert [round(s.rate, 2) for s in down] == [0.78, 0.99, 1.11, 1.25, 2.0]
+    assert curve_of("m", down).max_rate_rps == down[1].rate
 
 
 def test_the_plan_names_replicas_headroom_ttft_and_cost() -> None:
     curve = curve_of("m:1@llama.cpp", sweep(step, 2.0))
+    top = curve.max_rate_rps  # 9.21 req/s
     result = plan(curve, 20.0, price_per_hour=0.36, currency="USD")
-    assert result.replicas == 3 == math.ceil(20 / 8.192)
-    assert result.headroom == pytest.approx(1 - (20 / 3) / 8.192)
+    assert result.replicas == 3 == math.ceil(20 / top)
+    assert result.headroom == pytest.approx(1 - (20 / 3) / top)
     assert 50 < (result.predicted_ttft_p95_ms or 0) < 90  # interpolated at 6.67 req/s
-    # 0.36 per hour over 8.192 * 16 tokens/s, per million tokens
-    assert result.cost_per_1m_output == pytest.approx(0.36 / (8.192 * 16 * 3600) * 1e6)
+    # 0.36 per hour over top * 16 tokens/s, per million tokens
+    assert result.cost_per_1m_output == pytest.approx(0.36 / (top * 16 * 3600) * 1e6)
     unpriced = plan(curve, 20.0)
     assert unpriced.cost_per_1m_output is None
     assert any("no price" in n for n in unpriced.notes)
@@ -97,7 +98,7 @@ def test_the_capacity_table_shows_cost_only_with_a_price(settings: Settings) -> 
         return console.export_text()
 
     priced, unpriced = render(0.36), render(None)
-    assert "USD/1M out" in priced and "0.7629" in priced  # 0.36 / (8.192*16*3600) * 1e6
-    assert "1M" not in unpriced and "8.19" in unpriced and "3" in unpriced
+    assert "USD/1M out" in priced and "0.6784" in priced  # 0.36 / (9.2134*16*3600) * 1e6
+    assert "1M" not in unpriced and "9.21" in unpriced and "3" in unpriced
     with pytest.raises(NotFoundError, match="no champion to plan for"):
         capacity_plans(settings, "text-generation", 5.0)
