@@ -78,3 +78,17 @@ def select_champions(benchmarks: list[str], profile: str,
     with open(explanation.path, "w") as handle:
         handle.write("\n\n".join(s.explanation for s in selections) or "Nothing to select.")
     return [s.model_dump(mode="json", exclude_none=True) for s in selections]
+
+
+@component
+def plan_capacity(selections: list[dict], deployed: dict) -> list[dict]:
+    """With ``capacity_target_rps`` set, each generation champion's rate sweep and the
+    replicas that rate needs (MLflow runs with the goodput curves); else nothing.
+
+    ``deployed`` (the deploy step's answer) only orders this step after it: both serve.
+    """
+    from sutazai.config import load_settings
+    from sutazai.workflows.nightly import SelectionOutcome, plan_capacity
+
+    chosen = [SelectionOutcome.model_validate(s) for s in selections]
+    return [p.model_dump(mode="json") for p in plan_capacity(load_settings(), chosen)]

@@ -12,7 +12,7 @@ from components.base import component
 def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
                     benchmarks: list[str], selections: list[dict], answer: dict, data: dict,
                     improvement: dict, search: dict, regressions: list[dict],
-                    report: Output[Artifact]) -> dict:
+                    capacity: list[dict], report: Output[Artifact]) -> dict:
     """Assemble the cycle report, keep it under ``<home>/reports`` and as an artifact.
 
     Returns the headline: each task's champion (as the aliases say after the promotion, and
@@ -20,6 +20,7 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
     """
     from pydantic import TypeAdapter
 
+    from sutazai.benchmark.capacity import CapacityPlan
     from sutazai.config import load_settings
     from sutazai.learning.monitoring import Regression
     from sutazai.repository import open_repository
@@ -48,6 +49,7 @@ def summarize_cycle(mirrored: list[dict], conversion_failures: list[str],
         improvement=ImprovementOutcome.model_validate(improvement),
         search=SearchOutcome.model_validate(search) if search else None,
         regressions=[Regression.model_validate(r) for r in regressions],
+        capacity=[CapacityPlan.model_validate(c) for c in capacity],
         settings=settings,
     )
     saved = save_report(settings, result)

@@ -23,7 +23,13 @@ from collections.abc import Callable
 from kfp import dsl
 from kfp.dsl import PipelineTask
 
-from components.benchmark import benchmark_model, convert_models, plan_benchmarks, select_champions
+from components.benchmark import (
+    benchmark_model,
+    convert_models,
+    plan_benchmarks,
+    plan_capacity,
+    select_champions,
+)
 from components.knowledge import (
     embed_chunks,
     extract_documents,
@@ -134,7 +140,8 @@ def report_stage(tasks: Tasks) -> PipelineTask:
         benchmarks=dsl.Collected(tasks["benchmark"].outputs["Output"]),
         selections=tasks["select"].outputs["Output"], answer=tasks["deploy"].output,
         data=tasks["gate"].outputs["Output"], improvement=tasks["improve"].outputs["Output"],
-        search=tasks["search"].output, regressions=tasks["monitor"].output), "0.5", "1G")
+        search=tasks["search"].output, regressions=tasks["monitor"].output,
+        capacity=tasks["capacity"].output), "0.5", "1G")
 
 
 def nightly_stages(models: list[str], profile: str) -> dict[str, Callable[[Tasks], PipelineTask]]:
@@ -153,6 +160,9 @@ def nightly_stages(models: list[str], profile: str) -> dict[str, Callable[[Tasks
         "deploy": lambda tasks: on_cluster(deploy_champion(
             selections=tasks["select"].outputs["Output"]), "4", "16G", gpu=True,
             retries=1).after(tasks["improve"]),
+        "capacity": lambda tasks: on_cluster(plan_capacity(
+            selections=tasks["select"].outputs["Output"], deployed=tasks["deploy"].output),
+            "4", "16G", gpu=True),
         "monitor": lambda tasks: on_cluster(monitor_champions(
             selections=tasks["select"].outputs["Output"],
             improvement=tasks["improve"].outputs["Output"]), "0.5", "1G"),

@@ -70,7 +70,7 @@ def test_compiled_nightly_carries_the_cluster_settings() -> None:
            if e["container"].get("resources", {}).get("accelerator")}
     assert gpu == {"exec-benchmark-model", "exec-deploy-champion", "exec-finetune-and-challenge",
                    "exec-search-architectures", "exec-search-architectures-2",
-                   "exec-register-architecture"}
+                   "exec-register-architecture", "exec-plan-capacity"}
     assert all(e["container"]["resources"].get("cpuRequest") for e in executors.values())
     assert all(e["container"]["image"] == "sutazai/platform:0.1.0" for e in executors.values())
     tasks = dict(spec["root"]["dag"]["tasks"])
@@ -78,7 +78,7 @@ def test_compiled_nightly_carries_the_cluster_settings() -> None:
         tasks.update(component.get("dag", {}).get("tasks", {}))
     steps = {n: t for n, t in tasks.items()
              if not t["componentRef"]["name"].startswith("comp-for-loop")}
-    assert len(steps) == 16
+    assert len(steps) == 17
     assert all(t["cachingOptions"] == {} for t in steps.values())  # enableCache false
     assert tasks["pull-model"]["retryPolicy"]["maxRetryCount"] == 2
     loops = {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in tasks.items()
@@ -144,6 +144,7 @@ def test_nightly_pipeline_end_to_end(local_settings: Settings, gemma_gguf: Path,
     assert headline["improvement"], headline
 
     report = load_report(local_settings)
+    assert report.capacity == []  # capacity_target_rps unset: the stage plans nothing
     assert report.data is not None and report.data.snapshot is not None
     assert report.data.snapshot.rows == report.data.imported > 200
     improvement = report.improvement

@@ -21,6 +21,7 @@ from sutazai.errors import SutazAIError
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from sutazai.benchmark.capacity import CapacityPlan
     from sutazai.config import Settings
     from sutazai.workflows.nightly import CycleReport
 
@@ -149,6 +150,21 @@ def show_improvement(report: CycleReport) -> None:
         console.print(table)
     for regression in report.regressions:
         console.print(f"[yellow]regression[/] {escape(regression.sentence)}", highlight=False)
+    for plan in report.capacity:
+        console.print(f"capacity: {escape(capacity_sentence(plan))}", highlight=False)
+
+
+def capacity_sentence(plan: CapacityPlan) -> str:
+    """One line of the nightly report: a champion's capacity and the replicas it needs."""
+    curve = plan.curve
+    if plan.replicas is None:
+        return "; ".join(plan.notes)
+    bound = "" if curve.limit_found else "at least "
+    cost = (f"; {plan.currency} {plan.cost_per_1m_output:.4g} per 1M output tokens"
+            if plan.cost_per_1m_output is not None else "")
+    return (f"{curve.candidate} sustains {bound}{curve.max_rate_rps:.2f} req/s per replica: "
+            f"{plan.replicas} replica(s) for {plan.target_rps:g} req/s ({plan.headroom:.0%} "
+            f"headroom, P95 TTFT ~{plan.predicted_ttft_p95_ms or 0:.0f} ms){cost}")
 
 
 def show_champions(report: CycleReport) -> None:

@@ -86,14 +86,16 @@ def assumptions(profile: LoadProfile, slo: SLO) -> dict[str, str]:
 
 
 def capacity_plans(settings: Settings, task: str, rate: float, profile_name: str | None = None,
-                   progress: Progress = NULL_PROGRESS) -> list[CapacityPlan]:
+                   progress: Progress = NULL_PROGRESS, *, champion_only: bool = False
+                   ) -> list[CapacityPlan]:
     """Plans for ``rate`` requests/s of ``task``: its champion's and challenger's."""
     from sutazai.registry.task_aliases import CHALLENGER, CHAMPION, current_aliases
     from sutazai.repository import open_repository
     from sutazai.serving.service import serving
 
     book = current_aliases(settings)
-    choices = [c for c in (book.choice(task, CHAMPION), book.choice(task, CHALLENGER)) if c]
+    aliases = (CHAMPION,) if champion_only else (CHAMPION, CHALLENGER)
+    choices = [c for c in (book.choice(task, alias) for alias in aliases) if c]
     if not choices:
         raise NotFoundError(f"task {task!r} has no champion to plan for; run 'sutazai bench "
                             f"select {task}' first")

@@ -39,12 +39,15 @@ NIGHTLY: tuple[Stage, ...] = (
           "model", ("gate",)),
     Stage("deploy", "**deploy**: serve tonight's text-generation champion and prove it "
           "answers", ("select", "improve")),
+    Stage("capacity", "**capacity**: with `capacity_target_rps` set, sweep one replica of each "
+          "generation champion and plan the replicas that rate needs (MLflow, goodput "
+          "curve)", ("deploy",)),
     Stage("monitor", "**monitor** each champion against earlier nights (regressions pushed "
           "as metrics)", ("select", "improve")),
     Stage("report", "**report**: one summary with a before/after table, kept under "
           "`.sutazai/reports/` and in MLflow",
           ("mirror", "convert", "benchmark", "select", "gate", "improve", "search", "deploy",
-           "monitor")),
+           "capacity", "monitor")),
 )
 
 STAGES = {stage.name: stage for stage in NIGHTLY}

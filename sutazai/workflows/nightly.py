@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, Field
 
+from sutazai.benchmark.capacity import CapacityPlan
 from sutazai.benchmark.profiles import get_profile
 from sutazai.benchmark.runner import BenchmarkSummary, benchmark
 from sutazai.config import Settings
@@ -129,6 +130,7 @@ class CycleReport(BaseModel):
     improvement: ImprovementOutcome | None = None
     search: SearchOutcome | None = None
     regressions: list[Regression] = Field(default_factory=list)
+    capacity: list[CapacityPlan] = Field(default_factory=list)  # for capacity_target_rps
     answer: ServedAnswer | None = None
     #: Each task's champion and challenger as the aliases say at the end of the cycle; the
     #: selection's own picks (before any promotion) stay in ``selections``.
@@ -305,6 +307,7 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
                     improvement: ImprovementOutcome | None = None,
                     search: SearchOutcome | None = None,
                     regressions: list[Regression] | None = None,
+                    capacity: list[CapacityPlan] | None = None,
                     settings: Settings | None = None) -> CycleReport:
     """The cycle's report; with ``settings``, its champions and challengers are read from
     the aliases now, at the end of the cycle (what serving serves), not from the selection."""
@@ -315,6 +318,7 @@ def assemble_report(outcomes: list[MirrorOutcome], benchmarks: list[BenchmarkOut
         failures=(failures or []) + [b.error for b in benchmarks if b.error],
         selections=selections, answer=answer, seconds=seconds, data=data,
         improvement=improvement, search=search, regressions=regressions or [],
+        capacity=capacity or [],
     )
     if settings is not None:
         book = current_aliases(settings)
@@ -374,6 +378,29 @@ def monitor_champions(settings: Settings, selections: list[SelectionOutcome],
     return regressions
 
 
+@traced("plan_capacity")
+def plan_capacity(settings: Settings, selections: list[SelectionOutcome],
+                  progress: Progress = NULL_PROGRESS) -> list[CapacityPlan]:
+    """Each generation champion's capacity per replica and the replicas
+    ``capacity_target_rps`` needs; nothing when the setting is unset. A task that cannot be
+    planned is logged and left out: capacity must not stop the cycle."""
+    from sutazai.workflows.capacity import capacity_plans
+
+    rate = settings.capacity_target_rps
+    if rate is None:
+        return []
+    plans: list[CapacityPlan] = []
+    for selection in selections:
+        if selection.task not in GENERATION_TASKS or selection.champion is None:
+            continue
+        try:
+            plans += capacity_plans(settings, selection.task, rate, progress=progress,
+                                    champion_only=True)
+        except SutazAIError as exc:
+            log.warning("capacity of the %s champion not planned: %s", selection.task, exc)
+    return plans
+
+
 @traced("graph_statistics")
 def graph_statistics(settings: Settings, ingested: dict[str, Any] | None = None
                      ) -> GraphStats:
@@ -417,6 +444,7 @@ class _CycleState:
     improvement: ImprovementOutcome | None = None
     search: SearchOutcome | None = None
     answer: ServedAnswer | None = None
+    capacity: list[CapacityPlan] = field(default_factory=list)
     regressions: list[Regression] = field(default_factory=list)
     report: CycleReport | None = None
 
@@ -478,6 +506,10 @@ def _deploy(settings: Settings, state: _CycleState, progress: Progress) -> None:
     state.answer = deploy_champion(settings, state.selections)
 
 
+def _capacity(settings: Settings, state: _CycleState, progress: Progress) -> None:
+    state.capacity = plan_capacity(settings, state.selections, progress)
+
+
 def _monitor(settings: Settings, state: _CycleState, progress: Progress) -> None:
     state.regressions = monitor_champions(settings, state.selections, state.improvement)
 
@@ -488,7 +520,7 @@ def _report(settings: Settings, state: _CycleState, progress: Progress) -> None:
         versions=state.versions, failures=state.failures,
         seconds=time.monotonic() - state.started, data=state.data,
         improvement=state.improvement, search=state.search, regressions=state.regressions,
-        settings=settings)
+        capacity=state.capacity, settings=settings)
     save_report(settings, state.report)
 
 
@@ -496,7 +528,7 @@ def _report(settings: Settings, state: _CycleState, progress: Progress) -> None:
 IN_PROCESS: dict[str, Stage] = {
     "mirror": _mirror, "convert": _convert, "benchmark": _benchmark, "select": _select,
     "gate": _gate, "improve": _improve, "search": _search, "deploy": _deploy,
-    "monitor": _monitor, "report": _report,
+    "capacity": _capacity, "monitor": _monitor, "report": _report,
 }
 
 
