@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     )
     selection_weights: Weights = Field(default_factory=Weights)
 
+    # backups
+    backup_dir: Path | None = Field(
+        default=None, description="Where `sutazai backup` keeps its object pool and "
+        "manifests; default a folder beside the home (<home>-backups), best another volume.")
+
     # capacity and cost
     hardware_profile: str = Field(
         default="cpu-node", description="The hardware profile this machine's measurements "
@@ -399,7 +404,7 @@ class Settings(BaseSettings):
                      "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
                      "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_cert_file",
                      "tls_client_key_file", "repository_plaintext_dir", "audit_anchor",
-                     mode="after")
+                     "backup_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None

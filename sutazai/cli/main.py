@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from sutazai.cli import audit, bench, data, keys, kg, learn, models, nas, registry
+from sutazai.cli import audit, backup, bench, data, keys, kg, learn, models, nas, registry
 from sutazai.cli.optimize import optimize_command
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.permissions import GuardedGroup
@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 for group, name in ((models, "models"), (registry, "registry"), (bench, "bench"), (kg, "kg"),
                     (data, "data"), (learn, "learn"), (nas, "nas"), (audit, "audit"),
-                    (keys, "keys")):
+                    (keys, "keys"), (backup, "backup")):
     app.add_typer(group.app, name=name, cls=GuardedGroup)
 app.command("optimize")(optimize_command)
 app.command("serve")(serve_command)

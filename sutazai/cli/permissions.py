@@ -37,6 +37,9 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "kg ingest": "ingest",
     "kg embed": "ingest",
     "kg rm": "delete",
+    "backup create": "ingest",
+    "backup restore": "admin",
+    "backup prune": "delete",
     "learn finetune": "ingest",
     "nas run": "ingest",
     "nas register": "ingest",
@@ -48,7 +51,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
 READ_ONLY = frozenset({
     "report", "models list", "models show", "models verify", "models export", "bench leaderboard",
     "data validate", "data stats", "kg stats", "kg entity", "kg query", "kg export", "kg search",
-    "kg ask", "nas show",
+    "kg ask", "nas show", "backup list", "backup verify",
     "audit verify", "audit tail",
 })
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
@@ -254,3 +255,57 @@ class EmbeddedFalkorDB:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def adopt_dump(data_dir: Path, timeout_s: float = 300.0) -> None:
+    """Turn ``data_dir/dump.rdb`` (a BGSAVE, as a backup holds it) into the append-only
+    files the embedded server loads: with ``appendonly yes`` and no such files, Redis would
+    start empty and ignore the dump. A server without AOF loads the dump, then switching
+    AOF on writes it out; the dump is removed after."""
+    import redis
+
+    server, module = binaries()
+    port = free_port()
+    process = subprocess.Popen(
+        [str(server), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--appendonly", "no", "--save", "", "--loadmodule", str(module)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=data_dir)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.BusyLoadingError:
+                pass
+            except redis.ConnectionError:
+                if process.poll() is not None:
+                    raise GraphStoreError(f"FalkorDB could not load {data_dir / 'dump.rdb'} "
+                                          f"(exit code {process.returncode})") from None
+            if time.monotonic() > deadline:
+                raise GraphStoreError(f"FalkorDB did not load {data_dir / 'dump.rdb'} within "
+                                      f"{timeout_s:.0f} s")
+            time.sleep(0.05)
+        client.config_set("appendonly", "yes")  # writes the base file from what it loaded
+        while True:
+            info = client.info("persistence")
+            if info.get("aof_enabled") and not info.get("aof_rewrite_in_progress") and not (
+                    info.get("aof_rewrite_scheduled")):
+                break
+            if time.monotonic() > deadline:
+                raise GraphStoreError("FalkorDB did not write the restored graph's "
+                                      "append-only file in time")
+            time.sleep(0.05)
+        if info.get("aof_last_bgrewrite_status") != "ok":
+            raise GraphStoreError("FalkorDB failed to write the restored graph's append-only "
+                                  "file; see its log (a full disk?)")
+        client.shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass  # SHUTDOWN closes the connection
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
+    (data_dir / "dump.rdb").unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Backups of a SutazAI home: a content-addressed pool, signed manifests, restore."""

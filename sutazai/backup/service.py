@@ -1,0 +1,367 @@
+"""``sutazai backup create | list | verify | restore | prune`` on an embedded home.
+
+One backup is a consistent snapshot of what cannot be rebuilt: the model repository
+(manifests and blobs; caches are left out), MLflow's database and artifacts, the learning
+store, the NAS storage, the graph, the audit log with its anchor, the nightly reports and
+the settings; secrets only with ``--include-secrets``, then sealed (AES-256-GCM) with the
+secret ``backup/sealing-key``. The manifest is signed with the secret
+``backup/signing-key`` (HMAC-SHA256).
+
+Consistent while writers run, by order: MLflow's database is copied first (SQLite's online
+backup API: a point in time), then the repository's manifests, then its blobs (a pull
+publishes blobs before its manifest, and registers in MLflow after both), so every model
+version MLflow knows has its manifest and every manifest its blobs. The graph is FalkorDB's
+own ``BGSAVE`` (a point in time; a document's chunks without their Document node are an
+interrupted ingest, which the next ingest finishes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sutazai.backup.archive import BackupArchive, BackupFile, BackupManifest, new_id
+from sutazai.config import Settings
+from sutazai.embedded_db import sqlite_file
+from sutazai.errors import ConfigError, GraphStoreError, IntegrityError
+from sutazai.progress import NULL_PROGRESS, Progress
+from sutazai.security.audit import anchor_store, audit, audit_path
+
+SIGNING_KEY = "backup/signing-key"
+SEALING_KEY = "backup/sealing-key"
+#: Repository folders that are rebuilt from the blobs (or are locks and scratch space).
+REPOSITORY_CACHES = ("snapshots", "tmp", "locks", "plaintext")
+REPOSITORY_CACHE_FILES = ("verified.db",)
+HOME_FOLDERS = ("mlflow-artifacts", "reports", "datasets")  # copied as files
+
+
+def backup_root(settings: Settings) -> Path:
+    return settings.backup_dir or settings.home.parent / f"{settings.home.name}-backups"
+
+
+def _key(settings: Settings, name: str) -> bytes:
+    from sutazai.security.secrets import read_secret
+
+    return hashlib.sha256(read_secret(settings, name, generate=True)
+                          .get_secret_value().encode()).digest()
+
+
+def create(settings: Settings, *, include_secrets: bool = False,
+           progress: Progress = NULL_PROGRESS) -> BackupManifest:
+    """Snapshot the home (see the module docstring); only changed bytes are written."""
+    home = settings.home
+    if not home.is_dir():
+        raise ConfigError(f"no SutazAI home at {home}: nothing to back up")
+    archive = BackupArchive(backup_root(settings))
+    key = _key(settings, SIGNING_KEY)
+    manifest = BackupManifest(id=new_id(), created=_now(), home=str(home),
+                              secrets=include_secrets)
+    sources: list[tuple[str, Path]] = []
+    with tempfile.TemporaryDirectory(dir=archive._tmp()) as scratch:
+        staging = Path(scratch)
+        for name, url in (("mlflow.db", settings.tracking_uri),  # first: see the docstring
+                          ("learning.db", settings.learning_url),
+                          ("nas.db", settings.nas_storage)):
+            database = sqlite_file(url)
+            if database is None:
+                manifest.notes.append(f"{name}: a database server, not in the backup; back "
+                                      "it up with its own tool (pg_dump)")
+            elif database.is_file():
+                copy = staging / name
+                sqlite_snapshot(database, copy)
+                sources.append((name, copy))
+                if name == "mlflow.db":
+                    manifest.counts |= mlflow_counts(copy)
+        sources += repository_files(settings)
+        for folder in HOME_FOLDERS:
+            sources += [(p.relative_to(home).as_posix(), p) for p in _files(home / folder)]
+        log = audit_path(settings)
+        anchor = getattr(anchor_store(settings), "path", None)
+        for path, name in ((log, "audit/audit.jsonl"),
+                           (anchor, "audit-anchor/audit.jsonl.anchor")):
+            if path is not None and Path(path).is_file():
+                sources.append((name, Path(path)))
+        graph = graph_dump(settings, staging, manifest)
+        if graph is not None:
+            sources.append(("graph/dump.rdb", graph))
+        settings_copy = staging / "settings.json"
+        settings_copy.write_text(settings.model_dump_json(indent=1))
+        sources.append(("backup/settings.json", settings_copy))
+        total = sum(p.stat().st_size for _, p in sources)
+        bar = progress.task(f"backing up {home}", total=total)
+        try:
+            for name, path in sources:
+                digest, size = archive.put(path)
+                manifest.files.append(BackupFile(path=name, sha256=digest, size=size))
+                bar.advance(size)
+            if include_secrets:
+                manifest.files += _sealed_secrets(settings, archive)
+        finally:
+            bar.close()
+    manifest.counts["repository_versions"] = sum(
+        1 for f in manifest.files if f.path.startswith("repository/manifests/")
+        and f.path.endswith(".json"))
+    archive.save(manifest, key)
+    audit(settings, "backup.create", manifest.id,
+          details={"files": len(manifest.files), "bytes": manifest.size,
+                   "written": archive.written, "secrets": include_secrets,
+                   "root": str(archive.root)})
+    manifest.notes.append(f"wrote {archive.written} new byte(s) of {manifest.size}")
+    return manifest
+
+
+def list_backups(settings: Settings) -> list[BackupManifest]:
+    archive = BackupArchive(backup_root(settings))
+    return [archive.load(i, None) for i in archive.ids()]
+
+
+def verify(settings: Settings, backup_id: str, progress: Progress = NULL_PROGRESS
+           ) -> tuple[BackupManifest, list[str]]:
+    """The manifest, and every problem found: a signature that does not match, an object
+    missing or damaged. Empty: the backup restores what it says."""
+    archive = BackupArchive(backup_root(settings))
+    try:
+        manifest = archive.load(backup_id, _key(settings, SIGNING_KEY))
+    except IntegrityError as exc:
+        return archive.load(backup_id, None), [str(exc)]
+    bar = progress.task(f"verifying backup {manifest.id}", total=manifest.size)
+    problems = []
+    try:
+        for entry in manifest.files:
+            problem = archive.check_object(entry)
+            if problem:
+                problems.append(problem)
+            bar.advance(entry.size)
+    finally:
+        bar.close()
+    audit(settings, "backup.verify", manifest.id, result="ok" if not problems else "error",
+          details={"problems": len(problems)})
+    return manifest, problems
+
+
+def restore(settings: Settings, backup_id: str, target: Path, *, force: bool = False,
+            progress: Progress = NULL_PROGRESS) -> BackupManifest:
+    """Write the backup into ``target`` (a new home): refused when it holds anything,
+    unless ``force``. Each file is checked against its sha256 as it is written; the graph's
+    dump becomes the server's append-only file."""
+    archive = BackupArchive(backup_root(settings))
+    manifest = archive.load(backup_id, _key(settings, SIGNING_KEY))
+    target = target.expanduser().resolve()
+    if target.exists() and any(target.iterdir()) and not force:
+        raise ConfigError(f"{target} is not empty; restore into an empty folder, or add "
+                          "--force to write over what is there")
+    sealing = _key(settings, SEALING_KEY) if manifest.secrets else None
+    bar = progress.task(f"restoring {manifest.id} into {target}", total=manifest.size)
+    try:
+        for entry in manifest.files:
+            _restore_file(archive, entry, target, sealing)
+            bar.advance(entry.size)
+    finally:
+        bar.close()
+    _relink_snapshots(target / "repository")
+    dump = target / "graph" / "dump.rdb"
+    if dump.is_file():
+        from sutazai.knowledge.server import adopt_dump
+
+        adopt_dump(target / "graph")
+    audit(settings, "backup.restore", manifest.id, details={"to": str(target),
+                                                           "files": len(manifest.files)})
+    return manifest
+
+
+def prune(settings: Settings, keep: int) -> tuple[list[str], int]:
+    """Keep the ``keep`` newest backups; (ids removed, bytes freed)."""
+    if keep < 1:
+        raise ConfigError("--keep must be at least 1: prune never removes every backup")
+    archive = BackupArchive(backup_root(settings))
+    old = archive.ids()[:-keep]
+    for backup_id in old:
+        archive.remove(backup_id)
+    freed = archive.collect_garbage(None)
+    audit(settings, "backup.prune", str(archive.root),
+          details={"removed": old, "freed": freed, "kept": keep})
+    return old, freed
+
+
+def _relink_snapshots(root: Path) -> None:
+    """The repository's snapshot folders (links into the blobs, left out of backups),
+    made again; an encrypted repository's are made when an engine first needs them."""
+    from sutazai.errors import SutazAIError
+    from sutazai.repository.store import Repository
+
+    if not (root / "manifests").is_dir():
+        return
+    repo = Repository(root)
+    for manifest in repo.all_versions():
+        try:
+            repo.ensure_snapshot(manifest)
+        except SutazAIError:
+            continue  # encrypted without its key here: decrypted on first use
+
+
+# ---------------------------------------------------------------------- parts
+def sqlite_snapshot(source: Path, target: Path) -> None:
+    """A point-in-time copy of a live SQLite database (its online backup API)."""
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as live, \
+            sqlite3.connect(target) as copy:
+        live.backup(copy)
+    copy.close()
+
+
+def mlflow_counts(database: Path) -> dict[str, int]:
+    counts = {}
+    with sqlite3.connect(database) as db:
+        for table in ("registered_models", "model_versions", "runs", "registered_model_aliases"):
+            try:
+                counts[f"mlflow_{table}"] = int(db.execute(
+                    f"SELECT count(*) FROM {table}").fetchone()[0])  # table names are constants
+            except sqlite3.Error:
+                continue
+    return counts
+
+
+def repository_files(settings: Settings) -> list[tuple[str, Path]]:
+    """The repository's files, manifests before blobs (see the module docstring)."""
+    root = settings.repository_root
+    files = [p for p in _files(root)
+             if p.relative_to(root).parts[0] not in REPOSITORY_CACHES
+             and p.name not in REPOSITORY_CACHE_FILES]
+    files.sort(key=lambda p: (p.relative_to(root).parts[0] == "blobs", str(p)))
+    return [(f"repository/{p.relative_to(root).as_posix()}", p) for p in files]
+
+
+def graph_dump(settings: Settings, staging: Path, manifest: BackupManifest) -> Path | None:
+    """FalkorDB's BGSAVE of the embedded graph (the running server's, else one started for
+    it), with its document and chunk counts; None without an embedded graph."""
+    from sutazai.knowledge.server import EmbeddedFalkorDB, graph_password, running_server
+
+    data = settings.home / "graph"
+    if settings.kg_uri or settings.kg_store != "falkordb":
+        manifest.notes.append("graph: a server SutazAI does not run, not in the backup; use "
+                              "its own dump (neo4j-admin database dump, or BGSAVE)")
+        return None
+    if not data.is_dir():
+        return None
+    password = graph_password(settings)
+    shared = running_server(data)
+    if shared is not None:
+        return _bgsave(*shared, password, data, staging, settings.kg_graph, manifest)
+    with EmbeddedFalkorDB(data, password) as server:
+        return _bgsave(server.host, server.port, password, data, staging, settings.kg_graph,
+                       manifest)
+
+
+def _bgsave(host: str, port: int, password: str, data: Path, staging: Path, graph: str,
+            manifest: BackupManifest) -> Path:
+    import redis
+
+    client = redis.Redis(host=host, port=port, password=password, socket_timeout=60)
+    try:
+        for label in ("Document", "Chunk"):
+            try:
+                rows = client.execute_command("GRAPH.RO_QUERY", graph,
+                                              f"MATCH (n:{label}) RETURN count(n)")
+                manifest.counts[f"graph_{label.lower()}s"] = int(rows[1][0][0])
+            except redis.ResponseError:  # no graph yet
+                manifest.counts[f"graph_{label.lower()}s"] = 0
+        saves = int(client.info("persistence").get("rdb_saves", 0))
+        client.bgsave()
+        deadline = time.monotonic() + 300
+        while True:
+            info = client.info("persistence")
+            if int(info.get("rdb_saves", 0)) > saves and not info["rdb_bgsave_in_progress"]:
+                break
+            if time.monotonic() > deadline:
+                raise GraphStoreError("FalkorDB's BGSAVE did not finish within 300 s")
+            time.sleep(0.05)
+        if info.get("rdb_last_bgsave_status") != "ok":
+            raise GraphStoreError("FalkorDB's BGSAVE failed; see falkordb.log in the graph "
+                                  "folder (a full disk?)")
+    except redis.RedisError as exc:
+        raise GraphStoreError(f"cannot snapshot the graph at {host}:{port} ({exc})") from None
+    finally:
+        client.close()
+    dump = staging / "dump.rdb"
+    os.replace(data / "dump.rdb", dump)  # not left in the home: it would go stale there
+    return dump
+
+
+def _sealed_secrets(settings: Settings, archive: BackupArchive) -> list[BackupFile]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from sutazai.security.secrets import secret_folder
+
+    folder = secret_folder(settings)
+    sealing = AESGCM(_key(settings, SEALING_KEY))
+    sealed = []
+    for path in _files(folder):
+        name = path.relative_to(settings.home).as_posix() if path.is_relative_to(
+            settings.home) else f"secrets/{path.relative_to(folder).as_posix()}"
+        if name.endswith(SEALING_KEY) or name.endswith(SIGNING_KEY):
+            continue  # the keys that open the backup are never inside it
+        nonce = os.urandom(12)
+        digest, size = archive.put_bytes(nonce + sealing.encrypt(nonce, path.read_bytes(),
+                                                                 name.encode()))
+        sealed.append(BackupFile(path=name, sha256=digest, size=size, sealed=True))
+    return sealed
+
+
+def _restore_file(archive: BackupArchive, entry: BackupFile, target: Path,
+                  sealing: bytes | None) -> None:
+    destination = (target / entry.path).resolve()
+    if not destination.is_relative_to(target):
+        raise IntegrityError(f"backup entry {entry.path!r} points outside the target")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as writer:
+            if entry.sealed:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+                data = b"".join(archive.read_object(entry))
+                digest.update(data)
+                if sealing is None:
+                    raise IntegrityError("the backup holds sealed secrets but no sealing key")
+                writer.write(AESGCM(sealing).decrypt(data[:12], data[12:], entry.path.encode()))
+            else:
+                for block in archive.read_object(entry):
+                    digest.update(block)
+                    writer.write(block)
+        if digest.hexdigest() != entry.sha256:
+            raise IntegrityError(f"{entry.path}: its object is damaged (sha256 differs); "
+                                 "'sutazai backup verify' lists every damaged object")
+        os.chmod(tmp, 0o600 if entry.sealed or entry.path.startswith("secrets/") else 0o644)
+        os.replace(tmp, destination)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _files(folder: Path) -> list[Path]:
+    """Regular files under ``folder`` (links are not followed), sorted."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            found.append(path)
+    return found
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def as_json(manifest: BackupManifest) -> dict[str, Any]:
+    data = json.loads(manifest.model_dump_json())
+    data["files"] = len(manifest.files)
+    data["bytes"] = manifest.size
+    return data
