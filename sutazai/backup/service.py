@@ -83,8 +83,10 @@ def create(settings: Settings, *, include_secrets: bool = False,
             sources += [(p.relative_to(home).as_posix(), p) for p in _files(home / folder)]
         log = audit_path(settings)
         anchor = getattr(anchor_store(settings), "path", None)
-        for path, name in ((log, "audit/audit.jsonl"),
-                           (anchor, "audit-anchor/audit.jsonl.anchor")):
+        # the anchor before the log, as 'audit verify' reads them: a record appended in
+        # between leaves the log ahead of its anchor, which is no alarm (the reverse is)
+        for path, name in ((anchor, "audit-anchor/audit.jsonl.anchor"),
+                           (log, "audit/audit.jsonl")):
             if path is not None and Path(path).is_file():
                 sources.append((name, Path(path)))
         graph = graph_dump(settings, staging, manifest)
