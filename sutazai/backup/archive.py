@@ -176,7 +176,7 @@ class BackupArchive:
     def remove(self, backup_id: str) -> None:
         shutil.rmtree(self.backups / backup_id)
 
-    def collect_garbage(self, key: bytes | None) -> int:
+    def collect_garbage(self) -> int:
         """Delete objects no remaining manifest names; bytes freed."""
         wanted = {f.sha256 for i in self.ids() for f in self.load(i, None).files}
         freed = 0

@@ -23,6 +23,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def create(settings: Settings, *, include_secrets: bool = False,
         raise ConfigError(f"no SutazAI home at {home}: nothing to back up")
     archive = BackupArchive(backup_root(settings))
     key = _key(settings, SIGNING_KEY)
-    manifest = BackupManifest(id=new_id(), created=_now(), home=str(home),
+    manifest = BackupManifest(id=new_id(), created=datetime.now(UTC), home=str(home),
                               secrets=include_secrets)
     sources: list[tuple[str, Path]] = []
     with tempfile.TemporaryDirectory(dir=archive._tmp()) as scratch:
@@ -185,7 +186,7 @@ def prune(settings: Settings, keep: int) -> tuple[list[str], int]:
     old = archive.ids()[:-keep]
     for backup_id in old:
         archive.remove(backup_id)
-    freed = archive.collect_garbage(None)
+    freed = archive.collect_garbage()
     audit(settings, "backup.prune", str(archive.root),
           details={"removed": old, "freed": freed, "kept": keep})
     return old, freed
@@ -354,12 +355,6 @@ def _files(folder: Path) -> list[Path]:
         if path.is_file() and not path.is_symlink():
             found.append(path)
     return found
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def as_json(manifest: BackupManifest) -> dict[str, Any]:
