@@ -5,9 +5,11 @@
 #   prometheus       scrapes the serving gateway's /metrics in tests and the local stack
 #   prometheus-pushgateway  receives pipeline, repository and graph metrics from batch jobs
 #   chromium         headless browser tests of the Airflow and MLflow UIs (Playwright drives it)
+#   postgresql redis-server  the production profile's shared databases and rate limits
 # Installs only what is missing; never starts the packages' system services.
 set -euo pipefail
-packages=(nginx docker-registry prometheus prometheus-pushgateway chromium)
+packages=(nginx docker-registry prometheus prometheus-pushgateway chromium postgresql
+  redis-server)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

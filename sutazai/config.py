@@ -207,6 +207,25 @@ class Settings(BaseSettings):
     pushgateway_port: int = Field(default=9091, ge=1, le=65535,
                                   description="The local stack's Pushgateway (make up).")
 
+    # where shared state lives: embedded files, or PostgreSQL and Redis servers
+    profile: Literal["embedded", "production"] = Field(
+        default="embedded", description="embedded: SQLite files and per-process rate limits "
+        "under <home>, for one machine. production: MLflow (the stack's server), Airflow, the "
+        "learning store and NAS studies on PostgreSQL and rate limits on Redis, unless their "
+        "own *_url settings say otherwise (`SUTAZAI_PROFILE=production make up` starts them).",
+    )
+    postgres_host: str = Field(default="127.0.0.1", description="PostgreSQL of the "
+                               "production profile.")
+    postgres_port: int = Field(default=5433, ge=1, le=65535, description="Its port (the "
+                               "stack's own cluster listens there).")
+    postgres_dir: Path | None = Field(
+        default=None, description="Data folder of the stack's own PostgreSQL cluster; "
+        "default <home>/postgres (run as root, the postgres user must reach it).")
+    postgres_user: str = Field(default="sutazai", description="The role SutazAI connects as "
+                               "(password: the secret postgres/password).")
+    redis_port: int = Field(default=6380, ge=1, le=65535, description="Redis of the "
+                            "production profile, holding the shared rate limits.")
+
     # knowledge graph
     kg_store: Literal["falkordb", "neo4j"] = Field(
         default="falkordb",
@@ -404,7 +423,7 @@ class Settings(BaseSettings):
                      "pipeline_root", "documents_dir", "learning_inbox", "nas_space",
                      "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_cert_file",
                      "tls_client_key_file", "repository_plaintext_dir", "audit_anchor",
-                     "backup_dir", mode="after")
+                     "backup_dir", "postgres_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -444,12 +463,45 @@ class Settings(BaseSettings):
         return self.repository_dir or self.home / "repository"
 
     @property
+    def production(self) -> bool:
+        return self.profile == "production"
+
+    def postgres_url(self, database: str) -> str:
+        """The production profile's PostgreSQL database; never with a password (libpq gets
+        it from the secret postgres/password: :mod:`sutazai.production.databases`)."""
+        return (f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}"
+                f"/{database}")
+
+    @property
     def tracking_uri(self) -> str:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
+        if self.production:  # the stack's MLflow server, whose store is PostgreSQL
+            return f"http://127.0.0.1:{self.mlflow_port}"
         return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return self.postgres_dir or self.home / "postgres"
+
+    @property
+    def mlflow_store_url(self) -> str:
+        """The database behind the stack's MLflow server."""
+        return self.postgres_url("mlflow") if self.production else (
+            f"sqlite:///{self.home / 'mlflow.db'}")
+
+    @property
+    def airflow_db_url(self) -> str:
+        return self.postgres_url("airflow") if self.production else (
+            f"sqlite:///{self.home / 'airflow' / 'airflow.db'}")
+
+    @property
+    def rate_limit_url(self) -> str | None:
+        if self.rate_limit_store or not self.production:
+            return self.rate_limit_store
+        return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
@@ -465,7 +517,11 @@ class Settings(BaseSettings):
 
     @property
     def learning_url(self) -> str:
-        return self.learning_db_url or f"sqlite:///{self.home / 'learning.db'}"
+        if self.learning_db_url:
+            return self.learning_db_url
+        if self.production:
+            return self.postgres_url("sutazai_learning")
+        return f"sqlite:///{self.home / 'learning.db'}"
 
     @property
     def learning_inbox_dir(self) -> Path:
@@ -473,7 +529,11 @@ class Settings(BaseSettings):
 
     @property
     def nas_storage(self) -> str:
-        return self.nas_storage_url or f"sqlite:///{self.home / 'nas.db'}"
+        if self.nas_storage_url:
+            return self.nas_storage_url
+        if self.production:
+            return self.postgres_url("sutazai_nas")
+        return f"sqlite:///{self.home / 'nas.db'}"
 
     @property
     def mlflow_ui(self) -> str | None:

@@ -51,7 +51,7 @@ def down() -> None:
     """Stop every service of the stack (Airflow first, so no task is left half-done)."""
     settings = load_settings()
     for service in reversed(stack.services(settings)):
-        console.print(f"{service.name:<11} {stack.stop(settings, service.name)}")
+        console.print(f"{service.name:<11} {stack.stop(settings, service)}")
 
 
 @app.command("status")

@@ -17,6 +17,8 @@ import urllib3
 
 from sutazai.config import Settings
 from sutazai.errors import ConfigError
+from sutazai.production.databases import client_environment
+from sutazai.security.secret_base import POSTGRES_PASSWORD
 from sutazai.security.secrets import (
     AIRFLOW_ADMIN_PASSWORD,
     AIRFLOW_FERNET_KEY,
@@ -123,8 +125,9 @@ def airflow_secrets_environment(settings: Settings) -> dict[str, str]:
 
 def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> dict[str, str]:
     """Airflow's configuration for SutazAI: examples off, at most 4 parallel tasks,
-    LocalExecutor on SQLite under ``<home>/airflow``, the admin's password from SutazAI's
-    secrets (never a random one printed to a log), and SutazAI's settings for the tasks."""
+    LocalExecutor on SQLite under ``<home>/airflow`` (PostgreSQL in the production
+    profile), the admin's password from SutazAI's secrets (never a random one printed to a
+    log), and SutazAI's settings for the tasks."""
     from pipelines.runner import settings_environment
 
     home = airflow_home(settings)
@@ -140,7 +143,7 @@ def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> di
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_db_url,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -156,7 +159,11 @@ def airflow_environment(settings: Settings, mlflow_uri: str | None = None) -> di
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **airflow_secrets_environment(settings),
+        **client_environment(settings, settings.airflow_db_url),
     }
+    if settings.production:  # psycopg 3 for Airflow's async engine too (not asyncpg)
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = settings.airflow_db_url.replace(
+            "postgresql://", "postgresql+psycopg://", 1)
     if mlflow_uri:
         env["SUTAZAI_MLFLOW_TRACKING_URI"] = mlflow_uri
         env["SUTAZAI_MLFLOW_UI_URL"] = mlflow_uri
@@ -194,25 +201,44 @@ class Service:
     #: built when the service starts (Airflow's writes its password file), not for status
     environment: Callable[[], dict[str, str]]
     ready_timeout_s: float = 120.0
+    #: whether it answers, for a server that speaks no HTTP (default: GET health_path)
+    probe: Callable[[], bool] | None = None
+    #: before it starts: create a cluster, write a configuration
+    prepare: Callable[[], object] | None = None
+    #: once it answers: create roles and databases
+    after_start: Callable[[], object] | None = None
+    #: why it is not started now (None: start it)
+    skip_reason: Callable[[], str | None] | None = None
+    #: further Popen arguments (PostgreSQL refuses to run as root)
+    popen_options: dict[str, object] | None = None
+    stop_signal: int = signal.SIGTERM
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+#: The databases of the production profile, all owned by settings.postgres_user.
+DATABASES = ("mlflow", "airflow", "sutazai_learning", "sutazai_nas")
+#: `sutazai serve` replicas behind nginx in the production profile.
+REPLICAS = 2
 
 
 def services(settings: Settings) -> list[Service]:
+    """The stack in start order: the shared databases first in the production profile,
+    then MLflow, Prometheus, the Pushgateway and Airflow, then the serving replicas."""
     mlflow_url = f"http://127.0.0.1:{settings.mlflow_port}"
     base_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     base_env.pop("MLFLOW_TRACKING_URI", None)
     prometheus_config = stack_dir(settings) / "prometheus.yml"
-    return [
+    core = [
         Service("mlflow", settings.mlflow_port, "/health", [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", settings.tracking_uri if not settings.tracking_uri.startswith(
-                "http") else f"sqlite:///{settings.home / 'mlflow.db'}",
+            str(BIN / "mlflow"), "server", "--backend-store-uri", settings.mlflow_store_url,
             "--default-artifact-root", str(settings.mlflow_artifacts_dir),
             "--host", "127.0.0.1", "--port", str(settings.mlflow_port), "--workers", "1"],
-            lambda: {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+            lambda: {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                     **client_environment(settings, settings.mlflow_store_url)}),
         Service("prometheus", settings.prometheus_port, "/-/ready", [
             "/usr/bin/prometheus", f"--config.file={prometheus_config}",
             f"--storage.tsdb.path={stack_dir(settings) / 'prometheus-data'}",
@@ -226,6 +252,82 @@ def services(settings: Settings) -> list[Service]:
                 [str(BIN / "airflow"), "standalone"],
                 lambda: {**os.environ, **airflow_environment(settings, mlflow_url)}, 240.0),
     ]
+    if not settings.production:
+        return core
+    return [*database_services(settings), *core, *serving_services(settings)]
+
+
+def database_services(settings: Settings) -> list[Service]:
+    """PostgreSQL (a cluster of the stack's own) and Redis, for the production profile."""
+    from sutazai.production.postgres import LocalPostgres
+    from sutazai.production.redis_server import answers, redis_binary, write_config
+    from sutazai.security.rate_limit import PASSWORD_SECRET
+
+    cluster = LocalPostgres(settings.postgres_data_dir, settings.postgres_port,
+                            log_file(settings, "postgres"))
+    redis_dir = stack_dir(settings) / "redis"
+
+    def create_roles() -> None:
+        password = read_secret(settings, POSTGRES_PASSWORD, generate=True).get_secret_value()
+        cluster.ensure_role(settings.postgres_user, password, list(DATABASES))
+
+    def redis_password() -> str:
+        return read_secret(settings, PASSWORD_SECRET, generate=True).get_secret_value()
+
+    plain_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    return [
+        Service("postgres", settings.postgres_port, "", cluster.command(), lambda: plain_env,
+                60.0, probe=cluster.ready, prepare=cluster.init, after_start=create_roles,
+                popen_options=cluster.popen_options(), stop_signal=signal.SIGINT,
+                scheme="postgresql"),
+        Service("redis", settings.redis_port, "", [redis_binary(), str(redis_dir / "redis.conf")],
+                lambda: plain_env, 30.0,
+                probe=lambda: answers(settings.redis_port, redis_password()),
+                prepare=lambda: write_config(redis_dir, settings.redis_port, redis_password()),
+                scheme="redis"),
+    ]
+
+
+def serving_services(settings: Settings) -> list[Service]:
+    """Two ``sutazai serve --champions`` replicas on the ports after serve_port, and nginx on
+    serve_port balancing them round-robin, skipping a replica that refuses connections."""
+    from pipelines.runner import settings_environment
+    from sutazai.serving.balancer import nginx_command, write_config
+
+    def environment() -> dict[str, str]:
+        return {**os.environ, **settings_environment(settings)}
+
+    replicas = [Service(f"serve-{n}", settings.serve_port + n, "/health",
+                        [str(BIN / "sutazai"), "serve", "--champions", "--port",
+                         str(settings.serve_port + n)], environment, 300.0,
+                        skip_reason=lambda: no_champion(settings))
+                for n in range(1, REPLICAS + 1)]
+    workdir = stack_dir(settings) / "balancer"
+    balancer = Service(
+        "balancer", settings.serve_port, "/nginx-health", nginx_command(workdir),
+        lambda: dict(os.environ), 30.0, skip_reason=lambda: no_champion(settings),
+        prepare=lambda: write_config([r.url for r in replicas], workdir, settings.serve_port,
+                                     max_fails=1),
+        stop_signal=signal.SIGQUIT)  # nginx's graceful stop: requests in flight finish
+    return [*replicas, balancer]
+
+
+def no_champion(settings: Settings) -> str | None:
+    from sutazai.errors import NotFoundError
+    from sutazai.serving.service import champion_targets
+
+    try:
+        champion_targets(settings)
+    except NotFoundError:
+        return "no task has a champion yet: run the nightly cycle, then make up again"
+    return None
+
+
+def serving_ports(settings: Settings) -> list[int]:
+    """Where Prometheus scrapes the gateways: each replica in the production profile."""
+    if settings.production:
+        return [settings.serve_port + n for n in range(1, REPLICAS + 1)]
+    return [settings.serve_port]
 
 
 def write_prometheus_config(settings: Settings) -> None:
@@ -245,7 +347,8 @@ def write_prometheus_config(settings: Settings) -> None:
             {"job_name": "sutazai-serving",
              "authorization": {"type": "Bearer",
                                "credentials_file": str(metrics_key_file(settings))},
-             "static_configs": [{"targets": [f"127.0.0.1:{settings.serve_port}"]}]},
+             "static_configs": [{"targets": [f"127.0.0.1:{port}"
+                                             for port in serving_ports(settings)]}]},
             {"job_name": "sutazai-pushgateway", "honor_labels": True,
              "static_configs": [{"targets": [f"127.0.0.1:{settings.pushgateway_port}"]}]},
             {"job_name": "prometheus",
@@ -287,6 +390,8 @@ def running_pid(settings: Settings, name: str) -> int | None:
 
 
 def healthy(service: Service) -> bool:
+    if service.probe is not None:
+        return service.probe()
     pool = urllib3.PoolManager(timeout=2.0, retries=False)
     with contextlib.suppress(urllib3.exceptions.HTTPError):
         return pool.request("GET", service.url + service.health_path).status == 200
@@ -297,25 +402,51 @@ def start(settings: Settings, service: Service) -> str:
     """Start ``service`` unless it runs; wait until it answers its health check."""
     if running_pid(settings, service.name) is not None:
         return "already running"
+    reason = service.skip_reason() if service.skip_reason else None
+    if reason:
+        return f"not started: {reason}"
     require_free_port("127.0.0.1", service.port)
+    if service.prepare is not None:
+        service.prepare()
     process = ManagedProcess(service.name, service.command, log_file(settings, service.name),
                              url=service.url, health_path=service.health_path,
-                             env=service.environment(), cwd=stack_dir(settings))
+                             env=service.environment(), cwd=stack_dir(settings),
+                             popen_options=service.popen_options)
     process.start()
     assert process.process is not None
     pid_file(settings, service.name).write_text(str(process.process.pid))
-    seconds = process.wait_ready(service.ready_timeout_s)
+    if service.probe is None:
+        seconds = process.wait_ready(service.ready_timeout_s)
+    else:
+        seconds = _wait_for(process, service.probe, service.ready_timeout_s)
+    if service.after_start is not None:
+        service.after_start()
     return f"started in {seconds:.1f}s"
 
 
-def stop(settings: Settings, name: str, grace_s: float = 20.0) -> str:
-    """SIGTERM the service's process group, SIGKILL it after ``grace_s``."""
-    pid = running_pid(settings, name)
-    pid_file(settings, name).unlink(missing_ok=True)
+def _wait_for(process: ManagedProcess, probe: Callable[[], bool], timeout_s: float) -> float:
+    assert process.process is not None
+    deadline = process.started_at + timeout_s
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise ConfigError(f"{process.name} exited with code {process.process.returncode} "
+                              f"while starting; see {process.log_path}")
+        if probe():
+            return time.monotonic() - process.started_at
+        time.sleep(0.1)
+    process.stop()
+    raise ConfigError(f"{process.name} did not answer within {timeout_s:.0f}s; see "
+                      f"{process.log_path}")
+
+
+def stop(settings: Settings, service: Service, grace_s: float = 20.0) -> str:
+    """Send the service's stop signal to its process group, SIGKILL it after ``grace_s``."""
+    pid = running_pid(settings, service.name)
+    pid_file(settings, service.name).unlink(missing_ok=True)
     if pid is None:
         return "not running"
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, service.stop_signal)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,9 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from sutazai.config import Settings
+from sutazai.config import Settings, load_settings
+from sutazai.production.postgres import LocalPostgres
 from sutazai.repository import Repository
-from tests.servers import MlflowServer, Nginx, OciRegistry
+from sutazai.security.rate_limit import PASSWORD_SECRET as REDIS_PASSWORD
+from sutazai.security.secret_base import POSTGRES_PASSWORD, env_var
+from sutazai.serving.process import free_port
+from tests.servers import MlflowServer, Nginx, OciRegistry, RedisServer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
@@ -82,6 +89,50 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.start(timeout_s=120)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL cluster for the session (initdb + start: under a second), with
+    SutazAI's role; each test that uses it gets fresh databases (:func:`production`). Its
+    folder is outside pytest's 0700 temp root, which the postgres user could not reach."""
+    folder = Path(tempfile.mkdtemp(prefix="sutazai-pg-"))
+    folder.chmod(0o755)
+    cluster = LocalPostgres(folder / "data", free_port()).start()
+    cluster.password = secrets.token_urlsafe(16)  # type: ignore[attr-defined]
+    cluster.ensure_role("sutazai", cluster.password, [])  # type: ignore[attr-defined]
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), secrets.token_urlsafe(16)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def production(postgres_cluster: LocalPostgres, redis_server: RedisServer,
+               monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the production profile: the session's PostgreSQL with empty databases
+    (dropped and made again for each test) and its Redis (flushed), their passwords given
+    as the secrets a deployment would hold. MLflow stays whatever the test starts."""
+    from sutazai_stack.services import DATABASES
+
+    connection = postgres_cluster.admin()
+    for database in DATABASES:
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{database}" OWNER sutazai')
+    connection.close()
+    redis_server.client().flushall()  # type: ignore[attr-defined]
+    monkeypatch.setenv("SUTAZAI_PROFILE", "production")
+    monkeypatch.setenv("SUTAZAI_POSTGRES_PORT", str(postgres_cluster.port))
+    monkeypatch.setenv("SUTAZAI_REDIS_PORT", str(redis_server.port))
+    monkeypatch.setenv(env_var(POSTGRES_PASSWORD), postgres_cluster.password)  # type: ignore
+    monkeypatch.setenv(env_var(REDIS_PASSWORD), redis_server.password)
+    return load_settings()
 
 
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

@@ -231,3 +231,37 @@ class Prometheus(ServerProcess):
                                  fields={"query": expression}).json()
         assert answer["status"] == "success", answer
         return list(answer["data"]["result"])
+
+
+class RedisServer:
+    """Debian's redis-server with a password in its 0600 configuration file, as the
+    production profile runs it (the rate limits' shared buckets)."""
+
+    def __init__(self, workdir: Path, password: str) -> None:
+        from sutazai.production.redis_server import redis_binary, write_config
+
+        self.port = free_port()
+        self.password = password
+        self.process = ManagedProcess("redis", [redis_binary(), str(
+            write_config(workdir, self.port, password))], workdir / "redis.log",
+            url=f"redis://127.0.0.1:{self.port}", die_with_owner=True)
+
+    def start(self) -> RedisServer:
+        import time
+
+        from sutazai.production.redis_server import answers
+
+        self.process.start()
+        deadline = time.monotonic() + 30
+        while not answers(self.port, self.password):
+            assert self.process.alive() and time.monotonic() < deadline, self.process.log()
+            time.sleep(0.05)
+        return self
+
+    def client(self) -> object:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -279,9 +279,12 @@ class FeedbackStore:
     worker thread while another thread imports or snapshots.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_args: dict[str, str] | None = None) -> None:
+        """``connect_args``: e.g. the PostgreSQL password, which no URL should carry
+        (:func:`sutazai.production.databases.connect_args`)."""
         self.url = url
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = create_engine(url, connect_args=connect_args or {},
+                                            pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         with first_use_of(url, "the learning store"):  # two creators at once race
@@ -289,7 +292,9 @@ class FeedbackStore:
 
     @classmethod
     def open(cls, settings: Settings) -> FeedbackStore:
-        return cls(settings.learning_url)
+        from sutazai.production.databases import connect_args
+
+        return cls(settings.learning_url, connect_args(settings, settings.learning_url))
 
     def close(self) -> None:
         self.engine.dispose()

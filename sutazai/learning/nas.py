@@ -64,6 +64,7 @@ from sutazai.learning.search_space import (
     load_space,
     resolve_heads,
 )
+from sutazai.production.databases import connect_args
 from sutazai.progress import NULL_PROGRESS, Progress
 from sutazai.repository import provenance
 
@@ -125,7 +126,7 @@ def _storage(settings: Settings, heartbeat_s: int) -> optuna.storages.RDBStorage
     import optuna
 
     url = settings.nas_storage
-    engine: dict[str, Any] = {}
+    engine: dict[str, Any] = {"connect_args": connect_args(settings, url)}
     if sqlite_file(url) is not None:  # its folder is made by first_use_of below
         # several worker processes write: wait for the lock instead of failing at once
         engine = {"connect_args": {"timeout": 60}}

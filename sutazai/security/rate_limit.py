@@ -129,10 +129,10 @@ class SharedRateLimiter:
 
 def shared_limiter(settings: Settings, fallback: RateLimiter) -> SharedRateLimiter | None:
     """The shared limiter ``settings`` ask for, or None for per-process buckets."""
-    if not settings.rate_limit_store:
+    if not settings.rate_limit_url:
         return None
     from sutazai.security.secrets import optional_secret
 
     password = optional_secret(settings, PASSWORD_SECRET)
-    return SharedRateLimiter(settings.rate_limit_store,
+    return SharedRateLimiter(settings.rate_limit_url,
                              password.get_secret_value() if password else None, fallback)

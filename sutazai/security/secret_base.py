@@ -33,6 +33,7 @@ GRAPH_PASSWORD = "graph/password"  # pragma: allowlist secret - a name, not a va
 AIRFLOW_ADMIN_PASSWORD = "airflow/admin-password"  # pragma: allowlist secret - a name
 AIRFLOW_JWT_SECRET = "airflow/jwt-secret"  # pragma: allowlist secret - a name, not a value
 AIRFLOW_FERNET_KEY = "airflow/fernet-key"  # pragma: allowlist secret - a name, not a value
+POSTGRES_PASSWORD = "postgres/password"  # pragma: allowlist secret - a name, not a value
 KUBEFLOW_TOKEN = "kubeflow/token"  # pragma: allowlist secret - a name, not a value
 SERVING_API_KEYS = "serving/api-keys"  # pragma: allowlist secret - a name, not a value
 REPOSITORY_KEY = "repository/key"  # pragma: allowlist secret - a name, not a value

@@ -51,24 +51,46 @@ http {{
 """
 
 
-@contextlib.contextmanager
-def round_robin(upstreams: Sequence[str], workdir: Path) -> Iterator[str]:
-    """nginx balancing ``upstreams`` (base URLs) round-robin; yields its base URL."""
+def nginx_binary() -> str:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise EngineError("nginx is not installed: run make system-deps "
                           "(scripts/install-system-deps.sh)")
+    return nginx
+
+
+def write_config(upstreams: Sequence[str], workdir: Path, port: int, *,
+                 max_fails: int = 0, fail_timeout_s: int = 10) -> Path:
+    """nginx's configuration in ``workdir`` (run it with :func:`nginx_command`).
+
+    ``max_fails=0`` keeps every replica in rotation (a benchmark's replicas never die);
+    with ``max_fails=1`` a replica that refuses a connection is skipped for
+    ``fail_timeout_s``. Either way a request whose connection is refused goes to the next
+    replica, so the caller sees no error from a replica that is down."""
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    servers = "\n".join(f"        server {urlparse(u).netloc} max_fails=0;" for u in upstreams)
+    servers = "\n".join(
+        f"        server {urlparse(u).netloc} max_fails={max_fails} "
+        f"fail_timeout={fail_timeout_s}s;" for u in upstreams)
     conf = workdir / "nginx.conf"
     conf.write_text(CONF.format(prefix=workdir, port=port, servers=servers,
                                 user="user root;" if os.geteuid() == 0 else ""))
+    return conf
+
+
+def nginx_command(workdir: Path) -> list[str]:
+    return [nginx_binary(), "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-e",
+            str(workdir / "error.log")]
+
+
+@contextlib.contextmanager
+def round_robin(upstreams: Sequence[str], workdir: Path, *, max_fails: int = 0
+                ) -> Iterator[str]:
+    """nginx balancing ``upstreams`` (base URLs) round-robin; yields its base URL."""
+    port = free_port()
+    write_config(upstreams, workdir, port, max_fails=max_fails)
     url = f"http://127.0.0.1:{port}"
-    process = ManagedProcess("nginx", [nginx, "-p", f"{workdir}/", "-c", str(conf),
-                                       "-e", str(workdir / "error.log")],
-                             workdir / "nginx.log", url=url, health_path="/nginx-health",
-                             die_with_owner=True).start()
+    process = ManagedProcess("nginx", nginx_command(workdir), workdir / "nginx.log", url=url,
+                             health_path="/nginx-health", die_with_owner=True).start()
     try:
         process.wait_ready(30)
         yield url

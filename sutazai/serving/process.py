@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import urllib3
@@ -91,6 +92,7 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         die_with_owner: bool = False,
+        popen_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``die_with_owner``: the kernel stops the process (SIGTERM) when this one dies,
         even by SIGKILL, so it cannot live on as an orphan."""
@@ -102,6 +104,8 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else dict(os.environ)
         self.cwd = cwd
         self.die_with_owner = die_with_owner
+        #: further subprocess.Popen arguments (user/group: a server that refuses root)
+        self.popen_options = dict(popen_options or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.owner_pid = os.getpid()
         self.started_at = 0.0
@@ -118,6 +122,7 @@ class ManagedProcess:
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=True,
                 preexec_fn=_die_with(os.getpid()) if self.die_with_owner else None,
+                **self.popen_options,
             )
         self.started_at = time.monotonic()
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True,
