@@ -318,8 +318,8 @@ def no_champion(settings: Settings) -> str | None:
 
     try:
         champion_targets(settings)
-    except NotFoundError:
-        return "no task has a champion yet: run the nightly cycle, then make up again"
+    except NotFoundError as exc:
+        return str(exc).split(":", 1)[0] + "; run the nightly cycle, then make up again"
     return None
 
 

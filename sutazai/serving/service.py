@@ -15,6 +15,7 @@ and the model ``knowledge``: :class:`~sutazai.serving.gateway.KnowledgeApi`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from sutazai.repository.manifest import Manifest, parse_ref
 from sutazai.security.access import AccessGuard
 from sutazai.security.audit import audit
 from sutazai.security.tls import ServerTLS
-from sutazai.serving.engines import RunningEngine, start_engine
+from sutazai.serving.engines import ENGINES, RunningEngine, start_engine
 from sutazai.serving.gateway import GatewayThread, create_app, routed_app
 from sutazai.serving.multi import ChampionSlot, ModelRouter, RouterRouting
 from sutazai.serving.process import free_port, require_free_port
 from sutazai.serving.supervision import EngineRestart, FeedbackSink, RestartOutcome
+
+log = logging.getLogger(__name__)
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -83,13 +86,20 @@ def champion_targets(settings: Settings) -> list[Target]:
     """The champion of every task that has one, as every view reads the aliases
     (:func:`~sutazai.registry.task_aliases.current_aliases`)."""
     repo = open_repository(settings)
+    champions = current_aliases(settings).choices(CHAMPION)
+    # a champion measured in-process (a spaCy NER pipeline) has no API engine to serve it
+    servable = {task: choice for task, choice in champions.items() if choice.engine in ENGINES}
+    for task in sorted(set(champions) - set(servable)):
+        log.info("not serving the %s champion %s: its engine %s runs in-process, not behind "
+                 "the API", task, champions[task].ref, champions[task].engine)
     targets = [Target(repo.get(choice.model, choice.repository_version), choice.engine,
-                      choice.concurrency, task)
-               for task, choice in current_aliases(settings).choices(CHAMPION).items()]
+                      choice.concurrency, task) for task, choice in servable.items()]
     if not targets:
-        raise NotFoundError("no task has a champion yet: run 'make run' (or 'sutazai bench "
-                            "run' then 'sutazai bench select') first, or name the models: "
-                            "sutazai serve NAME [NAME...]")
+        raise NotFoundError(
+            ("no task has a champion yet" if not champions else
+             f"no champion an API engine serves ({', '.join(sorted(champions))} only)")
+            + ": run 'make run' (or 'sutazai bench run' then 'sutazai bench select') first, "
+            "or name the models: sutazai serve NAME [NAME...]")
     return targets
 
 
