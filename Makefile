@@ -36,6 +36,7 @@ help:
 	@echo "make run        set up and run the nightly cycle through Airflow and KFP, print its summary"
 	@echo "make test       set up and run the whole test suite"
 	@echo "make up         start Airflow (UI :8080), MLflow (:5000) and Prometheus (:9090) on 127.0.0.1"
+	@echo "                SUTAZAI_PROFILE=production make up: on PostgreSQL and Redis, two replicas"
 	@echo "make down       stop them;  make status  show what runs where"
 	@echo "make vllm       set up vLLM's server venv (.venv-vllm; make run/test do it too)"
 	@echo "make check      lint + type-check"
