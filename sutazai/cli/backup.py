@@ -107,3 +107,36 @@ def prune_command(keep: int = typer.Option(..., "--keep", min=1,
     removed, freed = prune(load_settings(), keep)
     console.print(f"removed {len(removed)} backup(s), freed {freed / 2**20:.1f} MiB",
                   highlight=False)
+
+
+@app.command("drill")
+def drill_command(
+    backup_id: str | None = typer.Option(
+        None, "--backup", help="Drill this backup instead of making a new one."),
+    ask: bool = typer.Option(True, "--ask/--no-ask",
+                             help="Serve the restored champion and ask it one question "
+                                  "(--no-ask where no engine may start, e.g. a full GPU)."),
+    as_json: bool = JSON,
+) -> None:
+    """Back up, verify, restore into a scratch home, use it, compare counts with the
+    source; exit 1 when any check failed. Pushes its result to the Pushgateway."""
+    from sutazai.backup.drill import as_json as drill_json
+    from sutazai.backup.drill import run_drill
+
+    report = run_drill(load_settings(), backup_id=backup_id, ask=ask)
+    if as_json:
+        emit_json(drill_json(report))
+    else:
+        for check in report.checks:
+            counts = (f" {check.source} -> {check.restored}"
+                      if check.source is not None or check.restored is not None else "")
+            mark = {"ok": "[green]ok[/]", "failed": "[bold red]FAILED[/]"}.get(
+                check.status, "[yellow]skipped[/]")
+            console.print(f"{mark} {check.name}{counts} ({check.seconds:.1f} s)"
+                          + (f": {escape(check.detail)}" if check.detail else ""),
+                          highlight=False)
+        console.print(f"drill of backup {report.backup_id or '(none)'}: "
+                      f"{'passed' if report.ok else 'FAILED'} in {report.seconds:.1f} s",
+                      highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
