@@ -107,9 +107,11 @@ def nightly() -> None:
 
 def seed_demo_data(settings: Settings) -> None:
     """Give a first run on embedded defaults something to learn from: the seed set goes to
-    the inbox when there is no store yet. A production store (a database URL) never is."""
+    the inbox when there is no store yet. A production store (a database URL, or the
+    production profile's PostgreSQL) never gets demo data."""
     inbox = settings.learning_inbox_dir
-    if settings.learning_db_url or (settings.home / "learning.db").exists() or (
+    if settings.learning_db_url or settings.production or (
+            settings.home / "learning.db").exists() or (
             inbox.is_dir() and any(inbox.iterdir())):
         return
     inbox.mkdir(parents=True, exist_ok=True)
