@@ -98,12 +98,20 @@ def postgres_cluster() -> Iterator[LocalPostgres]:
     folder is outside pytest's 0700 temp root, which the postgres user could not reach."""
     folder = Path(tempfile.mkdtemp(prefix="sutazai-pg-"))
     folder.chmod(0o755)
-    cluster = LocalPostgres(folder / "data", free_port()).start()
+    cluster = LocalPostgres(folder / "data", free_port(), durable=False).start()
     cluster.password = secrets.token_urlsafe(16)  # type: ignore[attr-defined]
     cluster.ensure_role("sutazai", cluster.password, [])  # type: ignore[attr-defined]
     yield cluster
     cluster.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _empty(cluster: LocalPostgres, database: str) -> bool:
+    with cluster.admin(database) as connection:
+        found = connection.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON "
+                                   "n.oid = c.relnamespace WHERE n.nspname = 'public'"
+                                   ).fetchone()
+    return found is not None and found[0] == 0
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +130,12 @@ def production(postgres_cluster: LocalPostgres, redis_server: RedisServer,
     from sutazai_stack.services import DATABASES
 
     connection = postgres_cluster.admin()
+    existing = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
     for database in DATABASES:
+        if database in existing and _empty(postgres_cluster, database):
+            continue  # untouched by the last test: ~100 ms saved per database
         connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{database}" OWNER sutazai')
+        connection.execute(f'CREATE DATABASE "{database}" OWNER sutazai STRATEGY FILE_COPY')
     connection.close()
     redis_server.client().flushall()  # type: ignore[attr-defined]
     monkeypatch.setenv("SUTAZAI_PROFILE", "production")

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from sutazai.cli import audit, backup, bench, data, keys, kg, learn, models, nas, registry
+from sutazai.cli.migrate import migrate_command
 from sutazai.cli.optimize import optimize_command
 from sutazai.cli.output import console, emit_json, errors
 from sutazai.cli.permissions import GuardedGroup
@@ -37,6 +38,7 @@ for group, name in ((models, "models"), (registry, "registry"), (bench, "bench")
     app.add_typer(group.app, name=name, cls=GuardedGroup)
 app.command("optimize")(optimize_command)
 app.command("serve")(serve_command)
+app.command("migrate")(migrate_command)
 
 
 @app.command("run")
@@ -206,6 +208,14 @@ def main() -> None:
     except SutazAIError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(exc.exit_code) from None
+    except Exception as exc:
+        from sutazai.production.databases import outage_message
+
+        message = outage_message(exc)
+        if message is None:
+            raise
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

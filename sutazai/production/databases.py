@@ -54,3 +54,16 @@ def redacted(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<invalid URL>"
+
+
+def outage_message(exc: BaseException) -> str | None:
+    """One line for a database that did not answer or refused the login, which would
+    otherwise surface as a driver traceback; None for any other error."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    return (f"a database did not answer: {reason}. Start it (SUTAZAI_PROFILE=production make "
+            "up starts the local PostgreSQL) or check the *_url settings and the secret "
+            "postgres/password")

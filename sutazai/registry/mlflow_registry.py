@@ -69,6 +69,28 @@ def describe(manifest: Manifest) -> str:
     )
 
 
+_ANSWERED: set[str] = set()
+
+
+def _require_listening(tracking_uri: str) -> None:
+    """Fail at once when an MLflow server's port refuses connections: MLflow's client
+    would retry for two minutes, printing a warning per attempt, before failing."""
+    import socket
+
+    parts = urlparse(tracking_uri)
+    if parts.scheme not in ("http", "https") or tracking_uri in _ANSWERED:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=5).close()
+    except OSError as exc:
+        raise RegistryError(
+            f"MLflow at {tracking_uri} does not answer ({exc.strerror or exc}): start it "
+            "(make up; SUTAZAI_PROFILE=production make up for the production profile) or "
+            "set SUTAZAI_MLFLOW_TRACKING_URI") from None
+    _ANSWERED.add(tracking_uri)
+
+
 class ModelRegistry:
     """A thin, idempotent layer over ``MlflowClient`` for repository versions."""
 
@@ -83,6 +105,7 @@ class ModelRegistry:
         # an http(s) server's login, from the given settings' secret provider
         export_mlflow_credentials(tracking_uri, settings)
         embedded_mlflow.prepare(tracking_uri)
+        _require_listening(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifacts_dir = artifacts_dir

@@ -4,10 +4,14 @@ Redis on 127.0.0.1, with passwords only in the secret provider."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 from sutazai.config import Settings
 from sutazai.learning.datastore import FeedbackStore
 from sutazai.security.rate_limit import RateLimiter, shared_limiter
+from sutazai.serving.process import free_port
 
 
 def test_production_settings_point_every_store_at_the_servers(production: Settings) -> None:
@@ -41,3 +45,19 @@ def test_shared_rate_limit_lives_in_redis(production: Settings) -> None:
     waits = asyncio.run(three())
     assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the third within a second waits
     assert limiter.fallback.buckets == {}  # decided by Redis, not the per-process fallback
+
+
+def sutazai(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sutazai.cli.main", *args], text=True,
+                          capture_output=True, timeout=120, env={**os.environ, **env})
+
+
+def test_a_refused_login_or_a_dead_mlflow_is_one_clear_line(production: Settings) -> None:
+    wrong = sutazai("data", "stats", SUTAZAI_SECRET_POSTGRES_PASSWORD="not-the-password")
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert "a database did not answer" in wrong.stderr
+    assert "password authentication failed" in wrong.stderr
+    assert "not-the-password" not in wrong.stderr + wrong.stdout
+    dead = sutazai("models", "list", SUTAZAI_MLFLOW_PORT=str(free_port()))
+    assert dead.returncode != 0 and "Traceback" not in dead.stderr
+    assert "does not answer (Connection refused)" in " ".join(dead.stderr.split())
