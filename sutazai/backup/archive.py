@@ -6,7 +6,15 @@
 <backup root>/backups/<id>/manifest.sig       HMAC-SHA256 of manifest.json (key: a secret)
 <backup root>/hashes.json                     (path, size, mtime, inode) -> digest: a file
                                               that did not change is neither read nor copied
+<backup root>/tmp/                            staging and objects being written
+<backup root>/lock                            held (flock) by the one create or prune at work
 ```
+
+A backup appears whole or not at all: its manifest and signature are written into a hidden
+folder that is renamed into ``backups/`` last, so a create killed midway (SIGKILL, a full
+disk) leaves no half backup for ``list`` to show, only unreferenced objects and scratch
+files, which the next ``prune`` collects. The lock keeps a prune from collecting the objects
+of a create that has not written its manifest yet.
 
 Because objects are named by their sha256, a backup of an unchanged home writes only its
 manifest; pruning a backup removes the objects no other manifest names. ``verify`` re-reads
@@ -17,6 +25,8 @@ every object a manifest names, so a flipped byte, a missing object or an edited 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -29,11 +39,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from sutazai.errors import IntegrityError, NotFoundError
+from sutazai.errors import IntegrityError, InUseError, NotFoundError
 
 CHUNK = 1 << 20
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+PARTIAL = ".partial-"  # a manifest folder being written
 
 
 class BackupFile(BaseModel):
@@ -47,6 +58,8 @@ class BackupManifest(BaseModel):
     id: str
     created: datetime
     home: str
+    profile: str = "embedded"  # the settings profile it was taken with (restores need it)
+    databases: dict[str, str] = Field(default_factory=dict)  # dump name -> URL (no password)
     files: list[BackupFile] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)  # what the drill compares
     notes: list[str] = Field(default_factory=list)  # parts left out, and why
@@ -67,6 +80,7 @@ class BackupArchive:
         self._hashes_path = root / "hashes.json"
         self._hashes: dict[str, list[object]] | None = None
         self.written = 0  # bytes this process added to the pool
+        self.added: list[Path] = []  # the objects this process added (undone on failure)
 
     # ------------------------------------------------------------------ objects
     def object_path(self, digest: str) -> Path:
@@ -112,9 +126,18 @@ class BackupArchive:
             os.replace(tmp, target)
             target.chmod(0o400)
             self.written += size
+            self.added.append(target)
             return digest.hexdigest(), size
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def discard_added(self) -> None:
+        """Remove the objects this process added: a create that failed names them in no
+        manifest (call it holding :meth:`lock`, so no other create has named them)."""
+        for path in self.added:
+            path.unlink(missing_ok=True)
+        self.added.clear()
+        self.written = 0
 
     def read_object(self, entry: BackupFile) -> Iterator[bytes]:
         path = self.object_path(entry.sha256)
@@ -142,17 +165,25 @@ class BackupArchive:
         """Write the manifest and its signature, the signature last (a manifest without
         one is an interrupted backup, which ``verify`` reports)."""
         folder = self.backups / manifest.id
-        folder.mkdir(parents=True, exist_ok=False)
+        if folder.exists():
+            raise InUseError(f"backup {manifest.id} already exists in {self.backups}")
+        partial = self.backups / f"{PARTIAL}{manifest.id}"
         body = manifest.model_dump_json(indent=1).encode()
-        _write_atomic(folder / MANIFEST, body)
-        _write_atomic(folder / SIGNATURE, sign(body, key).encode())
-        self.save_hashes()
+        try:
+            self.save_hashes()  # a cache: right even if the manifest never lands
+            _write_atomic(partial / MANIFEST, body)
+            _write_atomic(partial / SIGNATURE, sign(body, key).encode())
+            os.rename(partial, folder)  # the backup appears whole, or not at all
+            _fsync_dir(self.backups)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return folder
 
     def ids(self) -> list[str]:
         if not self.backups.is_dir():
             return []
-        return sorted(p.name for p in self.backups.iterdir() if (p / MANIFEST).is_file())
+        return sorted(p.name for p in self.backups.iterdir()
+                      if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def load(self, backup_id: str, key: bytes | None) -> BackupManifest:
         """The manifest of ``backup_id`` (a prefix will do); its signature is checked when
@@ -177,14 +208,46 @@ class BackupArchive:
         shutil.rmtree(self.backups / backup_id)
 
     def collect_garbage(self) -> int:
-        """Delete objects no remaining manifest names; bytes freed."""
+        """Delete objects no remaining manifest names, and what interrupted creates left
+        (scratch files, unfinished manifest folders); bytes freed. Call it holding
+        :meth:`lock`: a running create's objects are named by no manifest yet."""
         wanted = {f.sha256 for i in self.ids() for f in self.load(i, None).files}
         freed = 0
         for path in self.objects.glob("*/*") if self.objects.is_dir() else []:
             if path.name not in wanted:
                 freed += path.stat().st_size
                 path.unlink()
+        leftovers = list(self.backups.glob(f"{PARTIAL}*")) if self.backups.is_dir() else []
+        if (self.root / "tmp").is_dir():
+            leftovers += list((self.root / "tmp").iterdir())
+        for path in leftovers:
+            files = [path] if not path.is_dir() else [p for p in path.rglob("*")
+                                                       if p.is_file()]
+            freed += sum(p.lstat().st_size for p in files)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return freed
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held by the one create or prune writing to this root; the kernel drops it when
+        its process dies, even by SIGKILL, so a killed create never blocks the next."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise InUseError(f"another 'sutazai backup create' or 'prune' is writing to "
+                                 f"{self.root}; wait for it to finish, then run this "
+                                 "again") from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # ------------------------------------------------------------------ caches
     @property
@@ -212,6 +275,14 @@ def sign(body: bytes, key: bytes) -> str:
 
 def new_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -52,11 +52,11 @@ def list_command(as_json: bool = JSON) -> None:
         emit_json([to_json(m) for m in found])
         return
     table = Table(title="SutazAI backups")
-    for column in ("id", "files", "MiB", "secrets", "counts"):
+    for column in ("id", "profile", "files", "MiB", "secrets", "counts"):
         table.add_column(column)
     for m in found:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m.counts.items()))
-        table.add_row(m.id, str(len(m.files)), f"{m.size / 2**20:.1f}",
+        table.add_row(m.id, m.profile, str(len(m.files)), f"{m.size / 2**20:.1f}",
                       "sealed" if m.secrets else "-", counts)
     console.print(table)
 
@@ -86,16 +86,22 @@ def verify_command(backup_id: str = typer.Argument(..., help="A backup id (or it
 def restore_command(
     backup_id: str = typer.Argument(..., help="A backup id (or its start)."),
     to: Path = typer.Option(..., "--to", help="The home to restore into (empty)."),
-    force: bool = typer.Option(False, "--force", help="Write over a folder that is not empty."),
+    force: bool = typer.Option(False, "--force", help="Write over a folder, or PostgreSQL "
+                               "databases, that are not empty."),
 ) -> None:
-    """Restore a backup into a new home; each file is checked as it is written."""
+    """Restore a backup into a new home; each file is checked as it is written. A
+    production backup's PostgreSQL dumps go onto the databases the settings name."""
     from sutazai.backup.service import restore
     from sutazai.cli.progress import RichProgress
 
     with RichProgress(errors) as progress:
-        manifest = restore(load_settings(), backup_id, to, force=force, progress=progress)
+        manifest = restore(load_settings(), backup_id, to, force=force, progress=progress,
+                           replace_databases=force)
     console.print(f"restored {manifest.id} into {to}: {len(manifest.files)} file(s); use it "
                   f"with SUTAZAI_HOME={to}", highlight=False)
+    if manifest.databases:
+        console.print(f"  PostgreSQL databases restored: {', '.join(sorted(manifest.databases))}",
+                      highlight=False)
 
 
 @app.command("prune")
