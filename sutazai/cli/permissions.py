@@ -47,6 +47,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "keys list": "admin",
     "keys revoke": "admin",
     "audit accept": "admin",  # re-anchors the audit log after an investigation
+    "migrate": "admin",  # copies the home's stores into the production databases
 }
 READ_ONLY = frozenset({
     "report", "models list", "models show", "models verify", "models export", "bench leaderboard",
