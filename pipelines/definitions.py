@@ -6,6 +6,8 @@
 - ``nightly``: the stages declared in ``sutazai.workflows.cycle.NIGHTLY``, in order, one
   group of tasks each (the mirror and benchmark groups as above; the architecture search is
   shared by two worker steps).
+- ``backup_drill``: back up the home, verify, restore into a scratch home, serve its
+  champion, query its graph, compare counts with the source (``sutazai.backup.drill``).
 - ``knowledge_ingest``: extract entities and relations from documents -> upsert them into
   the graph -> embed the new chunks with the embeddings champion (skipped, not failed,
   when the repository has none) -> statistics.
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from kfp import dsl
 from kfp.dsl import PipelineTask
 
+from components.backup import backup_drill as drill_step
 from components.benchmark import (
     benchmark_model,
     convert_models,
@@ -196,9 +199,19 @@ def knowledge_ingest(paths: list[str] = [], relations: str = "svo") -> dict:  # 
                       ).after(embedded).output
 
 
+@dsl.pipeline(name="sutazai-backup-drill",
+              description="Back up the home, verify it, restore it into a scratch home, "
+                          "use it there and compare its counts with the source.")
+def backup_drill(ask: bool = True) -> dict:
+    # the whole home passes through one step (it reads what it backs up); a retry would
+    # make a second backup, which only writes what changed
+    return on_cluster(drill_step(ask=ask), "2", "4G", retries=1).outputs["Output"]
+
+
 PIPELINES = {
     "model_sync": model_sync,
     "benchmark_select": benchmark_select,
     "nightly": nightly,
     "knowledge_ingest": knowledge_ingest,
+    "backup_drill": backup_drill,
 }

@@ -72,11 +72,16 @@ class KnowledgeRequest(PipelineRequest):
             raise ValueError(f"document path(s) {', '.join(missing)} do not exist")
 
 
+class BackupDrillRequest(PipelineRequest):
+    ask: bool = True
+
+
 REQUESTS: dict[str, type[PipelineRequest]] = {
     "model_sync": ModelSyncRequest,
     "benchmark_select": BenchmarkRequest,
     "nightly": NightlyRequest,
     "knowledge_ingest": KnowledgeRequest,
+    "backup_drill": BackupDrillRequest,
 }
 
 

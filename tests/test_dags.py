@@ -24,7 +24,7 @@ from sutazai_stack.services import airflow_environment
 from tests.helpers import spacy_entry
 
 DAG_IDS = {"sutazai_model_sync", "sutazai_benchmark", "sutazai_nightly",
-           "sutazai_knowledge_ingest"}
+           "sutazai_knowledge_ingest", "sutazai_backup"}
 
 
 class Airflow:
@@ -68,6 +68,7 @@ def test_dags_import_cleanly_parse_fast_and_are_well_formed(airflow: Airflow) ->
     schedules = {dag_id: dag["schedule"] for dag_id, dag in found["dags"].items()}
     assert schedules == {"sutazai_model_sync": "CronTriggerTimetable",
                          "sutazai_nightly": "CronTriggerTimetable",
+                         "sutazai_backup": "CronTriggerTimetable",
                          "sutazai_benchmark": "AssetTriggeredTimetable",
                          "sutazai_knowledge_ingest": "AssetTriggeredTimetable"}
     for dag_id, dag in found["dags"].items():
@@ -141,3 +142,4 @@ def test_knowledge_dag_ingests_the_documents_folder(airflow: Airflow, settings: 
     # the embedding step ran after the write and, with no embeddings model, skipped it
     assert "chunks not embedded (1 written by the ingest): no embeddings model" in (
         airflow.last_log), [line for line in airflow.last_log.splitlines() if "embed" in line]
+

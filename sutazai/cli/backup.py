@@ -134,8 +134,8 @@ def drill_command(
         emit_json(drill_json(report))
     else:
         for check in report.checks:
-            counts = (f" {check.source} -> {check.restored}"
-                      if check.source is not None or check.restored is not None else "")
+            counts = "".join(f" {key} {value}" for key, value in (
+                ("source", check.source), ("restored", check.restored)) if value is not None)
             mark = {"ok": "[green]ok[/]", "failed": "[bold red]FAILED[/]"}.get(
                 check.status, "[yellow]skipped[/]")
             console.print(f"{mark} {check.name}{counts} ({check.seconds:.1f} s)"

@@ -270,6 +270,7 @@ def test_every_contract_metric_is_emitted_with_its_type_and_labels(tmp_path: Pat
     """infra/README.md's metric contract, read the way tests/test_infra.py reads it: the
     registries pushed here hold exactly its metrics, as gauges with exactly its labels
     (``job`` and the group label are added by the Pushgateway's grouping key)."""
+    from sutazai.backup.drill import DrillReport, drill_registry
     from sutazai.knowledge.models import GraphStats, IngestReport
     from sutazai.observability.metrics import (
         ChampionFigures,
@@ -291,6 +292,7 @@ def test_every_contract_metric_is_emitted_with_its_type_and_labels(tmp_path: Pat
                                           measured=("quality",), changes={"quality": 0.1})),
         repository_registry(repo),
         graph_registry(stats, IngestReport(documents_ingested=1, chunks=1)),
+        drill_registry(DrillReport(ok=True, backup_id="b", backup_bytes=1, seconds=1.0)),
     ]
     emitted: dict[str, tuple[str, set[str]]] = {}
     for registry in registries:
