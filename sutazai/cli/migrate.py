@@ -62,10 +62,10 @@ def show(report: MigrationReport) -> None:
 
     verb = "would copy" if report.dry_run else "copied"
     table = Table(title=f"SutazAI migration to production{' (dry run)' if report.dry_run else ''}")
-    for column in ("store", "from", "to", "rows", verb, "already there"):
+    for column in ("store", "from the home", "to", "rows", verb, "already there"):
         table.add_column(column, overflow="fold")
     for store in report.stores:
-        table.add_row(store.store, store.source, store.target, str(store.rows),
+        table.add_row(store.store, store.source.rsplit("/", 1)[-1], store.target, str(store.rows),
                       str(store.copied), str(store.present))
     console.print(table)
     for store in report.stores:

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -357,7 +356,7 @@ def _migrate_store(settings: Settings, store: _Store, dry_run: bool,
                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}); check "
                         "that the production PostgreSQL runs ('SUTAZAI_PROFILE=production "
                         "make up') and its password secret postgres/password") from None
-            with _connect(target_engine, store) as target:
+            with _TargetConnection(target_engine, store) as target:
                 _check_target(store, target)
                 goals = _reflect(target)
                 tables = [t for t in origin.sorted_tables
@@ -387,7 +386,7 @@ def _migrate_store(settings: Settings, store: _Store, dry_run: bool,
     return result
 
 
-class _connect:
+class _TargetConnection:
     """A target connection, with an unreachable server said in one line."""
 
     def __init__(self, engine: Engine, store: _Store) -> None:
@@ -442,8 +441,3 @@ def migrate(embedded: Settings, production: Settings, *, dry_run: bool = False,
             for s in report.stores})
     return report
 
-
-def artifacts_dir(settings: Settings) -> Path:
-    """Where MLflow's artifacts stay: the production server's ``--default-artifact-root``
-    is this same folder, so migrated runs' artifact URIs keep resolving."""
-    return settings.mlflow_artifacts_dir
