@@ -1,5 +1,7 @@
 """Backup drill: create, verify and restore a home, then back it up again unchanged and flip
-bytes in the pool to see that verify finds every one.
+bytes in the pool to see that verify finds every one. Verify, restore and the read-back are
+the library's drill (``sutazai.backup.drill.run_drill``, what ``sutazai backup drill`` and
+the sutazai_backup DAG run), timed check by check.
 
     .venv/bin/python benchmarks/backup_drill.py [--home PATH] [--blob-mib 256]
         [--flips 20] [--json]
@@ -63,9 +65,9 @@ def main() -> None:
     os.environ["SUTAZAI_HOME"] = str(args.home or workdir / "home")
     os.environ["SUTAZAI_BACKUP_DIR"] = str(workdir / "backups")
     from sutazai.backup.archive import BackupArchive
-    from sutazai.backup.service import backup_root, create, restore, verify
+    from sutazai.backup.drill import run_drill
+    from sutazai.backup.service import backup_root, create, verify
     from sutazai.config import load_settings
-    from sutazai.knowledge.service import graph_stats
 
     try:
         home = args.home or scratch_home(workdir, args.blob_mib)
@@ -84,17 +86,15 @@ def main() -> None:
         again = create(settings)
         timings["incremental"] = time.monotonic() - started
         written_again = int(again.notes[-1].split()[1])
-        started = time.monotonic()
-        problems = verify(settings, again.id)[1]
-        timings["verify"] = time.monotonic() - started
-        target = workdir / "restored"
-        started = time.monotonic()
-        restore(settings, again.id, target)
-        timings["restore"] = time.monotonic() - started
-        restored = settings.model_copy(update={"home": target})
-        started = time.monotonic()
-        stats = graph_stats(restored)
-        timings["graph_read_back"] = time.monotonic() - started
+        # the drill: verify, restore into a scratch home, use it, compare (no metrics pushed)
+        drill = run_drill(settings, backup_id=again.id, push_metrics=False,
+                          scratch=workdir / "scratch")
+        checks = {c.name: c for c in drill.checks}
+        problems = [c.detail for c in drill.checks if c.name == "verify"
+                    and c.status == "failed"]
+        for name, check in (("verify", "verify"), ("restore", "restore"),
+                            ("graph_read_back", "graph_documents")):
+            timings[name] = checks[check].seconds if check in checks else float("nan")
         # corruption: flip one byte in a random object of each kind, verify, put it back
         archive = BackupArchive(backup_root(settings))
         rng = random.Random(0)
@@ -120,10 +120,15 @@ def main() -> None:
             "incremental_written_bytes": written_again,
             "incremental_share": round(written_again / max(home_bytes, 1), 5),
             "verify_problems": problems, "corruptions_found": f"{found}/{args.flips}",
-            "restored_graph_documents": stats.documents,
+            "restored_graph_documents": checks["graph_documents"].restored
+            if "graph_documents" in checks else None,
             "source_graph_documents": first.counts.get("graph_documents"),
             "drill_seconds": round(timings["create"] + timings["verify"]
-                                   + timings["restore"] + timings["graph_read_back"], 1)}
+                                   + timings["restore"] + timings["graph_read_back"], 1),
+            "drill_ok": drill.ok, "drill_failures": drill.failures,
+            "drill_checks": {c.name: c.status for c in drill.checks},
+            "library_drill_seconds": drill.seconds,
+            "restore_vs_cp_a": round(timings["restore"] / max(copy_s, 1e-9), 2)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
