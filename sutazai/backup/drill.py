@@ -9,7 +9,10 @@ source's counts at the moment of the backup (the manifest's, taken from the snap
 itself, so writers running meanwhile cannot make a good backup look bad).
 
 The scratch home is isolated from the source: its own SQLite files, repository, audit
-log and anchor, no Pushgateway, so nothing done in it reaches production state.
+log and anchor, no Pushgateway, so nothing done in it reaches production state. A
+production backup's PostgreSQL dumps are restored into a throwaway PostgreSQL cluster the
+drill starts itself (initdb and start take under a second; fsync off; a one-off password),
+never onto the production databases.
 
 Pushed to the Pushgateway (job ``sutazai-backup``, ``pushadd`` so a failed drill keeps the
 last success time): ``sutazai_backup_drill_success`` (1/0), ``..._drill_duration_seconds``,
@@ -21,11 +24,13 @@ counts as good once it has been proven to restore).
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -126,18 +131,22 @@ def compare(name: str, source: int | None, restored: int | None, *, skip: str = 
                       detail="" if same else f"{restored} restored, {source} in the source")
 
 
-def scratch_settings(settings: Settings, home: Path) -> Settings:
-    """The settings of a restored home: every store inside it (SQLite, whatever the source's
-    profile), no Pushgateway, no external audit sink or anchor, so the drill never writes
-    to the source's state."""
-    def sqlite(name: str) -> str:
-        return f"sqlite:///{home / name}"
+def scratch_settings(settings: Settings, home: Path,
+                     databases: dict[str, str] | None = None) -> Settings:
+    """The settings of a restored home: every store inside it (SQLite) or in the drill's
+    scratch PostgreSQL (``databases``: dump name -> URL), no Pushgateway, no external audit
+    sink or anchor, so the drill never writes to the source's state."""
+    urls = databases or {}
+
+    def store(name: str, file: str) -> str:
+        return urls.get(name) or f"sqlite:///{home / file}"
 
     return settings.model_copy(update={
         "home": home, "profile": "embedded", "repository_dir": None,
-        "repository_plaintext_dir": None, "mlflow_tracking_uri": sqlite("mlflow.db"),
-        "mlflow_ui_url": None, "learning_db_url": sqlite("learning.db"),
-        "nas_storage_url": sqlite("nas.db"), "documents_dir": None, "learning_inbox": None,
+        "repository_plaintext_dir": None, "mlflow_tracking_uri": store("mlflow", "mlflow.db"),
+        "mlflow_ui_url": None, "learning_db_url": store("learning", "learning.db"),
+        "nas_storage_url": store("nas", "nas.db"), "documents_dir": None,
+        "learning_inbox": None,
         "pipeline_root": None, "postgres_dir": None, "backup_dir": home / "backups",
         "audit_anchor": None, "audit_sink": None, "pushgateway_url": None, "kg_uri": None,
         "kg_store": "falkordb"})
@@ -178,6 +187,34 @@ def mlflow_registry_counts(settings: Settings) -> dict[str, int]:
         if not token:
             break
     return {"mlflow_model_versions": versions, "mlflow_registered_model_aliases": aliases}
+
+
+@contextmanager
+def scratch_databases(settings: Settings, manifest: BackupManifest) -> Iterator[dict[str, str]]:
+    """Empty databases for a production backup's dumps, in a PostgreSQL cluster of the
+    drill's own (SutazAI's role with a one-off password, carried in the URLs: libpq gets it
+    from the environment, never a command line); stopped and removed afterwards. Its
+    folder is in the system's temp dir, which the postgres user can reach."""
+    names = sorted(manifest.databases)
+    if not names:
+        yield {}
+        return
+    from sutazai.production.postgres import LocalPostgres
+    from sutazai.serving.process import free_port
+
+    folder = Path(tempfile.mkdtemp(prefix="sutazai-drill-pg-"))
+    folder.chmod(0o755)
+    cluster = LocalPostgres(folder / "data", free_port(), durable=False)
+    password = secrets.token_urlsafe(24)
+    try:
+        cluster.start()
+        databases = {name: f"drill_{name}" for name in names}
+        cluster.ensure_role(settings.postgres_user, password, list(databases.values()))
+        yield {name: f"postgresql://{settings.postgres_user}:{password}@127.0.0.1:"
+                     f"{cluster.port}/{database}" for name, database in databases.items()}
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -233,6 +270,8 @@ def run_drill(settings: Settings, *, backup_id: str | None = None, ask: bool = T
         with scratch_home(settings, scratch) as home:
             _drill_restored(settings, manifest, home, steps, ask=ask, question=question,
                             learning=(learning[0], learning[-1]))
+    for check in report.checks:  # a scratch database's one-off password, should it show
+        check.detail = re.sub(r"(postgresql://[^:/@\s]+):[^@\s]+@", r"\1:***@", check.detail)
     report.ok = all(c.status != "failed" for c in report.checks)
     report.seconds = round(time.monotonic() - started, 3)
     if push_metrics:
@@ -251,10 +290,23 @@ def run_drill(settings: Settings, *, backup_id: str | None = None, ask: bool = T
 def _drill_restored(settings: Settings, manifest: BackupManifest, home: Path,
                     steps: _Recorder, *, ask: bool, question: str,
                     learning: tuple[int | None, int | None]) -> None:
-    restored = scratch_settings(settings, home)
-    if not steps.run("restore", lambda: _restore(settings, manifest, home)):
-        return
+    databases: dict[str, str] = {}
+
+    def restore_all() -> DrillCheck:
+        databases.update(stack.enter_context(scratch_databases(settings, manifest)))
+        return _restore(settings, manifest, home, databases)
+
+    with ExitStack() as stack:
+        if steps.run("restore", restore_all):
+            _use_restored(manifest, scratch_settings(settings, home, databases), steps,
+                          ask=ask, question=question, learning=learning)
+
+
+def _use_restored(manifest: BackupManifest, restored: Settings, steps: _Recorder, *,
+                  ask: bool, question: str, learning: tuple[int | None, int | None]) -> None:
+    """Use the restored home as SutazAI would, and compare its counts with the source's."""
     paths = {f.path for f in manifest.files}
+    paths |= {f"{name}.db" for name in manifest.databases}  # restored into scratch databases
     counts = manifest.counts
 
     def graph() -> list[DrillCheck]:
@@ -306,8 +358,10 @@ def _drill_restored(settings: Settings, manifest: BackupManifest, home: Path,
                                                detail="not asked (--no-ask)"))
 
 
-def _restore(settings: Settings, manifest: BackupManifest, home: Path) -> DrillCheck:
-    restore(settings, manifest.id, home, force=True)  # the scratch folder exists, empty
+def _restore(settings: Settings, manifest: BackupManifest, home: Path,
+             databases: dict[str, str]) -> DrillCheck:
+    # the scratch folder exists, empty; the scratch databases are new, empty
+    restore(settings, manifest.id, home, force=True, onto=databases)
     return DrillCheck(name="restore", status="ok", detail=f"{len(manifest.files)} file(s)")
 
 

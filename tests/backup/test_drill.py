@@ -141,3 +141,36 @@ def test_a_drill_of_a_damaged_backup_fails_and_pushes_its_failure(
     assert pushgateway.series("sutazai_backup_size_bytes") == {job: float(made.size)}
     # a drill never passed here: no good backup to report (the alert's "absent" case)
     assert pushgateway.series("sutazai_backup_last_success_timestamp_seconds") == {}
+
+
+def test_a_production_drill_restores_the_dumps_into_its_own_scratch_postgres(
+        production: Settings, postgres_cluster: object, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's store, the learning store and the NAS studies live in the session's real
+    PostgreSQL; the drill restores their dumps into a cluster of its own and counts there,
+    leaving the production databases as they were."""
+    from mlflow import MlflowClient
+
+    production.home.mkdir(parents=True, exist_ok=True)
+    learning_rows(production, 2)
+    monkeypatch.setenv("PGPASSWORD", postgres_cluster.password)  # type: ignore[attr-defined]
+    mlflow = MlflowClient(tracking_uri=production.mlflow_store_url)
+    mlflow.create_registered_model("tiny")
+    mlflow.create_model_version("tiny", source=str(tmp_path))
+    mlflow.set_registered_model_alias("tiny", "prod", "1")
+    monkeypatch.delenv("PGPASSWORD")
+
+    report = run_drill(production, push_metrics=False)
+    assert report.ok, report.failures
+    checks = {c.name: c for c in report.checks}
+    for name in ("mlflow_model_versions", "mlflow_registered_model_aliases"):
+        assert (checks[name].status, checks[name].source, checks[name].restored) == (
+            "ok", 1, 1), checks[name]
+    assert (checks["learning_rows"].source, checks["learning_rows"].restored) == (2, 2)
+    assert checks["answer"].status == "skipped"  # no text-generation champion to serve
+    assert checks["graph_documents"].status == "skipped"
+    with postgres_cluster.admin() as admin:  # type: ignore[attr-defined]
+        names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
+    assert not [n for n in names if n.startswith("drill_")]  # nothing of the drill there
+    with FeedbackStore.open(production) as store:
+        assert store.count() == 2
