@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 BACKUP_JOB = "sutazai-backup"
+STALE_SCRATCH_S = 86400.0  # a scratch home older than this is a killed drill's
 Status = Literal["ok", "failed", "skipped"]
 
 
@@ -220,18 +221,27 @@ def scratch_databases(settings: Settings, manifest: BackupManifest) -> Iterator[
 @contextmanager
 def scratch_home(settings: Settings, where: Path | None) -> Iterator[Path]:
     """An empty folder next to the backups (the volume sized for a home's copy, which
-    /tmp may not be); removed afterwards, with any graph server started on it."""
-    parent = where or backup_root(settings) / "tmp"
+    /tmp may not be; not the archive's ``tmp``, which a prune empties), removed afterwards
+    with any graph server started on it. What a killed drill left there a day ago goes
+    first."""
+    parent = where or backup_root(settings) / "drill"
     parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob("drill-*"):
+        if old.is_dir() and time.time() - old.stat().st_mtime > STALE_SCRATCH_S:
+            _remove_scratch(old)
     home = Path(tempfile.mkdtemp(prefix="drill-", dir=parent))
     try:
         yield home
     finally:
-        from sutazai.knowledge.server import stop_orphans
+        _remove_scratch(home)
 
-        if (home / "graph").is_dir():
-            stop_orphans(home / "graph", grace_s=5.0)
-        shutil.rmtree(home, ignore_errors=True)
+
+def _remove_scratch(home: Path) -> None:
+    from sutazai.knowledge.server import stop_orphans
+
+    if (home / "graph").is_dir():
+        stop_orphans(home / "graph", grace_s=5.0)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def run_drill(settings: Settings, *, backup_id: str | None = None, ask: bool = True,

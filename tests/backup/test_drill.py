@@ -5,6 +5,8 @@ real Pushgateway, and a drill of a damaged backup."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,7 +94,7 @@ def test_the_drill_restores_serves_queries_and_counts_what_the_source_had(
     assert report.answer.engine == "llamacpp" and report.answer.text.strip()
     assert report.backup_bytes > smollm2_gguf.stat().st_size
     # the scratch home is gone, and the source was only read (and audited)
-    assert list((backup_root(pushed) / "tmp").iterdir()) == []
+    assert list((backup_root(pushed) / "drill").iterdir()) == []
     assert [r.action for r in open_audit_log(pushed).records()][-1] == "backup.drill"
 
     assert report.pushed
@@ -123,6 +125,9 @@ def test_a_drill_of_a_damaged_backup_fails_and_pushes_its_failure(
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
 
+    killed = backup_root(pushed) / "drill" / "drill-killed"  # what a killed drill left
+    (killed / "repository").mkdir(parents=True)
+    os.utime(killed, (time.time() - 2 * 86400,) * 2)
     monkeypatch.setenv("SUTAZAI_PUSHGATEWAY_URL", pushgateway.url)
     done = CliRunner().invoke(app, ["backup", "drill", "--backup", made.id, "--json"])
     assert done.exit_code == 1, done.output
@@ -135,7 +140,7 @@ def test_a_drill_of_a_damaged_backup_fails_and_pushes_its_failure(
     assert report["failures"] == [f"verify: {checks['verify']['detail']}",
                                   f"restore: {checks['restore']['detail']}"]
     assert "answer" not in checks  # nothing restored: nothing to use
-    assert list((backup_root(pushed) / "tmp").iterdir()) == []
+    assert list((backup_root(pushed) / "drill").iterdir()) == []
     job = frozenset({("job", "sutazai-backup")})
     assert pushgateway.series("sutazai_backup_drill_success") == {job: 0.0}
     assert pushgateway.series("sutazai_backup_size_bytes") == {job: float(made.size)}
