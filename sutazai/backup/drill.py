@@ -256,10 +256,10 @@ def run_drill(settings: Settings, *, backup_id: str | None = None, ask: bool = T
     learning: list[int | None] = []  # the source's rows before and after the snapshot
 
     def make() -> DrillCheck:
-        learning.append(learning_rows(settings))
-        if backup_id is None:
+        if backup_id is None:  # an older backup's rows at its time are unknown: not compared
+            learning.append(learning_rows(settings))
             made.append(create(settings))
-        learning.append(learning_rows(settings))
+            learning.append(learning_rows(settings))
         return DrillCheck(name="create", status="ok",
                           detail=f"drilling the existing backup {backup_id}" if backup_id
                           else f"backup {made[0].id}")
@@ -279,7 +279,7 @@ def run_drill(settings: Settings, *, backup_id: str | None = None, ask: bool = T
         report.notes += manifest.notes
         with scratch_home(settings, scratch) as home:
             _drill_restored(settings, manifest, home, steps, ask=ask, question=question,
-                            learning=(learning[0], learning[-1]))
+                            learning=(learning[0], learning[-1]) if learning else (None, None))
     for check in report.checks:  # a scratch database's one-off password, should it show
         check.detail = re.sub(r"(postgresql://[^:/@\s]+):[^@\s]+@", r"\1:***@", check.detail)
     report.ok = all(c.status != "failed" for c in report.checks)
