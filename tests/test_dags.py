@@ -1,6 +1,9 @@
 """SutazAI's Airflow DAGs: integrity, parse time, and ``dag.test()`` of each on the embedded
 defaults (a real Airflow 3 metadata database, real KFP local runs, real MLflow).
 
+The nightly DAG runs on the production profile (PostgreSQL) in
+``tests/production/test_nightly_production.py``; ``make run`` runs it on the embedded one.
+
 Each Airflow run happens in a process of its own (sutazai_stack.dag_probe), so Airflow's
 logging and settings never leak into the rest of the suite.
 """
@@ -116,17 +119,6 @@ def test_benchmark_dag_selects_a_champion(airflow: Airflow, settings: Settings) 
     assert result["state"] == "success", airflow.last_log[-4000:]
     assert "ner champion: en-core-web-sm:1 on spacy" in airflow.last_log
     assert TaskAliases(open_registry(settings)).require("ner").ref == "en-core-web-sm:1"
-
-
-@pytest.mark.slow
-def test_nightly_dag_runs_the_whole_cycle(airflow: Airflow, settings: Settings) -> None:
-    result = airflow.test("sutazai_nightly")
-    assert result["state"] == "success", airflow.last_log[-4000:]
-    assert set(result["tasks"].values()) == {"success"}
-    assert "ner champion: en-core-web-sm:1@spacyx1" in airflow.last_log
-    assert "MLflow run: " in airflow.last_log
-    report = json.loads((settings.home / "reports" / "nightly-latest.json").read_text())
-    assert report["selections"][0]["champion"]["model"] == "en-core-web-sm"
 
 
 @pytest.mark.slow

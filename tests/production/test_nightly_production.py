@@ -69,6 +69,7 @@ def test_nightly_dag_runs_on_postgresql(stack_mlflow: Settings, postgres_cluster
     assert result["state"] == "success", airflow.last_log[-4000:]
     assert set(result["tasks"].values()) == {"success"}
     assert "ner champion: en-core-web-sm:1@spacyx1" in airflow.last_log
+    assert "MLflow run: " in airflow.last_log
     report = json.loads((settings.home / "reports" / "nightly-latest.json").read_text())
     assert report["selections"][0]["champion"]["model"] == "en-core-web-sm"
     assert TaskAliases(open_registry(settings)).require("ner").ref == "en-core-web-sm:1"
