@@ -10,7 +10,6 @@ from the secret provider, never from a command line.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sutazai.errors import ConfigError, EngineError
-from sutazai.serving.process import require_free_port, tail
+from sutazai.serving.process import ManagedProcess, require_free_port, tail
 
 SUPERUSER = "postgres"
 
@@ -59,7 +58,7 @@ class LocalPostgres:
         self.port = port
         self.log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
         self.durable = durable
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
 
     @property
     def initialized(self) -> bool:
@@ -110,21 +109,20 @@ class LocalPostgres:
         """Start the cluster in a process group of its own (tests; the stack has its own)."""
         self.init()
         require_free_port("127.0.0.1", self.port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd="/", **self.popen_options())
+        self.process = ManagedProcess(
+            "postgres", self.command(), self.log_path, url=f"postgresql://127.0.0.1:{self.port}",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            cwd=Path("/"), popen_options=self.popen_options(), stop_signal=signal.SIGINT
+        ).start()
         self.wait_ready()
         return self
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise EngineError(f"postgres exited with code {self.process.returncode} while "
-                                  f"starting; last lines of {self.log_path}:\n"
-                                  f"{tail(self.log_path)}")
+            if self.process is not None and not self.process.alive():
+                raise EngineError(f"postgres exited while starting; last lines of "
+                                  f"{self.log_path}:\n{tail(self.log_path)}")
             if self.ready():
                 return
             time.sleep(0.1)
@@ -141,17 +139,9 @@ class LocalPostgres:
         return True
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """SIGINT: PostgreSQL's fast shutdown (rolls back sessions, then a checkpoint)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """PostgreSQL's fast shutdown (SIGINT: rolls back sessions, then a checkpoint)."""
+        if self.process is not None:
+            self.process.stop(grace_s)
 
     def __enter__(self) -> LocalPostgres:
         return self.start()

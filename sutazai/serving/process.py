@@ -93,6 +93,7 @@ class ManagedProcess:
         cwd: Path | None = None,
         die_with_owner: bool = False,
         popen_options: Mapping[str, Any] | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         """``die_with_owner``: the kernel stops the process (SIGTERM) when this one dies,
         even by SIGKILL, so it cannot live on as an orphan."""
@@ -106,6 +107,8 @@ class ManagedProcess:
         self.die_with_owner = die_with_owner
         #: further subprocess.Popen arguments (user/group: a server that refuses root)
         self.popen_options = dict(popen_options or {})
+        #: the graceful stop (PostgreSQL's fast shutdown is SIGINT; SIGTERM waits for clients)
+        self.stop_signal = stop_signal
         self.process: subprocess.Popen[bytes] | None = None
         self.owner_pid = os.getpid()
         self.started_at = 0.0
@@ -168,12 +171,12 @@ class ManagedProcess:
         return self.process.poll() is None
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL it after ``grace_s``."""
+        """Send the stop signal (SIGTERM) to the process group, SIGKILL it after ``grace_s``."""
         self._stopping.set()
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, self.stop_signal)
         try:
             self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
