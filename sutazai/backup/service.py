@@ -328,13 +328,23 @@ def mlflow_counts(database: Path) -> dict[str, int]:
 
 
 def repository_files(settings: Settings) -> list[tuple[str, Path]]:
-    """The repository's files, manifests before blobs (see the module docstring)."""
+    """The repository's files, manifests before blobs (see the module docstring).
+
+    Listed as well as copied in that order: the blobs folder is walked only after the
+    manifests were listed (one walk of the root could list blobs first, and a pull that
+    published in between would leave a manifest without its blob). A writer's
+    half-written ``.<name>.*.tmp`` (renamed into place or removed at any moment) is
+    left out."""
     root = settings.repository_root
-    files = [p for p in _files(root)
-             if p.relative_to(root).parts[0] not in REPOSITORY_CACHES
-             and p.name not in REPOSITORY_CACHE_FILES]
-    files.sort(key=lambda p: (p.relative_to(root).parts[0] == "blobs", str(p)))
-    return [(f"repository/{p.relative_to(root).as_posix()}", p) for p in files]
+    top = sorted(root.iterdir()) if root.is_dir() else []
+    files = [p for p in top if p.is_file() and not p.is_symlink()]
+    for folder in top:
+        if folder.is_dir() and folder.name not in (*REPOSITORY_CACHES, "blobs"):
+            files += _files(folder)
+    files += _files(root / "blobs")
+    return [(f"repository/{p.relative_to(root).as_posix()}", p) for p in files
+            if p.name not in REPOSITORY_CACHE_FILES
+            and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
 
 
 def graph_dump(settings: Settings, staging: Path, manifest: BackupManifest) -> Path | None:
