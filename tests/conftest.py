@@ -106,6 +106,16 @@ def postgres_cluster() -> Iterator[LocalPostgres]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _forget_mlflow_stores() -> None:
+    """MLflow keeps one store per database URI for the life of the process, remembering that
+    it made the tables: after a database is made again, the next test would find none."""
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+
+
 def _empty(cluster: LocalPostgres, database: str) -> bool:
     with cluster.admin(database) as connection:
         found = connection.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON "
@@ -137,6 +147,7 @@ def production(postgres_cluster: LocalPostgres, redis_server: RedisServer,
         connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{database}" OWNER sutazai STRATEGY FILE_COPY')
     connection.close()
+    _forget_mlflow_stores()
     redis_server.client().flushall()  # type: ignore[attr-defined]
     monkeypatch.setenv("SUTAZAI_PROFILE", "production")
     monkeypatch.setenv("SUTAZAI_POSTGRES_PORT", str(postgres_cluster.port))

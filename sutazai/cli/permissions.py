@@ -40,6 +40,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
     "backup create": "ingest",
     "backup restore": "admin",
     "backup prune": "delete",
+    "backup drill": "ingest",  # writes a backup (the restore goes to a scratch home)
     "learn finetune": "ingest",
     "nas run": "ingest",
     "nas register": "ingest",
